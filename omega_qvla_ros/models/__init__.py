@@ -1,0 +1,1 @@
+"""VLA model families in plain PyTorch. Imports nothing from ROS."""

@@ -1,0 +1,1 @@
+"""Omega-QVLA quantization core. Imports nothing from ROS."""

@@ -1,0 +1,1 @@
+"""Thin rclpy glue around the runtime: the node, message conversions, QoS."""

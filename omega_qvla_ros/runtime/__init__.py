@@ -1,0 +1,1 @@
+"""ROS-free policy runtime: pack loading, preprocessing, chunk scheduling, safety."""

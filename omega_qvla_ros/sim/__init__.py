@@ -1,0 +1,1 @@
+"""Simulator episodes, the scripted teleop source and bag recording."""

@@ -1,0 +1,1 @@
+"""The `omega-qvla` command line."""

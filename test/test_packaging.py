@@ -1,0 +1,83 @@
+"""Packaging: colcon builds the repo as an ament_python package into a temp workspace."""
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+IGNORE = shutil.ignore_patterns(".venv", ".git", "build", "install", "log", "__pycache__",
+                                "*.egg-info", ".pytest_cache", ".scratch", ".gl", ".whl")
+
+
+def test_package_xml_format3():
+    root = ET.parse(REPO / "package.xml").getroot()
+    assert root.get("format") == "3"
+    assert root.findtext("name") == "omega_qvla_ros"
+    deps = {e.text for e in root.findall("exec_depend")}
+    for need in ["rclpy", "sensor_msgs", "std_msgs", "trajectory_msgs", "diagnostic_msgs",
+                 "std_srvs", "cv_bridge", "launch", "launch_ros"]:
+        assert need in deps, need
+    assert root.find("export/build_type").text == "ament_python"
+
+
+@pytest.fixture(scope="module")
+def colcon_install(tmp_path_factory):
+    colcon = Path(sys.executable).with_name("colcon")
+    if not colcon.exists():
+        pytest.fail(f"colcon is not installed next to {sys.executable}; run `make setup`")
+    ws = tmp_path_factory.mktemp("ws")
+    shutil.copytree(REPO, ws / "src" / "omega_qvla_ros", ignore=IGNORE)
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    proc = subprocess.run(
+        [str(colcon), "--log-base", str(ws / "log"), "build", "--base-paths", str(ws / "src"),
+         "--build-base", str(ws / "build"), "--install-base", str(ws / "install"),
+         "--event-handlers", "console_direct-"],
+        cwd=ws, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return ws / "install" / "omega_qvla_ros"
+
+
+def test_colcon_install_space(colcon_install):
+    share = colcon_install / "share" / "omega_qvla_ros"
+    assert (share / "package.xml").is_file()
+    assert (share / "launch" / "omega_qvla.launch.py").is_file()
+    assert (share / "config" / "aloha_bimanual.yaml").is_file()
+    for f in (REPO / "models").rglob("*"):
+        if f.is_file():
+            assert (share / "models" / f.relative_to(REPO / "models")).is_file(), f
+    marker = colcon_install / "share" / "ament_index" / "resource_index" / "packages"
+    assert (marker / "omega_qvla_ros").is_file()
+    lib = colcon_install / "lib" / "omega_qvla_ros"
+    for exe in ["policy_node", "omega-qvla"]:
+        assert (lib / exe).is_file() and os.access(lib / exe, os.X_OK), exe
+    # the installed package is importable from the install space
+    site = list(colcon_install.glob("lib/python3*/site-packages/omega_qvla_ros/__init__.py"))
+    assert site, "python package missing from the install space"
+
+
+def test_installed_cli_help(colcon_install):
+    site = next(colcon_install.glob("lib/python3*/site-packages"))
+    env = dict(os.environ, PYTHONPATH=str(site))
+    out = subprocess.run([sys.executable, str(colcon_install / "lib/omega_qvla_ros/omega-qvla"),
+                          "--help"], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "usage: omega-qvla" in out.stdout
+
+
+def test_launch_file_parses_and_declares_arguments():
+    tree = ast.parse((REPO / "launch" / "omega_qvla.launch.py").read_text())
+    declared = {
+        node.args[0].value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "DeclareLaunchArgument"
+    }
+    assert {"pack_path", "config_file", "mode", "dry_run", "use_sim_time", "namespace"} <= declared
