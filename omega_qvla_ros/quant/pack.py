@@ -1,0 +1,256 @@
+"""Model packs: a directory with `model.safetensors` + `manifest.json`. Never pickle.
+
+manifest.json holds the format name and version, the model family and config, the
+recipe, a LayerSpec per quantized layer, the name/shape/dtype of every tensor, a
+calibration summary, free-form `extra` data (e.g. normalisation statistics) and the
+size and sha256 of every file. `load_pack` checks, in this order, and raises the
+specific PackError subclass naming the first mismatch: manifest readable → format
+and version → files present → file sizes (truncation) → sha256 → tensor names →
+shapes → dtypes → the model skeleton's own state_dict names and shapes.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .qlinear import LayerSpec, QuantLinear
+
+FORMAT = "omega-qvla-pack"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+MANIFEST = "manifest.json"
+
+ModelBuilder = Callable[[dict], nn.Module]
+_FAMILIES: dict[str, ModelBuilder] = {}
+
+
+class PackError(ValueError):
+    """A pack cannot be loaded; the message names the first mismatch."""
+
+
+class PackFormatError(PackError):
+    pass
+
+
+class PackVersionError(PackError):
+    pass
+
+
+class PackMissingFileError(PackError):
+    pass
+
+
+class PackTruncatedError(PackError):
+    pass
+
+
+class PackChecksumError(PackError):
+    pass
+
+
+class PackMissingTensorError(PackError):
+    pass
+
+
+class PackUnexpectedTensorError(PackError):
+    pass
+
+
+class PackShapeError(PackError):
+    pass
+
+
+class PackDtypeError(PackError):
+    pass
+
+
+def register_family(name: str, builder: ModelBuilder) -> None:
+    """Make `load_pack` able to rebuild models of `family` from their manifest entry."""
+    _FAMILIES[name] = builder
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def _dtype_name(t: torch.Tensor) -> str:
+    return str(t.dtype).replace("torch.", "")
+
+
+def quantized_layers(model: nn.Module) -> dict[str, LayerSpec]:
+    return {n: m.spec for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+
+
+def save_pack(model: nn.Module, out_dir: str | os.PathLike, model_info: dict,
+              recipe: dict | None = None, calibration: dict | None = None,
+              extra: dict | None = None, float_dtype: torch.dtype | None = None) -> Path:
+    """Write `model` (FP or quantized) as a pack. `model_info` = {"family", "config", …}.
+
+    `float_dtype` (e.g. torch.float16) casts floating tensors that are not quantization
+    state (weights of the kept-in-float parts); quantization state stays float32.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    qnames = quantized_layers(model)
+    tensors: dict[str, torch.Tensor] = {}
+    for k, v in model.state_dict().items():
+        v = v.detach().cpu()
+        owner = k.rsplit(".", 1)[0]
+        if float_dtype is not None and v.is_floating_point() and owner not in qnames:
+            v = v.to(float_dtype)
+        tensors[k] = v.contiguous()
+    save_file(tensors, str(out / WEIGHTS), metadata={"format": FORMAT})
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": model_info,
+        "recipe": recipe,
+        "layers": {n: s.to_dict() for n, s in qnames.items()},
+        "tensors": {k: {"shape": list(v.shape), "dtype": _dtype_name(v)} for k, v in tensors.items()},
+        "calibration": calibration or {},
+        "extra": extra or {},
+        "files": {WEIGHTS: {"bytes": (out / WEIGHTS).stat().st_size,
+                            "sha256": sha256_file(out / WEIGHTS)}},
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    return out
+
+
+def read_manifest(pack_dir: str | os.PathLike) -> dict:
+    path = Path(pack_dir) / MANIFEST
+    if not path.is_file():
+        raise PackMissingFileError(f"{path}: no manifest.json (is this a model pack directory?)")
+    try:
+        m = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PackFormatError(f"{path}: manifest is not valid JSON ({e})") from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise PackFormatError(f"{path}: not an {FORMAT} manifest (format={m.get('format') if isinstance(m, dict) else None!r})")
+    if m.get("format_version") != FORMAT_VERSION:
+        raise PackVersionError(f"{path}: pack format version {m.get('format_version')!r}, "
+                               f"this build reads version {FORMAT_VERSION}")
+    for key in ("model", "layers", "tensors", "files"):
+        if key not in m:
+            raise PackFormatError(f"{path}: manifest lacks {key!r}")
+    return m
+
+
+def verify_files(pack_dir: str | os.PathLike, manifest: dict) -> None:
+    root = Path(pack_dir)
+    for name, meta in manifest["files"].items():
+        f = root / name
+        if not f.is_file():
+            raise PackMissingFileError(f"{f}: listed in the manifest but missing")
+        size = f.stat().st_size
+        if size != meta["bytes"]:
+            kind = "truncated" if size < meta["bytes"] else "larger than recorded"
+            raise PackTruncatedError(f"{f}: {kind}: {size} bytes, manifest says {meta['bytes']}")
+        digest = sha256_file(f)
+        if digest != meta["sha256"]:
+            raise PackChecksumError(f"{f}: sha256 {digest[:16]}… does not match the manifest's "
+                                    f"{meta['sha256'][:16]}… (corrupt or modified file)")
+
+
+def read_tensors(pack_dir: str | os.PathLike, manifest: dict, device: str = "cpu"
+                 ) -> dict[str, torch.Tensor]:
+    f = Path(pack_dir) / WEIGHTS
+    expected = manifest["tensors"]
+    out: dict[str, torch.Tensor] = {}
+    with safe_open(str(f), framework="pt", device=device) as st:
+        names = set(st.keys())
+        for k in expected:
+            if k not in names:
+                raise PackMissingTensorError(f"{f}: tensor {k!r} listed in the manifest is missing")
+        for k in sorted(names):
+            if k not in expected:
+                raise PackUnexpectedTensorError(f"{f}: tensor {k!r} is not in the manifest")
+        for k, meta in expected.items():
+            t = st.get_tensor(k)
+            if list(t.shape) != list(meta["shape"]):
+                raise PackShapeError(f"{f}: tensor {k!r} has shape {list(t.shape)}, "
+                                     f"manifest says {meta['shape']}")
+            if _dtype_name(t) != meta["dtype"]:
+                raise PackDtypeError(f"{f}: tensor {k!r} has dtype {_dtype_name(t)}, "
+                                     f"manifest says {meta['dtype']}")
+            out[k] = t
+    return out
+
+
+def install_quant_layers(model: nn.Module, layers: dict[str, dict], path: str = "auto",
+                         backend: str = "auto") -> None:
+    """Replace the named nn.Linear modules by empty QuantLinear of the recorded specs."""
+    for name, spec_d in layers.items():
+        spec = LayerSpec.from_dict(spec_d)
+        try:
+            old = model.get_submodule(name)
+        except AttributeError:
+            raise PackShapeError(f"quantized layer {name!r} does not exist in the model") from None
+        if not isinstance(old, (nn.Linear, QuantLinear)) or (
+                old.in_features, old.out_features) != (spec.in_features, spec.out_features):
+            raise PackShapeError(f"layer {name!r}: pack has {spec.in_features}→{spec.out_features}, "
+                                 f"model has {type(old).__name__} "
+                                 f"{getattr(old, 'in_features', '?')}→{getattr(old, 'out_features', '?')}")
+        model.set_submodule(name, QuantLinear(spec, path=path, backend=backend))
+
+
+def load_state_checked(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    own = model.state_dict()
+    for k, v in own.items():
+        if k not in tensors:
+            raise PackMissingTensorError(f"model expects tensor {k!r}, the pack has none")
+        if tuple(tensors[k].shape) != tuple(v.shape):
+            raise PackShapeError(f"tensor {k!r}: pack has shape {list(tensors[k].shape)}, "
+                                 f"model expects {list(v.shape)}")
+    for k in tensors:
+        if k not in own:
+            raise PackUnexpectedTensorError(f"pack tensor {k!r} has no place in the model")
+    model.load_state_dict({k: t.to(own[k].dtype) if own[k].is_floating_point() else t
+                           for k, t in tensors.items()}, strict=True)
+
+
+def load_pack(pack_dir: str | os.PathLike, build_model: ModelBuilder | None = None,
+              device: str | torch.device = "cpu", path: str = "auto", backend: str = "auto"
+              ) -> tuple[nn.Module, dict]:
+    """Verify and load a pack; returns (model in eval mode on `device`, manifest)."""
+    manifest = read_manifest(pack_dir)
+    verify_files(pack_dir, manifest)
+    tensors = read_tensors(pack_dir, manifest)
+    info = manifest["model"]
+    if build_model is None:
+        family = info.get("family")
+        if family not in _FAMILIES:
+            raise PackFormatError(f"unknown model family {family!r}; known: {sorted(_FAMILIES)}")
+        build_model = _FAMILIES[family]
+    model = build_model(info)
+    install_quant_layers(model, manifest["layers"], path=path, backend=backend)
+    load_state_checked(model, tensors)
+    return model.to(device).eval(), manifest
+
+
+def pack_bytes(pack_dir: str | os.PathLike) -> dict[str, Any]:
+    """Bytes on disk per tensor kind (for reports)."""
+    manifest = read_manifest(pack_dir)
+    sizes: dict[str, int] = {}
+    for k, meta in manifest["tensors"].items():
+        n = 1
+        for d in meta["shape"]:
+            n *= d
+        item = torch.empty(0, dtype=getattr(torch, meta["dtype"])).element_size()
+        kind = k.rsplit(".", 1)[-1]
+        sizes[kind] = sizes.get(kind, 0) + n * item
+    return sizes

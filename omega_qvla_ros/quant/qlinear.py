@@ -1,0 +1,259 @@
+"""QuantLinear: a W4A4 linear layer holding packed int4 weights, rotations and
+activation-scale state, with a reference and an integer execution path.
+
+Forward, for input x [..., in]:
+    x̃ = x R                         (rotation: index select + batched 64×64 blocks)
+    z = x̃ ⊘ d                      (optional channel divisor folded into the weights:
+                                      SmoothQuant factors, or the per-step profile)
+    q_z, s = activation quantizer   (dynamic per-token | static per-channel | per-step
+                                      table | per-step factorized, see ACT_MODES)
+    y' = reference: (q_z·s) @ Ŵᵀ    (dequantized weights, float matmul; the paper)
+         integer:   s ⊙ (q_z q_wᵀ) ⊙ s_w  (int GEMM with int32 accumulation)
+    y = y' · blockdiag(Q)ᵀ + b      (optional output-row rotation restored)
+
+The integer path needs every scale off the contraction axis: per-output-channel
+weight scales (group_size None) and a per-token or per-tensor activation scale
+(modes "dynamic" and "per_step_factorized"). 128-group weight scales and the
+per-input-channel modes ("static", "per_step") run on the reference path only.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from . import int_gemm
+from .context import current_step, step_row
+from .int4 import dequantize_weight, num_groups, per_token_scales, quantize_codes
+from .packing import pack_int4, unpack_int4
+from .rotation import BLOCK, BlockRotation
+
+ACT_MODES = ("none", "dynamic", "static", "per_step", "per_step_factorized")
+INTEGER_ACT_MODES = ("dynamic", "per_step_factorized")
+PATHS = ("auto", "reference", "integer")
+
+
+@dataclass
+class LayerSpec:
+    """Everything that fixes a QuantLinear's buffers; stored per layer in the pack."""
+
+    in_features: int
+    out_features: int
+    bias: bool
+    group_size: int | None = 128
+    rotation: str = "none"
+    out_rotation: bool = False
+    act_mode: str = "dynamic"
+    steps: int = 0
+    channel_div: bool = False
+    block: int = BLOCK
+    side: str = "backbone"
+
+    def __post_init__(self) -> None:
+        if self.act_mode not in ACT_MODES:
+            raise ValueError(f"unknown activation mode {self.act_mode!r}; choose from {ACT_MODES}")
+        if self.group_size is not None and self.group_size >= self.in_features:
+            self.group_size = None
+        if self.act_mode in ("per_step", "per_step_factorized") and self.steps < 1:
+            raise ValueError(f"activation mode {self.act_mode} needs steps >= 1")
+
+    @property
+    def integer_ok(self) -> bool:
+        return self.group_size is None and self.act_mode in INTEGER_ACT_MODES
+
+    def integer_blocker(self) -> str | None:
+        if self.group_size is not None:
+            return f"weight scales per {self.group_size}-column group lie on the contraction axis"
+        if self.act_mode not in INTEGER_ACT_MODES:
+            return f"activation mode {self.act_mode!r} scales input channels (contraction axis)"
+        return None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LayerSpec":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown layer spec keys {sorted(unknown)}")
+        return cls(**d)
+
+
+def _rot_buffers(n: int, block: int) -> tuple[int, int]:
+    return divmod(n, block)
+
+
+class QuantLinear(nn.Module):
+    """W4A4 linear layer. Build with `from_parts`, or empty from a spec to load a pack."""
+
+    def __init__(self, spec: LayerSpec, path: str = "auto", backend: str = "auto") -> None:
+        super().__init__()
+        if path not in PATHS:
+            raise ValueError(f"unknown path {path!r}; choose from {PATHS}")
+        self.spec = spec
+        self.in_features, self.out_features = spec.in_features, spec.out_features
+        self.path = path
+        self.backend = backend
+        n, o = spec.in_features, spec.out_features
+        f32 = torch.float32
+        self.register_buffer("weight_packed", torch.zeros(o, -(-n // 8), dtype=torch.int32))
+        self.register_buffer("weight_scale", torch.ones(o, num_groups(n, spec.group_size), dtype=f32))
+        self.register_buffer("weight_shape", torch.tensor([o, n], dtype=torch.int64))
+        if spec.bias:
+            self.register_buffer("bias", torch.zeros(o, dtype=f32))
+        else:
+            self.bias = None
+        if spec.rotation in ("omega", "svd"):
+            self.register_buffer("input_perm", torch.arange(n, dtype=torch.int64))
+        if spec.rotation != "none":
+            self._register_rot("input", n, spec.block)
+        if spec.out_rotation:
+            self._register_rot("output", o, spec.block)
+        if spec.channel_div:
+            self.register_buffer("input_channel_div", torch.ones(n, dtype=f32))
+        if spec.act_mode == "static":
+            self.register_buffer("act_scale", torch.ones(n, dtype=f32))
+        elif spec.act_mode == "per_step":
+            self.register_buffer("act_step_table", torch.ones(spec.steps, n, dtype=f32))
+        elif spec.act_mode == "per_step_factorized":
+            self.register_buffer("act_step_scale", torch.ones(spec.steps, dtype=f32))
+        self._cache: dict[str, object] = {}
+
+    def _register_rot(self, prefix: str, n: int, block: int) -> None:
+        m, r = _rot_buffers(n, block)
+        if m:
+            self.register_buffer(f"{prefix}_rot_blocks", torch.eye(block).repeat(m, 1, 1))
+        if r:
+            self.register_buffer(f"{prefix}_rot_tail", torch.eye(r))
+
+    # ---------------------------------------------------------------- building
+    @classmethod
+    def from_parts(cls, spec: LayerSpec, codes: torch.Tensor, scales: torch.Tensor,
+                   bias: torch.Tensor | None = None, rot_in: BlockRotation | None = None,
+                   rot_out: BlockRotation | None = None, channel_div: torch.Tensor | None = None,
+                   act_scale: torch.Tensor | None = None, act_step_table: torch.Tensor | None = None,
+                   act_step_scale: torch.Tensor | None = None, **kw) -> "QuantLinear":
+        q = cls(spec, **kw)
+        q.weight_packed.copy_(pack_int4(codes.to(torch.int8)))
+        q.weight_scale.copy_(scales)
+        if spec.bias:
+            q.bias.copy_(bias)
+        if rot_in is not None:
+            if rot_in.perm is not None:
+                q.input_perm.copy_(rot_in.perm)
+            q._set_rot("input", rot_in)
+        if rot_out is not None:
+            q._set_rot("output", rot_out)
+        for name, val in (("input_channel_div", channel_div), ("act_scale", act_scale),
+                          ("act_step_table", act_step_table), ("act_step_scale", act_step_scale)):
+            if val is not None:
+                getattr(q, name).copy_(val)
+        return q
+
+    def _set_rot(self, prefix: str, rot: BlockRotation) -> None:
+        if rot.blocks.shape[0]:
+            getattr(self, f"{prefix}_rot_blocks").copy_(rot.blocks)
+        if rot.tail is not None:
+            getattr(self, f"{prefix}_rot_tail").copy_(rot.tail)
+
+    # ---------------------------------------------------------------- caches
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._cache.clear()
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn, recurse=True):
+        self._cache.clear()
+        return super()._apply(fn, recurse)
+
+    def _cached(self, key: str, make):
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def weight_codes(self) -> torch.Tensor:
+        return self._cached("codes", lambda: unpack_int4(self.weight_packed, self.in_features))
+
+    def dequantized_weight(self) -> torch.Tensor:
+        return self._cached("w", lambda: dequantize_weight(
+            self.weight_codes(), self.weight_scale, self.spec.group_size))
+
+    def _rotation(self, prefix: str) -> BlockRotation | None:
+        def make():
+            blocks = getattr(self, f"{prefix}_rot_blocks", None)
+            tail = getattr(self, f"{prefix}_rot_tail", None)
+            if blocks is None and tail is None:
+                return None
+            if blocks is None:
+                blocks = torch.zeros(0, self.spec.block, self.spec.block, device=tail.device)
+            perm = getattr(self, "input_perm", None) if prefix == "input" else None
+            return BlockRotation(perm, blocks, tail)
+        return self._cached(f"rot_{prefix}", make)
+
+    # ---------------------------------------------------------------- forward
+    def uses_integer_path(self) -> bool:
+        if self.path == "reference" or self.spec.act_mode == "none":
+            return False
+        if self.path == "integer":
+            why = self.spec.integer_blocker()
+            if why:
+                raise ValueError(f"integer path impossible for this layer: {why}")
+            return True
+        return self.spec.integer_ok
+
+    def activation_scale(self, z: torch.Tensor) -> torch.Tensor:
+        """Scale(s) for the activation codes: [M,1], [in] or a 0-d tensor."""
+        mode = self.spec.act_mode
+        if mode == "dynamic":
+            return per_token_scales(z)
+        if mode == "static":
+            return self.act_scale
+        row = step_row(current_step(), self.spec.steps)
+        if mode == "per_step":
+            t = self.act_step_table
+            return t.mean(dim=0) if row is None else t[row]
+        s = self.act_step_scale
+        return s.mean() if row is None else s[row]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        z = x.reshape(-1, self.in_features).float()
+        rot_in = self._rotation("input")
+        if rot_in is not None:
+            z = rot_in.apply(z)
+        if self.spec.channel_div:
+            z = z / self.input_channel_div
+        if self.spec.act_mode == "none":
+            y = z @ self.dequantized_weight().t()
+        else:
+            s = self.activation_scale(z)
+            codes = quantize_codes(z, s)
+            if self.uses_integer_path():
+                y = self._integer_gemm(codes) * s
+            else:
+                y = (codes * s) @ self.dequantized_weight().t()
+        rot_out = self._rotation("output")
+        if rot_out is not None:
+            y = rot_out.apply_inverse(y)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*lead, self.out_features).to(x.dtype)
+
+    def _integer_gemm(self, codes: torch.Tensor) -> torch.Tensor:
+        backend = int_gemm.pick_backend(codes.device, self.backend)
+        w_scale = self.weight_scale[:, 0]
+        if backend == "fbgemm":
+            packed = self._cached("fbgemm", lambda: int_gemm.prepack_fbgemm(
+                self.weight_codes(), w_scale))
+            return int_gemm.gemm_fbgemm(codes, packed)
+        if backend == "int_mm":
+            wt = self._cached("wt_i8", lambda: self.weight_codes().t().contiguous())
+            return int_gemm.gemm_int_mm(codes, wt) * w_scale
+        return int_gemm.gemm_exact(codes, self.weight_codes()) * w_scale
+
+    def extra_repr(self) -> str:
+        s = self.spec
+        return (f"in={s.in_features}, out={s.out_features}, rot={s.rotation}"
+                f"{'+out' if s.out_rotation else ''}, group={s.group_size}, act={s.act_mode}, "
+                f"path={self.path}")

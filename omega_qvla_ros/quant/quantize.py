@@ -1,0 +1,208 @@
+"""`quantize(model, recipe, calibration_batches)`: replace matching nn.Linear layers of
+any nn.Module by QuantLinear, in place.
+
+Order of work: (1) rotations from the FP weights alone; (2) one calibration pass over
+the batches (Hessians, activation samples per denoising step); (3) per layer:
+channel divisor (SmoothQuant or per-step profile), activation scales on the rotated
+inputs, output-row rotation, weight solver (GPTQ on W̃ with H̃ = Rᵀ H R, or RTN).
+Hessians come from the FP model's inputs (all layers calibrated in one pass).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from .calibration import Calibrator, LayerStats, channel_quantile
+from .gptq import gptq_blocklocal, gptq_quantize
+from .int4 import EPS, QMAX, dequantize_weight, quantize_weight_rtn
+from .qlinear import LayerSpec, QuantLinear
+from .recipes import Recipe, SideRecipe, get_recipe
+from .rotation import BlockRotation, build_input_rotation, build_output_rotation
+
+ForwardFn = Callable[[nn.Module, Any], Any]
+
+
+def default_forward(model: nn.Module, batch: Any) -> Any:
+    if isinstance(batch, dict):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    return model(batch)
+
+
+def select_targets(model: nn.Module, recipe: Recipe) -> dict[str, tuple[nn.Linear, str, SideRecipe]]:
+    out = {}
+    for name, mod in model.named_modules():
+        if type(mod) is nn.Linear:
+            hit = recipe.side_of(name)
+            if hit is not None:
+                out[name] = (mod, hit[0], hit[1])
+    return out
+
+
+def _progress(it: Iterable, enabled: bool, desc: str, total: int | None = None):
+    if not enabled:
+        return it
+    from tqdm import tqdm
+    return tqdm(it, desc=desc, total=total, leave=False)
+
+
+def quantize(model: nn.Module, recipe: "str | Recipe", calibration_batches: Iterable[Any],
+             forward: ForwardFn = default_forward, progress: bool = False,
+             path: str = "auto", backend: str = "auto", seed: int = 0) -> nn.Module:
+    """Quantize `model` in place with `recipe`; returns the model.
+
+    `calibration_batches` are fed through `forward(model, batch)` under no_grad. A
+    report per layer (weight error, path) is left in `model.quantization_report`.
+    """
+    recipe = get_recipe(recipe)
+    targets = select_targets(model, recipe)
+    model.quantization_report = {"recipe": recipe.name, "layers": {}, "calibration": {}}
+    if not targets:
+        return model
+    rotations = {
+        name: build_input_rotation(mod.weight, sr.rotation, seed=seed + i)
+        for i, (name, (mod, _side, sr)) in enumerate(targets.items())
+    }
+    cal = Calibrator({name: (mod, sr.weight_solver != "rtn") for name, (mod, _s, sr) in targets.items()},
+                     seed=seed)
+    batches = list(calibration_batches) if not isinstance(calibration_batches, list) else calibration_batches
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), cal.attach():
+        for batch in _progress(batches, progress, "calibrate", len(batches)):
+            forward(model, batch)
+    model.train(was_training)
+    model.quantization_report["calibration"] = cal.summary()
+    with torch.no_grad():
+        for name, (mod, side, sr) in _progress(targets.items(), progress, "quantize", len(targets)):
+            st = cal.stats[name]
+            if st.calls == 0:
+                raise RuntimeError(f"layer {name} was never called during calibration; "
+                                   "check the calibration batches and the forward function")
+            q, info = build_quant_linear(mod, sr, side, rotations[name], st, path=path, backend=backend)
+            model.set_submodule(name, q)
+            model.quantization_report["layers"][name] = info
+    return model
+
+
+def _act_tables(sr: SideRecipe, st: LayerStats, rot: BlockRotation | None,
+                ) -> tuple[dict[int | None, torch.Tensor], int]:
+    """Rotated activation samples per step bucket, and the number of steps."""
+    rotated = {k: (rot.apply(v.double()) if rot is not None else v.double()) for k, v in st.samples.items()}
+    steps = st.steps_total or 0
+    return rotated, steps
+
+
+def _per_step_table(samples: dict[int | None, torch.Tensor], steps: int, quantile: float,
+                    div: torch.Tensor | None) -> torch.Tensor:
+    """table[t, j] = quantile(|z_t[:, j]|) / 7, a missing step takes the mean of the others."""
+    def q(x):
+        z = x if div is None else x / div
+        return (channel_quantile(z.abs(), quantile) / QMAX).clamp_min(1e-6)
+    rows = {t: q(samples[t]) for t in range(steps) if t in samples}
+    if not rows:  # layer ran outside the denoising loop only: one row from those inputs
+        return q(torch.cat(list(samples.values())))[None]
+    mean = torch.stack(list(rows.values())).mean(dim=0)
+    return torch.stack([rows.get(t, mean) for t in range(steps)])
+
+
+def _mse_step_scales(samples: dict[int | None, torch.Tensor], steps: int, div: torch.Tensor,
+                     upper: torch.Tensor, grid: int = 16) -> torch.Tensor:
+    """Per-step per-tensor scale minimising ‖Q(z_t) − z_t‖² over `grid` candidates in
+    [0.25, 1]·upper[t] (upper = the scale that clips no channel's calibrated quantile)."""
+    pooled = torch.cat(list(samples.values()))
+    out = []
+    for t in range(steps):
+        z = samples.get(t, samples.get(None, pooled)) / div
+        best, best_err = upper[t], None
+        for f in torch.linspace(0.25, 1.0, grid, dtype=torch.float64):
+            s = upper[t] * f
+            err = float((torch.clamp(torch.round(z / s), -8, 7) * s - z).pow(2).sum())
+            if best_err is None or err < best_err:
+                best, best_err = s, err
+        out.append(best)
+    return torch.stack(out)
+
+
+def build_quant_linear(linear: nn.Linear, sr: SideRecipe, side: str, rot: BlockRotation | None,
+                       st: LayerStats, path: str = "auto", backend: str = "auto"
+                       ) -> tuple[QuantLinear, dict]:
+    W = linear.weight.detach().double().cpu()
+    Wt = rot.apply(W) if rot is not None else W
+    samples, steps = _act_tables(sr, st, rot)
+    all_x = torch.cat(list(samples.values()))
+    act_mode = sr.act_mode
+    div = None
+    if sr.smooth_alpha is not None:
+        a = sr.smooth_alpha
+        # max |x_j| over every calibration token when unrotated, else over the samples
+        xmax = st.absmax.double() if rot is None else all_x.abs().amax(dim=0)
+        wmax = Wt.abs().amax(dim=0)
+        div = (xmax.clamp_min(EPS) ** a / wmax.clamp_min(EPS) ** (1 - a)).clamp(1e-4, 1e4)
+    table = None
+    step_scale = None
+    act_scale = None
+    if act_mode in ("per_step", "per_step_mean", "per_step_factorized"):
+        table = _per_step_table(samples, steps, sr.quantile, div)
+        if act_mode == "per_step_mean":
+            table = table.mean(dim=0, keepdim=True).expand_as(table).clone()
+        if act_mode == "per_step_factorized":
+            # table[t, j] ≈ s_t · p_j: profile p = (geometric mean over steps)^α, folded into
+            # the weights (α splits the channel range between activations and weights, as
+            # in SmoothQuant); s_t = the per-tensor scale of z_t = x̃_t / p minimising the
+            # step's quantization MSE, searched below the no-clipping scale.
+            profile = torch.exp(torch.log(table).mean(dim=0)) ** sr.profile_alpha
+            div = profile if div is None else div * profile
+            step_scale = _mse_step_scales(samples, table.shape[0], div,
+                                          (table / profile).amax(dim=1))
+            table = None
+    elif act_mode == "static":
+        z = all_x if div is None else all_x / div
+        act_scale = (channel_quantile(z.abs(), sr.quantile) / QMAX).clamp_min(1e-6)
+    W_eff = Wt * div[None, :] if div is not None else Wt
+    rot_out = build_output_rotation(W_eff) if sr.out_rotation else None
+    W_store = rot_out.apply(W_eff.T).T if rot_out is not None else W_eff
+    gs = sr.group_size
+    if sr.weight_solver == "rtn":
+        codes, scales = quantize_weight_rtn(W_store, gs)
+    else:
+        H = st.normalized_hessian()
+        if rot is not None:
+            R = rot.dense()
+            H = R.T @ H @ R
+        if div is not None:
+            H = H / div[:, None] / div[None, :]
+        if sr.weight_solver == "gptq":
+            codes, scales = gptq_quantize(W_store, H, gs, damp=sr.damp, act_order=sr.act_order)
+        else:
+            codes, scales = gptq_blocklocal(W_store, H, gs)
+    spec = LayerSpec(
+        in_features=linear.in_features, out_features=linear.out_features,
+        bias=linear.bias is not None, group_size=gs, rotation=sr.rotation,
+        out_rotation=sr.out_rotation,
+        act_mode={"per_step_mean": "per_step"}.get(act_mode, act_mode),
+        steps=(table.shape[0] if table is not None else
+               step_scale.shape[0] if step_scale is not None else 0),
+        channel_div=div is not None, side=side,
+    )
+    q = QuantLinear.from_parts(
+        spec, codes, scales, bias=None if linear.bias is None else linear.bias.detach().float(),
+        rot_in=rot, rot_out=rot_out, channel_div=None if div is None else div.float(),
+        act_scale=None if act_scale is None else act_scale.float(),
+        act_step_table=None if table is None else table.float(),
+        act_step_scale=None if step_scale is None else step_scale.float(),
+        path=path, backend=backend,
+    )
+    q.to(linear.weight.device)
+    w_err = float((dequantize_weight(codes, scales, gs).double() - W_store).pow(2).sum()
+                  / W_store.pow(2).sum().clamp_min(1e-30))
+    info = {"side": side, "spec": spec.to_dict(), "weight_rel_mse": w_err,
+            "integer_path": q.uses_integer_path() if path != "integer" else True,
+            "calls": st.calls, "tokens": st.tokens}
+    if not math.isfinite(w_err):
+        raise FloatingPointError(f"non-finite quantization error in a layer with spec {spec}")
+    return q, info

@@ -1,0 +1,141 @@
+"""Quantization recipes as data: which modules, which rotation, solver and scales.
+
+A recipe has one `SideRecipe` per side of a VLA — the VLM backbone and the action
+head (DiT / action expert) — each naming its modules by regular expressions on the
+module's qualified name (re.search), so `quantize()` works on any nn.Module. The
+default patterns follow the public checkpoints' names (openpi / LeRobot `pi05`,
+Isaac-GR00T N1.5); `Recipe.with_scopes` swaps them for another model.
+
+Which recipes execute as integer GEMMs: only `omega_qvla_int` (per-output-channel
+weight scales; dynamic per-token activations in the backbone, per-step factorized
+activations in the action head). All others carry 128-column weight groups and/or
+per-input-channel activation scales and run on the reference path.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+
+WEIGHT_SOLVERS = ("rtn", "gptq", "gptq_blocklocal")
+RECIPE_ACT_MODES = ("none", "dynamic", "static", "per_step", "per_step_mean", "per_step_factorized")
+
+BACKBONE_PATTERNS = [
+    r"language_model\.(model\.)?layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)$",
+]
+ACTION_HEAD_PATTERNS = [
+    r"gemma_expert\.model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)$",
+    r"transformer_blocks\.\d+\.(attn1\.(to_q|to_k|to_v|to_out\.0)|ff\.net\.(0\.proj|2))$",
+]
+
+
+@dataclass
+class SideRecipe:
+    include: list[str]
+    exclude: list[str] = field(default_factory=list)
+    rotation: str = "none"
+    out_rotation: bool = False
+    weight_solver: str = "rtn"
+    group_size: int | None = 128
+    act_mode: str = "dynamic"
+    smooth_alpha: float | None = None
+    bits: int = 4
+    damp: float = 0.01
+    act_order: bool = False
+    quantile: float = 0.999
+    profile_alpha: float = 0.5  # per_step_factorized: share of the channel profile folded into W
+
+    def __post_init__(self) -> None:
+        if self.weight_solver not in WEIGHT_SOLVERS:
+            raise ValueError(f"unknown weight solver {self.weight_solver!r}; choose from {WEIGHT_SOLVERS}")
+        if self.act_mode not in RECIPE_ACT_MODES:
+            raise ValueError(f"unknown activation mode {self.act_mode!r}; choose from {RECIPE_ACT_MODES}")
+        if self.bits != 4:
+            raise ValueError("only 4-bit weights and activations are implemented")
+
+    def matches(self, name: str) -> bool:
+        return any(re.search(p, name) for p in self.include) and not any(
+            re.search(p, name) for p in self.exclude)
+
+
+@dataclass
+class Recipe:
+    name: str
+    backbone: SideRecipe | None
+    action_head: SideRecipe | None
+    description: str = ""
+
+    def sides(self) -> list[tuple[str, SideRecipe]]:
+        return [(k, v) for k, v in (("action_head", self.action_head), ("backbone", self.backbone))
+                if v is not None]
+
+    def side_of(self, name: str) -> tuple[str, SideRecipe] | None:
+        """The side whose patterns match `name` (action head first), or None."""
+        for side, sr in self.sides():
+            if sr.matches(name):
+                return side, sr
+        return None
+
+    def with_scopes(self, backbone: list[str] | None = None,
+                    action_head: list[str] | None = None) -> "Recipe":
+        """Same recipe with other module-name patterns (for models named differently)."""
+        bb = self.backbone and dataclasses.replace(self.backbone, include=list(backbone or []))
+        ah = self.action_head and dataclasses.replace(self.action_head, include=list(action_head or []))
+        return dataclasses.replace(self, backbone=bb, action_head=ah)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Recipe":
+        def side(x):
+            return None if x is None else SideRecipe(**x)
+        return cls(name=d["name"], backbone=side(d.get("backbone")),
+                   action_head=side(d.get("action_head")), description=d.get("description", ""))
+
+
+def _bb(**kw) -> SideRecipe:
+    return SideRecipe(include=list(BACKBONE_PATTERNS), **kw)
+
+
+def _ah(**kw) -> SideRecipe:
+    return SideRecipe(include=list(ACTION_HEAD_PATTERNS), **kw)
+
+
+def _omega(name: str, desc: str, rotation: str = "omega", out_rotation: bool = True,
+           head_act: str = "per_step", group: int | None = 128) -> Recipe:
+    return Recipe(
+        name,
+        backbone=_bb(rotation=rotation, weight_solver="gptq", group_size=group, act_mode="dynamic"),
+        action_head=_ah(rotation=rotation, out_rotation=out_rotation, weight_solver="rtn",
+                        group_size=group, act_mode=head_act),
+        description=desc,
+    )
+
+
+RECIPES: dict[str, Recipe] = {
+    "fp16": Recipe("fp16", None, None, "reference: nothing quantized"),
+    "rtn": Recipe("rtn", _bb(), _ah(), "W4A4 round-to-nearest, dynamic per-token activations"),
+    "smoothquant": Recipe("smoothquant", _bb(smooth_alpha=0.5), _ah(smooth_alpha=0.5),
+                          "SmoothQuant (α=0.5) channel migration, then W4A4 RTN"),
+    "hadamard": _omega("hadamard", "Ω-QVLA pipeline with per-linear Hadamard blocks only "
+                       "(QuaRot-like rotation ablation)", rotation="hadamard", out_rotation=False),
+    "svd": _omega("svd", "Ω-QVLA pipeline with SVD block rotations only (U_b, no Hadamard)",
+                  rotation="svd"),
+    "omega_qvla": _omega("omega_qvla", "the paper: composite SVD·Hadamard rotation, GPTQ "
+                         "backbone, RTN action head with output rotation, per-step tables"),
+    "omega_qvla_noperstep": _omega("omega_qvla_noperstep", "ablation: per-step table replaced "
+                                   "by its mean over steps", head_act="per_step_mean"),
+    "omega_qvla_int": _omega("omega_qvla_int", "integer-executable Ω-QVLA: per-channel weight "
+                             "scales, per-step factorized activation scales",
+                             head_act="per_step_factorized", group=None),
+}
+
+
+def get_recipe(name_or_recipe: "str | Recipe") -> Recipe:
+    if isinstance(name_or_recipe, Recipe):
+        return name_or_recipe
+    try:
+        return RECIPES[name_or_recipe]
+    except KeyError:
+        raise ValueError(f"unknown recipe {name_or_recipe!r}; choose from {sorted(RECIPES)}") from None

@@ -1,0 +1,161 @@
+"""Per-layer orthogonal rotations of the contraction (input) axis, and of output rows.
+
+A rotation R acts on row vectors: x̃ = x R, W̃ = W R, so x̃ W̃ᵀ = x Wᵀ exactly. It is
+stored compactly as an optional permutation plus square blocks and applied at run
+time as an index select and one batched block matmul:
+
+    R = P · blockdiag(R_1, …, R_m, R_tail)
+
+Modes (`RotationMode`):
+- "omega": energy zigzag permutation, then per 64-block R_b = U_b · H_64 where U_b
+  are the right singular vectors of the block's weight columns (composite SVD ·
+  Hadamard of Ω-QVLA). Every input channel of a block then carries the same weight
+  energy, and any activation spike is spread over 64 channels.
+- "svd": the same permutation and U_b alone.
+- "hadamard": no permutation, H_64 blocks (QuaRot-like, per linear).
+- "random_hadamard": no permutation, diag(±1) · H_64 blocks (seeded).
+
+Sizes not divisible by the block size (our rule, the paper leaves it open): the
+channels are cut into ⌊n/64⌋ full blocks plus one tail block of r = n mod 64
+channels. The tail uses H_r when r is a supported Hadamard order (2^k or K·2^k,
+see hadamard.py), else U_b alone ("omega", "svd") or the identity ("hadamard").
+Output-row rotations (action-head layers) use orthogonal Q_b from the SVD of each
+64-row block of the (input-rotated) weight, with the same tail rule minus Hadamard.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from .hadamard import hadamard_matrix, is_supported
+
+RotationMode = Literal["none", "omega", "svd", "hadamard", "random_hadamard"]
+ROTATION_MODES = ("none", "omega", "svd", "hadamard", "random_hadamard")
+BLOCK = 64
+
+
+@dataclass
+class BlockRotation:
+    """R = P · blockdiag(blocks…, tail); perm may be None (identity)."""
+
+    perm: torch.Tensor | None  # [n] int64
+    blocks: torch.Tensor  # [m, B, B]
+    tail: torch.Tensor | None  # [r, r]
+
+    @property
+    def size(self) -> int:
+        n = self.blocks.shape[0] * self.blocks.shape[1]
+        return n + (0 if self.tail is None else self.tail.shape[0])
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """x R along the last axis."""
+        if self.perm is not None:
+            x = x.index_select(-1, self.perm)
+        return self._blockwise(x, transpose=False)
+
+    def apply_inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """y Rᵀ along the last axis (R is orthogonal)."""
+        x = self._blockwise(y, transpose=True)
+        if self.perm is not None:
+            inv = torch.empty_like(self.perm)
+            inv[self.perm] = torch.arange(self.perm.numel(), device=self.perm.device)
+            x = x.index_select(-1, inv)
+        return x
+
+    def _blockwise(self, x: torch.Tensor, transpose: bool) -> torch.Tensor:
+        m, B, _ = self.blocks.shape
+        blocks = self.blocks.transpose(1, 2) if transpose else self.blocks
+        head = x[..., : m * B].reshape(*x.shape[:-1], m, B)
+        out = torch.einsum("...mb,mbc->...mc", head, blocks.to(x.dtype)).reshape(*x.shape[:-1], m * B)
+        if self.tail is None:
+            return out
+        t = self.tail.t() if transpose else self.tail
+        return torch.cat((out, x[..., m * B:] @ t.to(x.dtype)), dim=-1)
+
+    def dense(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """The full [n, n] matrix R (rows of the identity, rotated)."""
+        eye = torch.eye(self.size, dtype=dtype, device=self.blocks.device)
+        return BlockRotation(self.perm, self.blocks.to(dtype),
+                             None if self.tail is None else self.tail.to(dtype)).apply(eye)
+
+    def to(self, device=None, dtype=None) -> "BlockRotation":
+        return BlockRotation(
+            None if self.perm is None else self.perm.to(device),
+            self.blocks.to(device=device, dtype=dtype),
+            None if self.tail is None else self.tail.to(device=device, dtype=dtype),
+        )
+
+
+def zigzag_permutation(w: torch.Tensor) -> torch.Tensor:
+    """Sort input channels by weight energy (descending) and interleave both ends."""
+    energy = w.double().pow(2).mean(dim=0)
+    order = torch.argsort(energy, descending=True, stable=True)
+    n = order.numel()
+    idx = torch.empty(n, dtype=torch.long)
+    idx[0::2] = torch.arange((n + 1) // 2)
+    idx[1::2] = n - 1 - torch.arange(n // 2)
+    return order[idx]
+
+
+def _right_singular(wb: torch.Tensor) -> torch.Tensor:
+    """Eigenvectors of wbᵀ wb (columns), by descending eigenvalue."""
+    evals, evecs = torch.linalg.eigh(wb.T @ wb)
+    return evecs[:, torch.argsort(evals, descending=True)]
+
+
+def _hadamard_or_identity(r: int, allow_identity: bool) -> torch.Tensor | None:
+    if is_supported(r):
+        return hadamard_matrix(r, torch.float64)
+    return None if allow_identity else torch.eye(r, dtype=torch.float64)
+
+
+def build_input_rotation(w: torch.Tensor, mode: RotationMode, block: int = BLOCK,
+                         seed: int = 0) -> BlockRotation | None:
+    """Rotation of the input axis of weight w [out, in], from the weights only."""
+    if mode == "none":
+        return None
+    if mode not in ROTATION_MODES:
+        raise ValueError(f"unknown rotation mode {mode!r}; choose from {ROTATION_MODES}")
+    w = w.detach().double().cpu()
+    n = w.shape[1]
+    m, r = divmod(n, block)
+    perm = zigzag_permutation(w) if mode in ("omega", "svd") else None
+    wp = w[:, perm] if perm is not None else w
+    H = hadamard_matrix(block, torch.float64)
+    gen = torch.Generator().manual_seed(seed)
+
+    def make(cols: torch.Tensor, size: int) -> torch.Tensor:
+        Hs = H if size == block else _hadamard_or_identity(size, allow_identity=True)
+        if mode == "omega":
+            U = _right_singular(cols)
+            return U @ Hs if Hs is not None else U
+        if mode == "svd":
+            return _right_singular(cols)
+        if Hs is None:
+            return torch.eye(size, dtype=torch.float64)
+        if mode == "random_hadamard":
+            signs = torch.randint(0, 2, (size,), generator=gen).double() * 2 - 1
+            return signs[:, None] * Hs
+        return Hs
+
+    blocks = [make(wp[:, b * block:(b + 1) * block], block) for b in range(m)]
+    blocks_t = torch.stack(blocks) if blocks else torch.zeros(0, block, block, dtype=torch.float64)
+    tail = make(wp[:, m * block:], r) if r else None
+    return BlockRotation(perm, blocks_t, tail)
+
+
+def build_output_rotation(w_rot: torch.Tensor, block: int = BLOCK) -> BlockRotation:
+    """Output-row rotation Q from the SVD of each row block of w_rot [out, in].
+
+    The stored weight is Qᵀ-rotated: W' = blockdiag(Q)ᵀ W̃, i.e. `rot.apply(W̃ᵀ)ᵀ`;
+    the layer restores y = y' · blockdiag(Q)ᵀ = `rot.apply_inverse(y')`.
+    """
+    wt = w_rot.detach().double().cpu().T  # [in, out]: rows of W become columns
+    out = wt.shape[1]
+    m, r = divmod(out, block)
+    blocks = [_right_singular(wt[:, b * block:(b + 1) * block]) for b in range(m)]
+    blocks_t = torch.stack(blocks) if blocks else torch.zeros(0, block, block, dtype=torch.float64)
+    tail = _right_singular(wt[:, m * block:]) if r else None
+    return BlockRotation(None, blocks_t, tail)
