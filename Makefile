@@ -27,7 +27,9 @@ test: setup
 	$(VPY) -m pytest -q test
 
 bench: setup
-	$(VENV)/bin/omega-qvla bench quant --json > bench/results/quant.json
+	$(VPY) -m pip install -q --disable-pip-version-check -r requirements/bench.txt
+	$(VENV)/bin/omega-qvla bench quant --json > bench/results/quant.json.tmp
+	mv bench/results/quant.json.tmp bench/results/quant.json
 	$(VPY) bench/make_table.py
 
 clean-venv:

@@ -1,0 +1,45 @@
+"""Regenerate the benchmark table in README.md from bench/results/*.json.
+
+    .venv/bin/python bench/make_table.py
+
+The README section between the BENCH-TABLE markers is replaced; nothing else changes.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+BEGIN, END = "<!-- BENCH-TABLE:BEGIN -->", "<!-- BENCH-TABLE:END -->"
+
+
+def quant_section(path: Path) -> str:
+    from omega_qvla_ros.tools.bench_quant import format_text
+
+    r = json.loads(path.read_text())
+    head = (f"`omega-qvla bench quant --json` → `{path.relative_to(ROOT)}` "
+            f"({r['device']}, torch {r['torch']}).\n\n")
+    return head + format_text(r)
+
+
+def main() -> int:
+    parts = []
+    q = ROOT / "bench" / "results" / "quant.json"
+    if q.exists():
+        parts.append("### Quantization core\n\n" + quant_section(q))
+    body = "\n\n".join(parts) or "_no results yet: run `make bench`_"
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"README.md lacks the {BEGIN} … {END} markers")
+    pre, rest = text.split(BEGIN, 1)
+    _, post = rest.split(END, 1)
+    readme.write_text(pre + BEGIN + "\n" + body + "\n" + END + post)
+    print(f"updated {readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
