@@ -193,7 +193,7 @@ def test_corrupt_wrong_shape(pack_dir):
     name = "language_model.layers.0.mlp.up_proj.weight_scale"
 
     def mutate(t):
-        t[name] = torch.ones(3, 3)
+        t[name] = torch.ones(3, 3, dtype=torch.float16)
     _rewrite(pack_dir, mutate)
     with pytest.raises(PackShapeError, match="weight_scale"):
         _load(pack_dir)
@@ -218,3 +218,22 @@ def test_pack_has_no_pickle(pack_dir):
     assert not shutil.which("nonexistent")  # keep pytest from treating this as trivial
     head = (pack_dir / "model.safetensors").read_bytes()[:8]
     assert int.from_bytes(head, "little") > 0  # safetensors header length, not a pickle opcode
+
+
+def test_corrupt_wrong_dtype(pack_dir):
+    from omega_qvla_ros.quant import PackDtypeError
+    name = "language_model.layers.0.mlp.up_proj.weight_scale"
+
+    def mutate(t):
+        t[name] = t[name].float()
+    _rewrite(pack_dir, mutate)
+    with pytest.raises(PackDtypeError, match="float32"):
+        _load(pack_dir)
+
+
+def test_pack_stores_quant_state_compactly(pack_dir):
+    m = json.loads((pack_dir / "manifest.json").read_text())["tensors"]
+    assert m["language_model.layers.0.mlp.up_proj.weight_packed"]["dtype"] == "int32"
+    assert m["language_model.layers.0.mlp.up_proj.weight_scale"]["dtype"] == "float16"
+    assert m["language_model.layers.0.mlp.up_proj.input_perm"]["dtype"] == "int16"
+    assert m["language_model.layers.0.mlp.up_proj.input_rot_blocks"]["dtype"] == "float16"

@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .qlinear import LayerSpec, QuantLinear
+from .qlinear import LayerSpec, QuantLinear, storage_dtype
 
 FORMAT = "omega-qvla-pack"
 FORMAT_VERSION = 1
@@ -101,8 +101,10 @@ def save_pack(model: nn.Module, out_dir: str | os.PathLike, model_info: dict,
               extra: dict | None = None, float_dtype: torch.dtype | None = None) -> Path:
     """Write `model` (FP or quantized) as a pack. `model_info` = {"family", "config", …}.
 
-    `float_dtype` (e.g. torch.float16) casts floating tensors that are not quantization
-    state (weights of the kept-in-float parts); quantization state stays float32.
+    Quantization state is stored compactly (qlinear.storage_dtype: int32 packed codes,
+    fp16 scales/rotations/tables, int16 permutations); it is already held at that
+    precision, so this is lossless. `float_dtype` (e.g. torch.float16) casts the
+    kept-in-float parts; None keeps their dtype.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -110,8 +112,14 @@ def save_pack(model: nn.Module, out_dir: str | os.PathLike, model_info: dict,
     tensors: dict[str, torch.Tensor] = {}
     for k, v in model.state_dict().items():
         v = v.detach().cpu()
-        owner = k.rsplit(".", 1)[0]
-        if float_dtype is not None and v.is_floating_point() and owner not in qnames:
+        owner, leaf = k.rsplit(".", 1) if "." in k else ("", k)
+        if owner in qnames:
+            stored = storage_dtype(leaf, v)
+            if v.is_floating_point() and not torch.equal(v.to(stored).to(v.dtype), v):
+                raise ValueError(f"{k}: quantization state is not at its stored precision "
+                                 f"({stored}); build layers with QuantLinear.from_parts")
+            v = v.to(stored)
+        elif float_dtype is not None and v.is_floating_point():
             v = v.to(float_dtype)
         tensors[k] = v.contiguous()
     save_file(tensors, str(out / WEIGHTS), metadata={"format": FORMAT})
@@ -219,8 +227,7 @@ def load_state_checked(model: nn.Module, tensors: dict[str, torch.Tensor]) -> No
     for k in tensors:
         if k not in own:
             raise PackUnexpectedTensorError(f"pack tensor {k!r} has no place in the model")
-    model.load_state_dict({k: t.to(own[k].dtype) if own[k].is_floating_point() else t
-                           for k, t in tensors.items()}, strict=True)
+    model.load_state_dict({k: t.to(own[k].dtype) for k, t in tensors.items()}, strict=True)
 
 
 def load_pack(pack_dir: str | os.PathLike, build_model: ModelBuilder | None = None,

@@ -29,6 +29,24 @@ from .int4 import dequantize_weight, num_groups, per_token_scales, quantize_code
 from .packing import pack_int4, unpack_int4
 from .rotation import BLOCK, BlockRotation
 
+STORAGE_FLOAT = torch.float16  # quantization state is stored (and held) at fp16 precision
+
+
+def storage_round(t: torch.Tensor) -> torch.Tensor:
+    """Round float quantization state to what the pack stores (fp16), so that saving and
+    loading a pack is lossless and every byte is counted at its stored size."""
+    return t.to(STORAGE_FLOAT).to(t.dtype) if t.is_floating_point() else t
+
+
+def storage_dtype(name: str, t: torch.Tensor) -> torch.dtype:
+    """Dtype a QuantLinear buffer takes in a pack (by buffer name)."""
+    if name == "input_perm":
+        return torch.int16 if t.numel() <= 32767 else torch.int32
+    if t.is_floating_point():
+        return STORAGE_FLOAT
+    return t.dtype
+
+
 ACT_MODES = ("none", "dynamic", "static", "per_step", "per_step_factorized")
 INTEGER_ACT_MODES = ("dynamic", "per_step_factorized")
 PATHS = ("auto", "reference", "integer")
@@ -137,9 +155,9 @@ class QuantLinear(nn.Module):
                    act_step_scale: torch.Tensor | None = None, **kw) -> "QuantLinear":
         q = cls(spec, **kw)
         q.weight_packed.copy_(pack_int4(codes.to(torch.int8)))
-        q.weight_scale.copy_(scales)
+        q.weight_scale.copy_(storage_round(scales))
         if spec.bias:
-            q.bias.copy_(bias)
+            q.bias.copy_(storage_round(bias))
         if rot_in is not None:
             if rot_in.perm is not None:
                 q.input_perm.copy_(rot_in.perm)
@@ -149,14 +167,14 @@ class QuantLinear(nn.Module):
         for name, val in (("input_channel_div", channel_div), ("act_scale", act_scale),
                           ("act_step_table", act_step_table), ("act_step_scale", act_step_scale)):
             if val is not None:
-                getattr(q, name).copy_(val)
+                getattr(q, name).copy_(storage_round(val))
         return q
 
     def _set_rot(self, prefix: str, rot: BlockRotation) -> None:
         if rot.blocks.shape[0]:
-            getattr(self, f"{prefix}_rot_blocks").copy_(rot.blocks)
+            getattr(self, f"{prefix}_rot_blocks").copy_(storage_round(rot.blocks))
         if rot.tail is not None:
-            getattr(self, f"{prefix}_rot_tail").copy_(rot.tail)
+            getattr(self, f"{prefix}_rot_tail").copy_(storage_round(rot.tail))
 
     # ---------------------------------------------------------------- caches
     def _load_from_state_dict(self, *args, **kwargs):

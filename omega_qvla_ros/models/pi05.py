@@ -1,0 +1,190 @@
+"""Pi0.5-style VLA: SigLIP vision tower + Gemma trunk over the prefix (images,
+instruction, discretised state), and a narrower Gemma action expert that attends to
+the cached prefix keys/values and its own action tokens, conditioned on the flow
+time by adaptive RMSNorm. Flow matching, Euler steps from t = 1 (noise) to t = 0.
+
+State (our choice, as Pi0.5 does): discrete tokens — each normalised state value in
+[-1, 1] becomes one of 256 bins appended after the instruction. Parameter names follow
+openpi's PyTorch model / LeRobot `pi05`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import Observation, PrefixCache, fit_state, image_tokens, init_weights
+from .configs import LMConfig, Pi05Config
+from .flow import euler_sample
+from .layers import AdaptiveRMSNorm, Attention, DecoderLayer, GatedMLP, RMSNorm, VisionTower, sincos_embedding
+from .tokenizer import STATE_OFFSET
+
+
+class GemmaModel(nn.Module):
+    def __init__(self, c: LMConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(c.vocab, c.width)
+        self.layers = nn.ModuleList([
+            DecoderLayer(c.width, c.mlp, c.heads, c.kv_heads, c.head_dim, c.rope_theta,
+                         act="gelu_tanh", qk_norm=False, gemma_norm=True) for _ in range(c.layers)])
+        self.norm = RMSNorm(c.width)
+
+
+class MultiModalProjector(nn.Module):
+    def __init__(self, vis: int, width: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(vis, width)
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+class PaliGemmaInner(nn.Module):
+    def __init__(self, cfg: Pi05Config) -> None:
+        super().__init__()
+        v = cfg.vision
+        self.vision_tower = VisionTower(dim=v.width, layers=v.layers, heads=v.heads, mlp=v.mlp,
+                                        patch=v.patch, image_size=v.image_size)
+        self.multi_modal_projector = MultiModalProjector(v.width, cfg.trunk.width)
+        self.language_model = GemmaModel(cfg.trunk)
+
+
+class PaliGemma(nn.Module):
+    def __init__(self, cfg: Pi05Config) -> None:
+        super().__init__()
+        self.model = PaliGemmaInner(cfg)
+
+
+class ExpertLayer(nn.Module):
+    def __init__(self, c: LMConfig) -> None:
+        super().__init__()
+        self.input_layernorm = AdaptiveRMSNorm(c.width, c.width)
+        self.self_attn = Attention(c.width, c.heads, c.kv_heads, c.head_dim, c.rope_theta)
+        self.post_attention_layernorm = AdaptiveRMSNorm(c.width, c.width)
+        self.mlp = GatedMLP(c.width, c.mlp, "gelu_tanh")
+
+
+class ExpertModel(nn.Module):
+    def __init__(self, c: LMConfig) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([ExpertLayer(c) for _ in range(c.layers)])
+        self.norm = AdaptiveRMSNorm(c.width, c.width)
+
+
+class GemmaExpert(nn.Module):
+    def __init__(self, c: LMConfig) -> None:
+        super().__init__()
+        self.model = ExpertModel(c)
+
+
+class PaliGemmaWithExpert(nn.Module):
+    def __init__(self, cfg: Pi05Config) -> None:
+        super().__init__()
+        self.paligemma = PaliGemma(cfg)
+        self.gemma_expert = GemmaExpert(cfg.expert)
+
+
+class Pi05Model(nn.Module):
+    def __init__(self, cfg: Pi05Config) -> None:
+        super().__init__()
+        self.config = cfg
+        we = cfg.expert.width
+        self.paligemma_with_expert = PaliGemmaWithExpert(cfg)
+        self.action_in_proj = nn.Linear(cfg.action_dim, we)
+        self.action_out_proj = nn.Linear(we, cfg.action_dim)
+        self.time_mlp_in = nn.Linear(we, we)
+        self.time_mlp_out = nn.Linear(we, we)
+        if not any(p.is_meta for p in self.parameters()):
+            init_weights(self)
+            self._init_adaptive()
+
+    def _init_adaptive(self) -> None:
+        """Adaptive norms start as plain RMSNorm with an open residual gate (gate = 1)."""
+        for m in self.modules():
+            if isinstance(m, AdaptiveRMSNorm):
+                d = m.dense.out_features // 3
+                nn.init.normal_(m.dense.weight, std=0.02)
+                with torch.no_grad():
+                    m.dense.bias.zero_()
+                    m.dense.bias[2 * d:] = 1.0
+
+    # ---------------------------------------------------------------- prefix
+    @property
+    def _pg(self) -> PaliGemmaInner:
+        return self.paligemma_with_expert.paligemma.model
+
+    def state_tokens(self, state: torch.Tensor) -> torch.Tensor:
+        bins = self.config.state_bins
+        s = fit_state(state, self.config.action_dim).clamp(-1, 1)
+        return ((s + 1) / 2 * bins).long().clamp(0, bins - 1) + STATE_OFFSET
+
+    def embed_prefix(self, images: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor,
+                     state: torch.Tensor, image_mask: torch.Tensor | None = None) -> PrefixCache:
+        pg = self._pg
+        lm = pg.language_model
+        B = images.shape[0]
+        img = pg.multi_modal_projector(image_tokens(pg.vision_tower, images))  # [B, C, N, W]
+        C, N = img.shape[1], img.shape[2]
+        img_mask = (torch.ones(B, C, dtype=torch.bool, device=images.device) if image_mask is None
+                    else image_mask.bool())
+        st = self.state_tokens(state)
+        scale = math.sqrt(lm.embed_tokens.embedding_dim)
+        x = torch.cat([img.reshape(B, C * N, -1), lm.embed_tokens(tokens) * scale,
+                       lm.embed_tokens(st) * scale], dim=1)
+        mask = torch.cat([img_mask.repeat_interleave(N, dim=1), token_mask.bool(),
+                          torch.ones_like(st, dtype=torch.bool)], dim=1)
+        positions = (mask.long().cumsum(1) - 1).clamp_min(0)
+        keys, values = [], []
+        for layer in lm.layers:
+            x, (k, v) = layer(x, positions, key_mask=mask)
+            keys.append(k)
+            values.append(v)
+        return PrefixCache(mask=mask, keys=keys, values=values, next_position=mask.sum(1))
+
+    # ---------------------------------------------------------------- suffix
+    def time_condition(self, t: torch.Tensor) -> torch.Tensor:
+        e = sincos_embedding(t, self.config.expert.width).to(self.time_mlp_in.weight.dtype)
+        return F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(e))))
+
+    def denoise_step(self, x_t: torch.Tensor, t: torch.Tensor, prefix: PrefixCache) -> torch.Tensor:
+        """Velocity v(x_t, t) for action tokens x_t [B, H, A]."""
+        expert = self.paligemma_with_expert.gemma_expert.model
+        B, H, _ = x_t.shape
+        cond = self.time_condition(t)
+        h = self.action_in_proj(x_t)
+        positions = prefix.next_position[:, None] + torch.arange(H, device=x_t.device)[None]
+        key_mask = torch.cat([prefix.mask, torch.ones(B, H, dtype=torch.bool, device=x_t.device)], 1)
+        for i, layer in enumerate(expert.layers):
+            hn, gate = layer.input_layernorm(h, cond)
+            a, _ = layer.self_attn(hn, positions, key_mask, prefix_kv=(prefix.keys[i], prefix.values[i]))
+            h = h + gate * a
+            hn, gate = layer.post_attention_layernorm(h, cond)
+            h = h + gate * layer.mlp(hn)
+        hn, _ = expert.norm(h, cond)
+        return self.action_out_proj(hn)
+
+    def sample_actions(self, observation: Observation, num_steps: int | None = None,
+                       noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Action chunk [B, horizon, action_dim]; deterministic when `noise` is given."""
+        c = self.config
+        o = observation
+        prefix = self.embed_prefix(o.images, o.tokens, o.token_mask, o.state, o.image_mask)
+        if noise is None:
+            noise = torch.randn(o.batch_size, c.action_horizon, c.action_dim, device=o.images.device)
+        return euler_sample(lambda x, t: self.denoise_step(x, t, prefix), noise,
+                            num_steps or c.num_steps, 1.0, 0.0)
+
+    def loss(self, observation: Observation, actions: torch.Tensor, noise: torch.Tensor | None = None,
+             t: torch.Tensor | None = None) -> torch.Tensor:
+        """Flow-matching loss: x_t = t·noise + (1−t)·a, target velocity noise − a."""
+        o = observation
+        B = actions.shape[0]
+        noise = torch.randn_like(actions) if noise is None else noise
+        if t is None:  # openpi: Beta(1.5, 1) scaled into (0.001, 1)
+            t = torch.distributions.Beta(1.5, 1.0).sample((B,)).to(actions.device) * 0.999 + 0.001
+        x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
+        prefix = self.embed_prefix(o.images, o.tokens, o.token_mask, o.state, o.image_mask)
+        v = self.denoise_step(x_t, t, prefix)
+        return F.mse_loss(v, noise - actions)
