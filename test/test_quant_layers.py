@@ -236,4 +236,5 @@ def test_pack_stores_quant_state_compactly(pack_dir):
     assert m["language_model.layers.0.mlp.up_proj.weight_packed"]["dtype"] == "int32"
     assert m["language_model.layers.0.mlp.up_proj.weight_scale"]["dtype"] == "float16"
     assert m["language_model.layers.0.mlp.up_proj.input_perm"]["dtype"] == "int16"
-    assert m["language_model.layers.0.mlp.up_proj.input_rot_blocks"]["dtype"] == "float16"
+    assert m["language_model.layers.0.mlp.up_proj.input_rot_blocks"]["dtype"] == "int8"
+    assert m["language_model.layers.0.mlp.up_proj.input_rot_blocks_scale"]["dtype"] == "float16"

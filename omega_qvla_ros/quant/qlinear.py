@@ -27,7 +27,7 @@ from . import int_gemm
 from .context import current_step, step_row
 from .int4 import dequantize_weight, num_groups, per_token_scales, quantize_codes
 from .packing import pack_int4, unpack_int4
-from .rotation import BLOCK, BlockRotation
+from .rotation import BLOCK, ROTATION_STORAGE, BlockRotation, dequantize_block, quantize_block
 
 STORAGE_FLOAT = torch.float16  # quantization state is stored (and held) at fp16 precision
 
@@ -67,12 +67,15 @@ class LayerSpec:
     channel_div: bool = False
     block: int = BLOCK
     side: str = "backbone"
+    rotation_storage: str = "int8"
 
     def __post_init__(self) -> None:
         if self.act_mode not in ACT_MODES:
             raise ValueError(f"unknown activation mode {self.act_mode!r}; choose from {ACT_MODES}")
         if self.group_size is not None and self.group_size >= self.in_features:
             self.group_size = None
+        if self.rotation_storage not in ROTATION_STORAGE:
+            raise ValueError(f"unknown rotation storage {self.rotation_storage!r}")
         if self.act_mode in ("per_step", "per_step_factorized") and self.steps < 1:
             raise ValueError(f"activation mode {self.act_mode} needs steps >= 1")
 
@@ -140,11 +143,16 @@ class QuantLinear(nn.Module):
         self._cache: dict[str, object] = {}
 
     def _register_rot(self, prefix: str, n: int, block: int) -> None:
+        """Rotation blocks: int8 codes + one scale per block, or fp16-exact floats."""
         m, r = _rot_buffers(n, block)
-        if m:
-            self.register_buffer(f"{prefix}_rot_blocks", torch.eye(block).repeat(m, 1, 1))
-        if r:
-            self.register_buffer(f"{prefix}_rot_tail", torch.eye(r))
+        int8 = self.spec.rotation_storage == "int8"
+        for name, count, size in ((f"{prefix}_rot_blocks", m, block), (f"{prefix}_rot_tail", 1 if r else 0, r)):
+            if not count:
+                continue
+            shape = (count, size, size) if name.endswith("blocks") else (size, size)
+            self.register_buffer(name, torch.zeros(shape, dtype=torch.int8 if int8 else torch.float32))
+            if int8:
+                self.register_buffer(f"{name}_scale", torch.ones(count))
 
     # ---------------------------------------------------------------- building
     @classmethod
@@ -171,10 +179,14 @@ class QuantLinear(nn.Module):
         return q
 
     def _set_rot(self, prefix: str, rot: BlockRotation) -> None:
-        if rot.blocks.shape[0]:
-            getattr(self, f"{prefix}_rot_blocks").copy_(storage_round(rot.blocks))
-        if rot.tail is not None:
-            getattr(self, f"{prefix}_rot_tail").copy_(storage_round(rot.tail))
+        for name, block in ((f"{prefix}_rot_blocks", rot.blocks if rot.blocks.shape[0] else None),
+                            (f"{prefix}_rot_tail", rot.tail)):
+            if block is None:
+                continue
+            stored, scale = quantize_block(block.float(), self.spec.rotation_storage)
+            getattr(self, name).copy_(stored)
+            if scale is not None:
+                getattr(self, f"{name}_scale").copy_(scale)
 
     # ---------------------------------------------------------------- caches
     def _load_from_state_dict(self, *args, **kwargs):
@@ -198,9 +210,12 @@ class QuantLinear(nn.Module):
             self.weight_codes(), self.weight_scale, self.spec.group_size))
 
     def _rotation(self, prefix: str) -> BlockRotation | None:
+        def read(name):
+            t = getattr(self, name, None)
+            return None if t is None else dequantize_block(t, getattr(self, f"{name}_scale", None))
+
         def make():
-            blocks = getattr(self, f"{prefix}_rot_blocks", None)
-            tail = getattr(self, f"{prefix}_rot_tail", None)
+            blocks, tail = read(f"{prefix}_rot_blocks"), read(f"{prefix}_rot_tail")
             if blocks is None and tail is None:
                 return None
             if blocks is None:

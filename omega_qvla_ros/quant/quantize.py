@@ -18,9 +18,9 @@ from torch import nn
 from .calibration import Calibrator, LayerStats, channel_quantile
 from .gptq import gptq_blocklocal, gptq_quantize
 from .int4 import EPS, QMAX, dequantize_weight, quantize_weight_rtn
-from .qlinear import LayerSpec, QuantLinear, storage_round
+from .qlinear import LayerSpec, QuantLinear
 from .recipes import Recipe, SideRecipe, get_recipe
-from .rotation import BlockRotation, build_input_rotation, build_output_rotation
+from .rotation import BlockRotation, build_input_rotation, build_output_rotation, stored_rotation
 
 ForwardFn = Callable[[nn.Module, Any], Any]
 
@@ -64,7 +64,8 @@ def quantize(model: nn.Module, recipe: "str | Recipe", calibration_batches: Iter
     if not targets:
         return model
     rotations = {
-        name: _stored(build_input_rotation(mod.weight, sr.rotation, seed=seed + i))
+        name: stored_rotation(build_input_rotation(mod.weight, sr.rotation, seed=seed + i),
+                              sr.rotation_storage)
         for i, (name, (mod, _side, sr)) in enumerate(targets.items())
     }
     cal = Calibrator({name: (mod, sr.weight_solver != "rtn") for name, (mod, _s, sr) in targets.items()},
@@ -87,15 +88,6 @@ def quantize(model: nn.Module, recipe: "str | Recipe", calibration_batches: Iter
             model.set_submodule(name, q)
             model.quantization_report["layers"][name] = info
     return model
-
-
-def _stored(rot: BlockRotation | None) -> BlockRotation | None:
-    """The rotation at its stored (fp16) precision, so weights are solved against exactly
-    the rotation the layer applies at run time."""
-    if rot is None:
-        return None
-    return BlockRotation(rot.perm, storage_round(rot.blocks.float()).double(),
-                         None if rot.tail is None else storage_round(rot.tail.float()).double())
 
 
 def _act_tables(sr: SideRecipe, st: LayerStats, rot: BlockRotation | None,
@@ -173,7 +165,8 @@ def build_quant_linear(linear: nn.Linear, sr: SideRecipe, side: str, rot: BlockR
         z = all_x if div is None else all_x / div
         act_scale = (channel_quantile(z.abs(), sr.quantile) / QMAX).clamp_min(1e-6)
     W_eff = Wt * div[None, :] if div is not None else Wt
-    rot_out = _stored(build_output_rotation(W_eff)) if sr.out_rotation else None
+    rot_out = (stored_rotation(build_output_rotation(W_eff), sr.rotation_storage)
+               if sr.out_rotation else None)
     W_store = rot_out.apply(W_eff.T).T if rot_out is not None else W_eff
     gs = sr.group_size
     if sr.weight_solver == "rtn":
@@ -196,7 +189,7 @@ def build_quant_linear(linear: nn.Linear, sr: SideRecipe, side: str, rot: BlockR
         act_mode={"per_step_mean": "per_step"}.get(act_mode, act_mode),
         steps=(table.shape[0] if table is not None else
                step_scale.shape[0] if step_scale is not None else 0),
-        channel_div=div is not None, side=side,
+        channel_div=div is not None, side=side, rotation_storage=sr.rotation_storage,
     )
     q = QuantLinear.from_parts(
         spec, codes, scales, bias=None if linear.bias is None else linear.bias.detach().float(),

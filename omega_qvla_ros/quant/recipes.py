@@ -43,6 +43,7 @@ class SideRecipe:
     damp: float = 0.01
     act_order: bool = False
     quantile: float = 0.999
+    rotation_storage: str = "int8"  # int8 blocks + per-block scale, or "fp16"
     profile_alpha: float = 0.5  # per_step_factorized: share of the channel profile folded into W
 
     def __post_init__(self) -> None:

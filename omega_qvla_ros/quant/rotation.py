@@ -32,6 +32,7 @@ import torch
 from .hadamard import hadamard_matrix, is_supported
 
 RotationMode = Literal["none", "omega", "svd", "hadamard", "random_hadamard"]
+ROTATION_STORAGE = ("int8", "fp16")
 ROTATION_MODES = ("none", "omega", "svd", "hadamard", "random_hadamard")
 BLOCK = 64
 
@@ -159,3 +160,35 @@ def build_output_rotation(w_rot: torch.Tensor, block: int = BLOCK) -> BlockRotat
     blocks_t = torch.stack(blocks) if blocks else torch.zeros(0, block, block, dtype=torch.float64)
     tail = _right_singular(wt[:, m * block:]) if r else None
     return BlockRotation(None, blocks_t, tail)
+
+
+def quantize_block(block: torch.Tensor, storage: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """How a rotation block is stored: int8 codes with one fp16-exact scale per block
+    (entries of an orthogonal matrix lie in [-1, 1]), or fp16 values. Returns (stored
+    tensor, scale or None)."""
+    if storage == "fp16":
+        return block.to(torch.float16).to(torch.float32), None
+    if storage != "int8":
+        raise ValueError(f"unknown rotation storage {storage!r}; choose from {ROTATION_STORAGE}")
+    flat = block.reshape(-1, *block.shape[-2:]).double()
+    scale = (flat.abs().amax(dim=(1, 2)) / 127).clamp_min(1e-8).to(torch.float16).to(torch.float32)
+    codes = torch.clamp(torch.round(flat / scale.double()[:, None, None]), -127, 127).to(torch.int8)
+    return codes.reshape(block.shape), scale
+
+
+def dequantize_block(stored: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+    if scale is None:
+        return stored.float()
+    flat = stored.reshape(-1, *stored.shape[-2:]).float() * scale.float()[:, None, None]
+    return flat.reshape(stored.shape)
+
+
+def stored_rotation(rot: BlockRotation | None, storage: str) -> BlockRotation | None:
+    """`rot` exactly as a layer holding it in `storage` applies it at run time (float64)."""
+    if rot is None:
+        return None
+
+    def rt(b):
+        return dequantize_block(*quantize_block(b.float(), storage)).double()
+    return BlockRotation(rot.perm, rt(rot.blocks) if rot.blocks.shape[0] else rot.blocks.double(),
+                         None if rot.tail is None else rt(rot.tail))
