@@ -30,6 +30,10 @@ bench: setup
 	$(VPY) -m pip install -q --disable-pip-version-check -r requirements/bench.txt
 	$(VENV)/bin/omega-qvla bench quant --json > bench/results/quant.json.tmp
 	mv bench/results/quant.json.tmp bench/results/quant.json
+	$(VENV)/bin/omega-qvla bench models --json > bench/results/models_tiny.json.tmp
+	mv bench/results/models_tiny.json.tmp bench/results/models_tiny.json
+	for f in pi05 gr00t; do for s in tiny small full; do \
+	  $(VENV)/bin/omega-qvla memory --family $$f --size $$s --recipe omega_qvla --json > bench/results/memory_$${f}_$${s}.json; done; done
 	$(VPY) bench/make_table.py
 
 clean-venv:

@@ -29,6 +29,23 @@ def main() -> int:
     q = ROOT / "bench" / "results" / "quant.json"
     if q.exists():
         parts.append("### Quantization core\n\n" + quant_section(q))
+    m = ROOT / "bench" / "results" / "models_tiny.json"
+    if m.exists():
+        from omega_qvla_ros.tools.bench_models import format_text as models_text
+
+        parts.append("### Whole models (random-init tiny)\n\n" + models_text(json.loads(m.read_text())))
+    mem = sorted((ROOT / "bench" / "results").glob("memory_*_full.json"))
+    if mem:
+        rows = ["### Static memory, full published sizes (`omega-qvla memory --size full`)", "",
+                "| family | scope | params | FP16 | W4A4 | reduction | paper |", "|---|---|---|---|---|---|---|"]
+        for f in mem:
+            r = json.loads(f.read_text())
+            for name, s in r["scopes"].items():
+                paper = (f"{r['paper']['fp16_gib']} GiB → {r['paper']['w4a4_mib']:.0f} MiB "
+                         f"({100 * r['paper']['reduction']:.1f}%)" if name == "quantized_linears" and "paper" in r else "")
+                rows.append(f"| {r['family']} | {name} | {s['params'] / 1e9:.3f}B | {s['fp16_bytes'] / 2**30:.3f} GiB | "
+                            f"{s['w4a4_bytes'] / 2**20:.1f} MiB | {100 * s['reduction']:.1f}% | {paper} |")
+        parts.append("\n".join(rows))
     body = "\n\n".join(parts) or "_no results yet: run `make bench`_"
     readme = ROOT / "README.md"
     text = readme.read_text()

@@ -56,12 +56,13 @@ def image_tokens(vision: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return feats.view(B, C, *feats.shape[1:])
 
 
-def init_weights(model: nn.Module, std: float = 0.02) -> None:
-    """Deterministic small init for Linear/Embedding (given a seeded generator state)."""
+def init_weights(model: nn.Module) -> None:
+    """Fan-in scaled init (std 1/sqrt(fan_in)) so that every residual branch of a
+    random-init model matters to its output (tests of the quantized path need that)."""
     for m in model.modules():
         if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=std)
+            nn.init.normal_(m.weight, std=m.in_features ** -0.5)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, std=std)
+            nn.init.normal_(m.weight, std=m.embedding_dim ** -0.5)

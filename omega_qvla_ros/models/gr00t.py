@@ -62,7 +62,7 @@ class CategorySpecificLinear(nn.Module):
 
     def __init__(self, categories: int, n_in: int, n_out: int) -> None:
         super().__init__()
-        self.W = nn.Parameter(0.02 * torch.randn(categories, n_in, n_out))
+        self.W = nn.Parameter(torch.randn(categories, n_in, n_out) * n_in ** -0.5)
         self.b = nn.Parameter(torch.zeros(categories, n_out))
 
     def forward(self, x: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:

@@ -105,7 +105,7 @@ class Pi05Model(nn.Module):
         for m in self.modules():
             if isinstance(m, AdaptiveRMSNorm):
                 d = m.dense.out_features // 3
-                nn.init.normal_(m.dense.weight, std=0.02)
+                nn.init.normal_(m.dense.weight, std=0.2 * m.dense.in_features ** -0.5)
                 with torch.no_grad():
                     m.dense.bias.zero_()
                     m.dense.bias[2 * d:] = 1.0

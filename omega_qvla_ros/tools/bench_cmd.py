@@ -8,7 +8,8 @@ import sys
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="run a benchmark and print JSON")
-    p.add_argument("suite", choices=["quant"], help="which benchmark")
+    p.add_argument("suite", choices=["quant", "models"], help="which benchmark")
+    p.add_argument("--size", default="tiny", choices=["tiny", "small"], help="models benchmark: model size")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     p.add_argument("--device", default="cpu", help="cpu or cuda (latency part)")
@@ -16,12 +17,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from omega_qvla_ros.tools import bench_quant
+    if args.suite == "quant":
+        from omega_qvla_ros.tools import bench_quant as mod
 
-    result = bench_quant.run(quick=args.quick, device=args.device)
+        result = mod.run(quick=args.quick, device=args.device)
+    else:
+        from omega_qvla_ros.tools import bench_models as mod
+
+        result = mod.run(size=args.size)
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         print()
     else:
-        print(bench_quant.format_text(result))
+        print(mod.format_text(result))
     return 0

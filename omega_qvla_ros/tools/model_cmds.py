@@ -1,0 +1,130 @@
+"""`omega-qvla memory | import-checkpoint | quantize`: model-level commands."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from omega_qvla_ros.quant.recipes import RECIPES
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("memory", help="static memory: parameters per component, FP16 vs W4A4 bytes")
+    p.add_argument("--family", choices=["pi05", "gr00t"], required=True)
+    p.add_argument("--size", choices=["tiny", "small", "full"], default="full")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="omega_qvla")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run_memory)
+
+    p = sub.add_parser("import-checkpoint", help="map a safetensors checkpoint onto a model by name")
+    p.add_argument("checkpoint", help="model.safetensors of a real checkpoint")
+    p.add_argument("--family", choices=["pi05", "gr00t"], required=True)
+    p.add_argument("--size", choices=["tiny", "small", "full"], default="full")
+    p.add_argument("--out", help="write the imported FP model as a pack here")
+    p.add_argument("--allow-missing", action="store_true", help="report missing keys, do not fail")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run_import)
+
+    p = sub.add_parser("quantize", help="quantize a model into a W4A4 pack")
+    p.add_argument("--family", choices=["pi05", "gr00t"], required=True)
+    p.add_argument("--size", choices=["tiny", "small", "full"], default="small")
+    p.add_argument("--init", choices=["random", "checkpoint"], default="checkpoint")
+    p.add_argument("--checkpoint", help="FP weights (safetensors) when --init checkpoint")
+    p.add_argument("--recipe", choices=sorted(RECIPES), default="omega_qvla")
+    p.add_argument("--calib", default="synthetic",
+                   help="calibration source: 'synthetic' (random observations)")
+    p.add_argument("--calib-batches", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--float-dtype", choices=["float16", "float32"], default="float16",
+                   help="storage of the parts kept in floating point")
+    p.add_argument("--out", required=True, help="pack directory to write")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run_quantize)
+
+
+def _emit(obj: dict, as_json: bool, text: str) -> None:
+    if as_json:
+        json.dump(obj, sys.stdout, indent=2)
+        print()
+    else:
+        print(text)
+
+
+def run_memory(args: argparse.Namespace) -> int:
+    from omega_qvla_ros.models.memory import memory_report
+
+    r = memory_report(args.family, args.size, args.recipe)
+    lines = [f"{args.family} {args.size} {args.recipe}: {r['params']['total'] / 1e6:.1f}M parameters "
+             f"({', '.join(f'{k} {v / 1e6:.1f}M' for k, v in r['params'].items() if k != 'total')})"]
+    for name, s in r["scopes"].items():
+        lines.append(f"  {name:24s} {s['params'] / 1e6:10.1f}M params  FP16 {s['fp16_gib']:.3f} GiB  "
+                     f"W4A4 {s['w4a4_mib']:.1f} MiB  reduction {100 * s['reduction']:.1f}%")
+    if "paper" in r:
+        p = r["paper"]
+        lines.append(f"  paper: {p['quantized_params'] / 1e9:.2f}B quantized weights, FP16 {p['fp16_gib']} GiB "
+                     f"→ {p['w4a4_mib']:.0f} MiB ({100 * p['reduction']:.1f}%)")
+    _emit(r, args.json, "\n".join(lines))
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from omega_qvla_ros.models import build_model, model_info
+    from omega_qvla_ros.models.importer import import_checkpoint
+    from omega_qvla_ros.quant.pack import save_pack
+
+    model = build_model(args.family, args.size)
+    rep = import_checkpoint(model, args.checkpoint, strict=not args.allow_missing)
+    if args.out:
+        save_pack(model, args.out, model_info(model, args.size), recipe=RECIPES["fp16"].to_dict())
+    d = rep.to_dict()
+    _emit(d, args.json, f"mapped {d['mapped']} tensors; unmapped {len(d['unmapped'])}: "
+          f"{d['unmapped'][:10]}; missing {len(d['missing'])}: {d['missing'][:10]}")
+    return 0
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    import torch
+
+    from omega_qvla_ros.models import build_model, model_info
+    from omega_qvla_ros.models.calibrate import quantize_model, synthetic_observations
+    from omega_qvla_ros.models.importer import import_checkpoint
+    from omega_qvla_ros.quant.pack import save_pack
+    from omega_qvla_ros.quant.qlinear import QuantLinear
+
+    if args.size == "full":
+        print("quantizing a full-size model on a CPU is not supported here; use "
+              "`omega-qvla memory` for full-size accounting", file=sys.stderr)
+        return 2
+    model = build_model(args.family, args.size, seed=args.seed).eval()
+    if args.init == "checkpoint":
+        if not args.checkpoint:
+            print("--init checkpoint needs --checkpoint FILE", file=sys.stderr)
+            return 2
+        import_checkpoint(model, args.checkpoint)
+    fdt = getattr(torch, args.float_dtype)
+    with torch.no_grad():  # hold the float parts at their stored precision from the start
+        for p in model.parameters():
+            p.copy_(p.to(fdt).to(p.dtype))
+    if args.calib != "synthetic":
+        print(f"calibration source {args.calib!r} is not available yet (use 'synthetic')", file=sys.stderr)
+        return 2
+    obs = synthetic_observations(model.config, args.calib_batches, seed=args.seed + 1)
+    quantize_model(model, args.recipe, obs, progress=not args.json, seed=args.seed)
+    rep = model.quantization_report
+    save_pack(model, args.out, model_info(model, args.size), recipe=RECIPES[args.recipe].to_dict(),
+              calibration={**rep["calibration"], "source": args.calib, "batches": args.calib_batches},
+              float_dtype=None)
+    layers = rep["layers"]
+    summary = {"out": args.out, "recipe": args.recipe, "family": args.family, "size": args.size,
+               "quantized_layers": len(layers),
+               "integer_layers": sum(1 for m in model.modules() if isinstance(m, QuantLinear)
+                                     and m.uses_integer_path()),
+               "mean_weight_rel_mse": (sum(v["weight_rel_mse"] for v in layers.values()) / len(layers)
+                                       if layers else 0.0),
+               "worst_layers": sorted(((v["weight_rel_mse"], k) for k, v in layers.items()), reverse=True)[:5]}
+    _emit(summary, args.json, "\n".join([
+        f"wrote {args.out}: {summary['quantized_layers']} layers quantized with {args.recipe} "
+        f"({summary['integer_layers']} on the integer path)",
+        f"mean weight relative MSE {summary['mean_weight_rel_mse']:.4f}; worst:",
+        *[f"  {e:.4f}  {n}" for e, n in summary["worst_layers"]]]))
+    return 0
