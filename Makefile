@@ -11,6 +11,7 @@ export ROS_LOCALHOST_ONLY := 1
 ROS_DOMAIN_ID ?= $(shell $(PY) -c 'import random; print(random.randint(1, 100))')
 export ROS_DOMAIN_ID
 export PYTHONUNBUFFERED := 1
+export MUJOCO_GL ?= egl
 
 .PHONY: setup test bench clean-venv
 
@@ -18,6 +19,10 @@ setup: $(VENV)/.stamp
 
 # Idempotent: re-runs only when the requirements or setup.py change.
 $(VENV)/.stamp: requirements/dev.txt setup.py setup.cfg
+	@# offscreen rendering of the simulator needs EGL (Mesa): install it when missing
+	@if ! ldconfig -p | grep -q 'libEGL.so.1'; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq libegl1 libgl1-mesa-dri libgles2; \
+	  else echo "warning: libEGL missing; install libegl1 libgl1-mesa-dri for simulator rendering" >&2; fi; fi
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --disable-pip-version-check -r requirements/dev.txt
 	$(VPY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
