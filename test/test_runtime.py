@@ -1,0 +1,112 @@
+"""Runtime pieces without ROS: scheduler, safety filter, supervisor, preprocessing."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from omega_qvla_ros.runtime.preprocess import (ObservationError, check_image, order_joints,
+                                               resize_with_pad)
+from omega_qvla_ros.runtime.robot import ALOHA_JOINTS, RobotSpec
+from omega_qvla_ros.runtime.safety import SafetyFilter
+from omega_qvla_ros.runtime.scheduler import ActionChunk, ChunkScheduler
+from omega_qvla_ros.runtime.supervisor import Inputs, Supervisor
+
+DT = 0.02
+
+
+def _chunk(stamp, start, n=50, slope=0.01):
+    pos = start + slope * np.arange(n)[:, None] * np.ones((1, 14))
+    return ActionChunk(pos, stamp, DT)
+
+
+def test_scheduler_skips_actions_consumed_during_inference():
+    s = ChunkScheduler(DT, execute_horizon=25, blend="none")
+    skipped = s.add(_chunk(0.0, np.zeros(14)), now=0.2)  # 200 ms of inference: 10 actions gone
+    assert skipped == 10
+    ts, ps = s.window(0.2)
+    assert len(ts) == 15 and ts[0] == pytest.approx(0.2)
+    assert ps[0][0] == pytest.approx(0.10)  # the action planned for t = 0.2
+
+
+def test_scheduler_fixed_rate_output():
+    s = ChunkScheduler(DT, execute_horizon=50)
+    s.add(_chunk(1.0, np.zeros(14)), now=1.0)
+    seen = []
+    for k in range(30):
+        now = 1.0 + k * DT
+        seen.append(s.current(now)[0])
+    np.testing.assert_allclose(np.diff(seen), 0.01, atol=1e-9)  # one action per tick, none twice
+    ts, _ = s.window(1.0 + 30 * DT, 5)
+    np.testing.assert_allclose(np.diff(ts), DT, atol=1e-9)
+
+
+@pytest.mark.parametrize("blend,bound", [("average", 0.0701), ("none", 0.1001)])
+def test_blending_bounds_the_jump_at_chunk_boundaries(blend, bound):
+    s = ChunkScheduler(DT, execute_horizon=50, blend=blend, new_weight=0.7)
+    s.add(_chunk(0.0, np.zeros(14), slope=0.0), now=0.0)
+    s.add(_chunk(0.1, np.full(14, 0.1), slope=0.0), now=0.1)  # the new chunk disagrees by 0.1
+    traj = [s.current(0.1 + k * DT)[0] for k in range(10)]
+    jumps = np.abs(np.diff([0.0] + traj))
+    # average: 0.3·old + 0.7·new → first step 0.07 …, then flat; none: the full 0.1 at once
+    assert jumps.max() <= bound
+    if blend == "average":
+        assert traj[0] == pytest.approx(0.07)
+
+
+def test_safety_filter_limits_deltas_and_nan():
+    spec = RobotSpec()
+    f = SafetyFilter(spec)
+    start = np.zeros(14)
+    far = np.full((3, 14), 10.0)
+    r = f.filter(far, start)
+    assert r.points is not None and r.limit_clips > 0 and r.delta_clips > 0
+    assert np.all(np.abs(np.diff(np.vstack([start, r.points]), axis=0)) <= spec.max_delta + 1e-12)
+    assert np.all(r.points <= spec.upper) and np.all(r.points >= spec.lower)
+    bad = np.zeros((2, 14))
+    bad[1, 3] = np.nan
+    r = f.filter(bad, start)
+    assert r.points is None and "non-finite" in r.reason
+
+
+def test_supervisor_rules():
+    s = Supervisor(mode="policy", dry_run=True, stale_after=0.5)
+    ok = Inputs(now=10, camera_age=0.05, joint_age=0.02, teleop_age=None, heartbeat_age=None)
+    d = s.decide(ok)
+    assert (d.source, d.actuate, d.reason) == ("policy", False, "")
+    s.dry_run = False
+    assert s.decide(ok).actuate
+    d = s.decide(Inputs(10, 0.9, 0.02, None, None))
+    assert d.source == "hold" and "camera stale" in d.reason
+    d = s.decide(Inputs(10, 0.9, 0.02, 0.01, None))
+    assert d.source == "teleop" and "fallback" in d.reason
+    s.trigger_estop("test")
+    d = s.decide(ok)
+    assert d.source == "hold" and "e-stop" in d.reason and not d.run_policy
+    s.reset_estop()
+    s.heartbeat_timeout = 0.3
+    assert s.decide(ok).reason == "operator heartbeat lost"
+    s.heartbeat_timeout = 0
+    s.set_mode("shadow")
+    d = s.decide(Inputs(10, 0.05, 0.02, 0.01, None))
+    assert d.source == "teleop" and d.run_policy
+    with pytest.raises(ValueError):
+        s.set_mode("autopilot")
+
+
+def test_preprocessing_checks():
+    spec = RobotSpec()
+    q = order_joints(spec, list(reversed(ALOHA_JOINTS)), np.arange(14.0)[::-1])
+    np.testing.assert_allclose(q, np.arange(14.0))
+    with pytest.raises(ObservationError, match="lacks joints"):
+        order_joints(spec, ALOHA_JOINTS[:-1] + ["elbow_x"], np.zeros(14))
+    with pytest.raises(ObservationError, match="non-finite"):
+        order_joints(spec, ALOHA_JOINTS, np.r_[np.zeros(13), np.nan])
+    with pytest.raises(ObservationError, match="uint8"):
+        check_image("cam_high", np.zeros((10, 10, 3), np.float32))
+    with pytest.raises(ObservationError, match="H×W×3"):
+        check_image("cam_high", np.zeros((10, 10), np.uint8))
+    img = np.full((48, 96, 3), 200, np.uint8)
+    out = resize_with_pad(img, 64)
+    assert out.shape == (64, 64, 3)
+    assert out[:16].max() == 0 and out[32, 32, 0] == 200  # letterboxed top/bottom
+    assert np.allclose(spec.denormalize(spec.normalize(np.arange(14) * 0.05)), np.arange(14) * 0.05)
