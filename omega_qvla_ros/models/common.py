@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .flow import euler_sample
+
 
 @dataclass
 class Observation:
@@ -66,3 +68,39 @@ def init_weights(model: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=m.embedding_dim ** -0.5)
+
+
+class FlowMatchingVLA(nn.Module):
+    """Sampling and training shared by both families. A family defines `embed_prefix`,
+    `denoise_step` and `T_NOISE`, the flow time at which x is pure noise (Pi0.5: 1,
+    integrating down to 0; GR00T: 0, integrating up to 1). With s the noise fraction,
+    x = s·noise + (1 − s)·actions and the velocity target is dx/dt."""
+
+    T_NOISE: float = 1.0
+
+    def _prefix(self, o: Observation) -> PrefixCache:
+        return self.embed_prefix(o.images, o.tokens, o.token_mask, o.state, o.image_mask)
+
+    def sample_actions(self, observation: Observation, num_steps: int | None = None,
+                       noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Action chunk [B, horizon, action_dim] (normalised); deterministic given `noise`.
+        The prefix is computed once; every denoising step runs in its step context."""
+        c = self.config
+        prefix = self._prefix(observation)
+        if noise is None:
+            noise = torch.randn(observation.batch_size, c.action_horizon, c.action_dim,
+                                device=observation.images.device)
+        return euler_sample(lambda x, t: self.denoise_step(x, t, prefix), noise,
+                            num_steps or c.num_steps, self.T_NOISE, 1.0 - self.T_NOISE)
+
+    def loss(self, observation: Observation, actions: torch.Tensor, noise: torch.Tensor | None = None,
+             s: torch.Tensor | None = None) -> torch.Tensor:
+        """Flow-matching MSE at noise fractions s ~ Beta(1.5, 1) (more weight on noisy)."""
+        B = actions.shape[0]
+        noise = torch.randn_like(actions) if noise is None else noise
+        if s is None:
+            s = torch.distributions.Beta(1.5, 1.0).sample((B,)).to(actions.device) * 0.999 + 0.001
+        x_t = s[:, None, None] * noise + (1 - s[:, None, None]) * actions
+        t = s if self.T_NOISE == 1.0 else 1.0 - s
+        target = (noise - actions) if self.T_NOISE == 1.0 else (actions - noise)
+        return F.mse_loss(self.denoise_step(x_t, t, self._prefix(observation)), target)

@@ -17,9 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import Observation, PrefixCache, fit_state, image_tokens, init_weights
+from .common import FlowMatchingVLA, PrefixCache, fit_state, image_tokens, init_weights
 from .configs import DiTConfig, Gr00tConfig, LMConfig
-from .flow import euler_sample
 from .layers import AdaLayerNorm, DecoderLayer, FeedForward, VisionTower
 
 TIME_BUCKETS = 1000
@@ -192,7 +191,9 @@ class ActionHead(nn.Module):
         self.model = DiT(cfg.dit, cfg.hidden)
 
 
-class Gr00tModel(nn.Module):
+class Gr00tModel(FlowMatchingVLA):
+    T_NOISE = 0.0  # noise at t = 0, Euler steps up to t = 1
+
     def __init__(self, cfg: Gr00tConfig) -> None:
         super().__init__()
         if cfg.llm.width != cfg.dit.cross_dim:
@@ -240,25 +241,3 @@ class Gr00tModel(nn.Module):
         seq = torch.cat([prefix.state_features, fut, a], dim=1)
         out = ah.model(seq, t_disc, prefix.features, prefix.mask)
         return ah.action_decoder(out[:, -H:], cat)
-
-    def sample_actions(self, observation: Observation, num_steps: int | None = None,
-                       noise: torch.Tensor | None = None) -> torch.Tensor:
-        c = self.config
-        o = observation
-        prefix = self.embed_prefix(o.images, o.tokens, o.token_mask, o.state, o.image_mask)
-        if noise is None:
-            noise = torch.randn(o.batch_size, c.action_horizon, c.action_dim, device=o.images.device)
-        return euler_sample(lambda x, t: self.denoise_step(x, t, prefix), noise,
-                            num_steps or c.num_steps, 0.0, 1.0)
-
-    def loss(self, observation: Observation, actions: torch.Tensor, noise: torch.Tensor | None = None,
-             t: torch.Tensor | None = None) -> torch.Tensor:
-        """Flow matching (GR00T): x_t = (1−t)·noise + t·a, target velocity a − noise."""
-        o = observation
-        B = actions.shape[0]
-        noise = torch.randn_like(actions) if noise is None else noise
-        if t is None:  # GR00T: t = (1 − Beta(1.5, 1)) · 0.999
-            t = (1 - torch.distributions.Beta(1.5, 1.0).sample((B,)).to(actions.device)) * 0.999
-        x_t = (1 - t[:, None, None]) * noise + t[:, None, None] * actions
-        prefix = self.embed_prefix(o.images, o.tokens, o.token_mask, o.state, o.image_mask)
-        return F.mse_loss(self.denoise_step(x_t, t, prefix), actions - noise)

@@ -15,9 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import Observation, PrefixCache, fit_state, image_tokens, init_weights
+from .common import FlowMatchingVLA, PrefixCache, fit_state, image_tokens, init_weights
 from .configs import LMConfig, Pi05Config
-from .flow import euler_sample
 from .layers import AdaptiveRMSNorm, Attention, DecoderLayer, GatedMLP, RMSNorm, VisionTower, sincos_embedding
 from .tokenizer import STATE_OFFSET
 
@@ -86,7 +85,9 @@ class PaliGemmaWithExpert(nn.Module):
         self.gemma_expert = GemmaExpert(cfg.expert)
 
 
-class Pi05Model(nn.Module):
+class Pi05Model(FlowMatchingVLA):
+    T_NOISE = 1.0  # noise at t = 1, Euler steps down to t = 0
+
     def __init__(self, cfg: Pi05Config) -> None:
         super().__init__()
         self.config = cfg
@@ -164,27 +165,3 @@ class Pi05Model(nn.Module):
             h = h + gate * layer.mlp(hn)
         hn, _ = expert.norm(h, cond)
         return self.action_out_proj(hn)
-
-    def sample_actions(self, observation: Observation, num_steps: int | None = None,
-                       noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Action chunk [B, horizon, action_dim]; deterministic when `noise` is given."""
-        c = self.config
-        o = observation
-        prefix = self.embed_prefix(o.images, o.tokens, o.token_mask, o.state, o.image_mask)
-        if noise is None:
-            noise = torch.randn(o.batch_size, c.action_horizon, c.action_dim, device=o.images.device)
-        return euler_sample(lambda x, t: self.denoise_step(x, t, prefix), noise,
-                            num_steps or c.num_steps, 1.0, 0.0)
-
-    def loss(self, observation: Observation, actions: torch.Tensor, noise: torch.Tensor | None = None,
-             t: torch.Tensor | None = None) -> torch.Tensor:
-        """Flow-matching loss: x_t = t·noise + (1−t)·a, target velocity noise − a."""
-        o = observation
-        B = actions.shape[0]
-        noise = torch.randn_like(actions) if noise is None else noise
-        if t is None:  # openpi: Beta(1.5, 1) scaled into (0.001, 1)
-            t = torch.distributions.Beta(1.5, 1.0).sample((B,)).to(actions.device) * 0.999 + 0.001
-        x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
-        prefix = self.embed_prefix(o.images, o.tokens, o.token_mask, o.state, o.image_mask)
-        v = self.denoise_step(x_t, t, prefix)
-        return F.mse_loss(v, noise - actions)
