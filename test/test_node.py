@@ -284,3 +284,26 @@ def test_executable_with_yaml_params_file(pack, tmp_path):
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.mark.parametrize("harness", [{"output_layout": "per_arm"}], indirect=True)
+def test_per_arm_output_layout(harness):
+    from trajectory_msgs.msg import JointTrajectory
+    h = harness
+    got = {"left": [], "right": []}
+    for side in got:
+        h.io.create_subscription(JointTrajectory, f"/{side}_arm_controller/joint_trajectory", got[side].append, 10)
+    enable(h)
+    h.wait(lambda: got["left"] and got["right"], 20, "per-arm commands")
+    assert list(got["left"][-1].joint_names) == ALOHA_JOINTS[:7]
+    assert list(got["right"][-1].joint_names) == ALOHA_JOINTS[7:]
+    assert not h.traj  # nothing on the single-controller topic
+
+
+def test_pack_normalisation_is_used(pack):
+    from omega_qvla_ros.quant.pack import read_manifest
+    from omega_qvla_ros.runtime.policy import Policy
+    m = read_manifest(pack)
+    assert m["extra"]["robot"]["joint_names"] == ALOHA_JOINTS
+    p = Policy.from_pack(pack)
+    assert p.robot.joint_names == ALOHA_JOINTS and p.cameras == ["cam_high", "cam_left_wrist", "cam_right_wrist"]

@@ -98,10 +98,14 @@ class PolicyNode(Node):
             from omega_qvla_ros.runtime.policy import Policy
             if not p("pack_path"):
                 raise ValueError("parameter pack_path is empty: point it at a model pack directory")
-            policy = Policy.from_pack(p("pack_path"), device=p("device"), robot=self.robot,
+            policy = Policy.from_pack(p("pack_path"), device=p("device"),
                                       cameras=list(p("camera_names")), control_dt=self.dt)
         self.policy = policy
-        self.policy.robot = self.robot
+        # the pack's joint normalisation stays (the model was trained with it); the node's
+        # own limits drive the safety filter. Both must name the same joints.
+        if list(policy.robot.joint_names) != list(self.robot.joint_names):
+            raise ValueError(f"pack joints {policy.robot.joint_names} differ from joint_names "
+                             f"{self.robot.joint_names}")
         self.policy.control_dt = self.dt
         self.supervisor = Supervisor(mode=p("mode"), dry_run=bool(p("dry_run")),
                                      stale_after=float(p("stale_timeout_s")),

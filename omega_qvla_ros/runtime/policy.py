@@ -32,6 +32,7 @@ class Policy:
                  tokenizer_path: str | None = None) -> None:
         self.model, self.manifest, self.device = model, manifest, device
         extra = manifest.get("extra", {})
+        # joint order and normalisation the model was trained with (from the pack)
         self.robot = robot or (RobotSpec.from_dict(extra["robot"]) if "robot" in extra else RobotSpec())
         cfg = model.config
         self.cameras = list(cameras or extra.get("cameras") or self.robot.cameras)[: cfg.cameras]

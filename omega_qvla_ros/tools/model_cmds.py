@@ -111,8 +111,12 @@ def run_quantize(args: argparse.Namespace) -> int:
     obs = synthetic_observations(model.config, args.calib_batches, seed=args.seed + 1)
     quantize_model(model, args.recipe, obs, progress=not args.json, seed=args.seed)
     rep = model.quantization_report
+    from omega_qvla_ros.runtime.robot import RobotSpec
+
+    robot = RobotSpec()  # ALOHA joint order and ranges: the state/action normalisation
     save_pack(model, args.out, model_info(model, args.size), recipe=RECIPES[args.recipe].to_dict(),
               calibration={**rep["calibration"], "source": args.calib, "batches": args.calib_batches},
+              extra={"robot": robot.to_dict(), "cameras": robot.cameras[: model.config.cameras]},
               float_dtype=None)
     layers = rep["layers"]
     summary = {"out": args.out, "recipe": args.recipe, "family": args.family, "size": args.size,
