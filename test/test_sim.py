@@ -141,3 +141,29 @@ def test_demo_bag_is_committed_and_readable():
         assert len(msgs[f"/{c}/image_raw/compressed"]) == 800
     _, img = msgs["/cam_high/image_raw/compressed"][0][1]
     assert img.shape == (96, 96, 3)
+
+
+def test_train_resumes_from_checkpoint(short_episodes, tmp_path):
+    """`omega-qvla train` on a tiny model: checkpoints, resumes at the saved step, and the
+    checkpoint imports into a pack through the name-mapping importer."""
+    import json as _json
+
+    from omega_qvla_ros.tools.cli import main
+
+    shard = write_shard(short_episodes, tmp_path / "shard.safetensors")
+    ds_cams = EpisodeDataset([shard], only_success=False).cameras
+    assert ds_cams == ["cam_high", "cam_left_wrist"]
+    # tiny GR00T takes 2 cameras, the two this shard holds
+    args = ["train", "--family", "gr00t", "--size", "tiny", "--data", str(shard), "--out", str(tmp_path / "run"),
+            "--steps", "4", "--batch", "2", "--checkpoint-every", "2", "--include-failed", "--json"]
+    assert main(args) == 0  # the 30-step episodes are not successes, hence --include-failed
+    st = _json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert st["step"] == 4
+    args[args.index("--steps") + 1] = "6"
+    assert main(args) == 0
+    st = _json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert st["step"] == 6
+    from omega_qvla_ros.models import build_model
+    from omega_qvla_ros.models.importer import import_checkpoint
+    rep = import_checkpoint(build_model("gr00t", "tiny"), tmp_path / "run" / "checkpoint" / "model.safetensors")
+    assert rep.missing == [] and rep.unmapped == []

@@ -1,0 +1,142 @@
+"""Flow-matching training on recorded episodes (CPU friendly, resumable).
+
+Frames come from dataset shards (sim/record.py): images per camera, the normalised joint
+state, and the next `horizon` teleop actions (normalised, zero padded to the model's
+action width). Checkpoints are safetensors (model + AdamW state) + JSON (step, seed,
+losses); `resume` continues from the newest one. No pickle.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .common import Observation
+from .tokenizer import ByteTokenizer
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch: int = 16
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    warmup: int = 100
+    clip: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 250
+    log_every: int = 25
+
+
+class FrameSampler:
+    """Random training batches from an EpisodeDataset."""
+
+    def __init__(self, dataset, model_config, robot, cameras: list[str], seed: int = 0) -> None:
+        self.ds, self.cfg, self.robot, self.cameras = dataset, model_config, robot, cameras
+        missing = [c for c in cameras if c not in dataset.cameras]
+        if missing:
+            raise ValueError(f"dataset lacks cameras {missing} (has {dataset.cameras})")
+        self.rng = np.random.default_rng(seed)
+        self.tok = ByteTokenizer()
+        self._tokens = {}
+
+    def _tokens_for(self, text: str):
+        if text not in self._tokens:
+            self._tokens[text] = self.tok.encode(text, self.cfg.max_tokens)
+        return self._tokens[text]
+
+    def batch(self, n: int) -> tuple[Observation, torch.Tensor]:
+        import cv2
+
+        idx = self.rng.integers(0, len(self.ds), n)
+        S = self.cfg.vision.image_size
+        imgs = []
+        for cam in self.cameras:
+            frames = self.ds.data[f"images.{cam}"][idx]
+            if frames.shape[1] != S:
+                frames = np.stack([cv2.resize(f, (S, S), interpolation=cv2.INTER_AREA) for f in frames])
+            imgs.append(frames)
+        x = torch.from_numpy(np.stack(imgs, 1)).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
+        toks = [self._tokens_for(self.ds.episodes[int(self.ds.data["episode_index"][i])]["instruction"]) for i in idx]
+        tokens = torch.stack([t for t, _ in toks])
+        mask = torch.stack([m for _, m in toks])
+        state = torch.from_numpy(self.robot.normalize(self.ds.data["state"][idx])).float()
+        acts = np.stack([self.ds.action_chunk(int(i), self.cfg.action_horizon) for i in idx])
+        a = np.zeros((n, self.cfg.action_horizon, self.cfg.action_dim), np.float32)
+        a[:, :, : self.robot.dof] = self.robot.normalize(acts)
+        return Observation(x, tokens, mask, state), torch.from_numpy(a)
+
+
+def _lr(step: int, tc: TrainConfig) -> float:
+    if step < tc.warmup:
+        return tc.lr * (step + 1) / tc.warmup
+    p = (step - tc.warmup) / max(1, tc.steps - tc.warmup)
+    return tc.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+
+
+def save_checkpoint(path: Path, model, opt, step: int, info: dict) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+              str(path / "model.safetensors"))
+    names = {id(p): n for n, p in model.named_parameters()}
+    opt_t = {}
+    for p, st in opt.state.items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                opt_t[f"{names[id(p)]}::{k}"] = v.detach().cpu().reshape(v.shape).contiguous()
+    save_file(opt_t, str(path / "optimizer.safetensors"))
+    (path / "state.json").write_text(json.dumps({"step": step, **info}, indent=1))
+
+
+def load_checkpoint(path: Path, model, opt) -> dict:
+    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    opt_t = load_file(str(path / "optimizer.safetensors"))
+    params = dict(model.named_parameters())
+    for key, v in opt_t.items():
+        name, k = key.split("::")
+        opt.state[params[name]][k] = v
+    return json.loads((path / "state.json").read_text())
+
+
+def train(model, sampler: FrameSampler, out_dir: str | Path, tc: TrainConfig, resume: bool = True,
+          progress: bool = True) -> dict:
+    out = Path(out_dir)
+    torch.manual_seed(tc.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    state = {"step": 0, "losses": []}
+    ck = out / "checkpoint"
+    if resume and (ck / "state.json").exists():
+        state = load_checkpoint(ck, model, opt)
+        sampler.rng = np.random.default_rng(tc.seed + state["step"])
+    model.train()
+    t0 = time.time()
+    from tqdm import tqdm
+    bar = tqdm(range(state["step"], tc.steps), initial=state["step"], total=tc.steps, disable=not progress,
+               desc="train")
+    running = None
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = _lr(step, tc)
+        obs, actions = sampler.batch(tc.batch)
+        loss = model.loss(obs, actions)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)
+        opt.step()
+        running = float(loss) if running is None else 0.95 * running + 0.05 * float(loss)
+        bar.set_postfix(loss=f"{running:.4f}")
+        if (step + 1) % tc.log_every == 0:
+            state["losses"].append([step + 1, running])
+        if (step + 1) % tc.checkpoint_every == 0 or step + 1 == tc.steps:
+            state["step"] = step + 1
+            state["seconds"] = state.get("seconds", 0.0) + time.time() - t0
+            t0 = time.time()
+            save_checkpoint(ck, model, opt, step + 1, {k: v for k, v in state.items() if k != "step"})
+    model.eval()
+    return state

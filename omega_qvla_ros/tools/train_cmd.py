@@ -1,0 +1,62 @@
+"""`omega-qvla train`: flow-matching training of a VLA on recorded dataset shards."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model on dataset shards (resumable)")
+    p.add_argument("--family", choices=["pi05", "gr00t"], default="pi05")
+    p.add_argument("--size", choices=["tiny", "small"], default="small")
+    p.add_argument("--data", nargs="+", required=True, help="shard files or folders holding *.safetensors")
+    p.add_argument("--out", required=True, help="run folder (checkpoint/ inside)")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--include-failed", action="store_true", help="also train on unsuccessful episodes")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from omega_qvla_ros.models import build_model
+    from omega_qvla_ros.models.training import FrameSampler, TrainConfig, train
+    from omega_qvla_ros.runtime.robot import RobotSpec
+    from omega_qvla_ros.sim.record import EpisodeDataset
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shards = []
+    for d in args.data:
+        p = Path(d)
+        shards += sorted(p.rglob("*.safetensors")) if p.is_dir() else [p]
+    if not shards:
+        print(f"no dataset shards under {args.data}", file=sys.stderr)
+        return 2
+    ds = EpisodeDataset(shards, only_success=not args.include_failed)
+    model = build_model(args.family, args.size, seed=args.seed)
+    robot = RobotSpec()
+    sampler = FrameSampler(ds, model.config, robot, robot.cameras[: model.config.cameras], seed=args.seed)
+    tc = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
+                     checkpoint_every=args.checkpoint_every)
+    state = train(model, sampler, args.out, tc, resume=not args.no_resume, progress=not args.json)
+    summary = {"out": args.out, "step": state["step"], "frames": len(ds), "episodes": len(ds.episodes),
+               "final_loss": state["losses"][-1][1] if state["losses"] else None,
+               "seconds": state.get("seconds"), "checkpoint": str(Path(args.out) / "checkpoint")}
+    if args.json:
+        json.dump(summary, sys.stdout, indent=2)
+        print()
+    else:
+        print(f"trained to step {summary['step']} on {summary['frames']} frames "
+              f"({summary['episodes']} episodes); loss {summary['final_loss']}; → {summary['checkpoint']}")
+    return 0
