@@ -167,3 +167,23 @@ def test_train_resumes_from_checkpoint(short_episodes, tmp_path):
     from omega_qvla_ros.models.importer import import_checkpoint
     rep = import_checkpoint(build_model("gr00t", "tiny"), tmp_path / "run" / "checkpoint" / "model.safetensors")
     assert rep.missing == [] and rep.unmapped == []
+
+
+def test_closed_loop_runs_policy_through_the_runtime(tmp_path):
+    """A (random) tiny policy drives the simulator through the scheduler and safety filter;
+    chunks are requested every execute_horizon steps; the Wilson interval is right."""
+    from omega_qvla_ros.models import build_model
+    from omega_qvla_ros.runtime.policy import Policy
+    from omega_qvla_ros.runtime.robot import RobotSpec
+    from omega_qvla_ros.sim.closed_loop import run_policy_episode, wilson_ci95
+
+    m = build_model("pi05", "tiny").eval()
+    pol = Policy(m, {"recipe": {"name": "fp16"}, "extra": {}}, next(m.parameters()).device, robot=RobotSpec())
+    with AlohaSim("transfer_cube", image_size=64, cameras=tuple(pol.cameras)) as sim:
+        r = run_policy_episode(pol, sim, seed=3, execute_horizon=5, steps=20)
+        q = sim.qpos()
+    assert r["chunks"] == 4 and r["success"] is False
+    assert np.all(np.isfinite(q))
+    lo, hi = wilson_ci95(45, 50)
+    assert 0.78 < lo < 0.80 and 0.95 < hi < 0.97
+    assert wilson_ci95(0, 10)[0] == 0.0
