@@ -13,7 +13,7 @@ export ROS_DOMAIN_ID
 export PYTHONUNBUFFERED := 1
 export MUJOCO_GL ?= egl
 
-.PHONY: setup test bench clean-venv
+.PHONY: setup test bench demo clean-venv
 
 setup: $(VENV)/.stamp
 
@@ -40,6 +40,18 @@ bench: setup
 	for f in pi05 gr00t; do for s in tiny small full; do \
 	  $(VENV)/bin/omega-qvla memory --family $$f --size $$s --recipe omega_qvla --json > bench/results/memory_$${f}_$${s}.json; done; done
 	$(VPY) bench/make_table.py
+
+# The main job: quantize the default model with Omega-QVLA W4A4 (calibrated on the demo bag),
+# replay the bag offline through FP / W4A4 / RTN and live through the real node in shadow
+# mode over loopback DDS, and print the report. Until a trained default model ships
+# (models/), the default is the random-init `small` Pi0.5-style model.
+DEMO := build/demo
+demo: setup
+	mkdir -p $(DEMO)
+	$(VENV)/bin/omega-qvla quantize --family pi05 --size small --init random --recipe omega_qvla \
+	  --calib test/data/demo_bag --out $(DEMO)/pack_w4a4 --json > $(DEMO)/quantize.json
+	$(VENV)/bin/omega-qvla replay test/data/demo_bag --family pi05 --size small \
+	  --compare fp16,omega_qvla,rtn --live --pack $(DEMO)/pack_w4a4 --report $(DEMO)/report
 
 clean-venv:
 	rm -rf $(VENV)

@@ -88,7 +88,9 @@ def test_supervisor_rules():
     s.heartbeat_timeout = 0
     s.set_mode("shadow")
     d = s.decide(Inputs(10, 0.05, 0.02, 0.01, None))
-    assert d.source == "teleop" and d.run_policy
+    assert d.source == "teleop" and d.run_policy and d.reason == ""
+    d = s.decide(Inputs(10, 0.05, 0.02, 0.01, None, policy_fault="inference error: x"))
+    assert d.source == "teleop" and d.reason == "shadow policy: inference error: x"
     with pytest.raises(ValueError):
         s.set_mode("autopilot")
 

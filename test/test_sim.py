@@ -187,3 +187,26 @@ def test_closed_loop_runs_policy_through_the_runtime(tmp_path):
     lo, hi = wilson_ci95(45, 50)
     assert 0.78 < lo < 0.80 and 0.95 < hi < 0.97
     assert wilson_ci95(0, 10)[0] == 0.0
+
+
+def test_replay_offline_and_live(tmp_path):
+    """`omega-qvla replay` on the demo bag with a tiny random model: offline comparison of
+    recipes and live through the node process (shadow mode, loopback DDS)."""
+    import json as _json
+
+    from omega_qvla_ros.tools.cli import main
+
+    pack = tmp_path / "pack"
+    assert main(["quantize", "--family", "pi05", "--size", "tiny", "--init", "random", "--recipe", "omega_qvla",
+                 "--calib", str(DEMO_BAG), "--calib-batches", "2", "--out", str(pack), "--json"]) == 0
+    assert main(["replay", str(DEMO_BAG), "--family", "pi05", "--size", "tiny", "--compare", "fp16,omega_qvla",
+                 "--every", "50", "--calib-batches", "2", "--live", "--pack", str(pack), "--rate", "4",
+                 "--report", str(tmp_path / "rep"), "--json"]) == 0
+    r = _json.loads((tmp_path / "rep" / "report.json").read_text())
+    off = r["offline"]["recipes"]
+    assert off["fp16"]["action_rel_mse_vs_fp"] == 0.0 and 0 < off["omega_qvla"]["action_rel_mse_vs_fp"] < 1
+    assert off["omega_qvla"]["teleop_divergence_mean_rad"] > 0 and off["omega_qvla"]["inference_ms_p50"] > 0
+    live = r["live"]
+    assert live["chunks"] >= 1 and live["final_status"]["mode"] == "shadow"
+    assert live["final_status"]["dry_run"] is True
+    assert (tmp_path / "rep" / "report.md").read_text().startswith("# Replay of")

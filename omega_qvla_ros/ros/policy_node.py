@@ -94,6 +94,12 @@ class PolicyNode(Node):
         if len(p("camera_topics")) != len(p("camera_names")):
             raise ValueError("camera_topics and camera_names must have the same length")
         self.dt = 1.0 / float(p("control_rate_hz"))
+        # static parameters read once (the tick runs at control rate)
+        self._expected_size = (int(p("expected_image_width")), int(p("expected_image_height")))
+        self._refill_below = int(p("refill_below"))
+        self._traj_points = int(p("trajectory_points"))
+        self._deadline = float(p("inference_deadline_s"))
+        self._num_steps = int(p("num_steps")) or None
         if policy is None:
             from omega_qvla_ros.runtime.policy import Policy
             if not p("pack_path"):
@@ -188,18 +194,17 @@ class PolicyNode(Node):
 
     # ---------------------------------------------------------------- callbacks
     def _on_image(self, cam: str, msg) -> None:
-        try:
-            rgb = image_to_rgb(msg)
-            w, h = int(self._p("expected_image_width")), int(self._p("expected_image_height"))
-            if (w and rgb.shape[1] != w) or (h and rgb.shape[0] != h):
-                raise ValueError(f"size {rgb.shape[1]}×{rgb.shape[0]}, expected {w}×{h}")
-        except ValueError as e:
-            with self.lock:
-                self.input_fault[cam] = f"camera {cam}: {e}"
-            return
+        """Keep the newest message; decoding happens on the inference thread, for the few
+        frames the policy uses (callbacks stay short, so the GIL stays free for inference)."""
         with self.lock:
-            self.images[cam] = Stamped(rgb, self.now())
-            self.input_fault.pop(cam, None)
+            self.images[cam] = Stamped(msg, self.now())
+
+    def _decode(self, cam: str, msg):
+        rgb = image_to_rgb(msg)
+        w, h = self._expected_size
+        if (w and rgb.shape[1] != w) or (h and rgb.shape[0] != h):
+            raise ValueError(f"size {rgb.shape[1]}×{rgb.shape[0]}, expected {w}×{h}")
+        return rgb
 
     def _on_joints(self, msg: JointState) -> None:
         try:
@@ -268,10 +273,21 @@ class PolicyNode(Node):
         with self.lock:
             if self.joints is None or not self.images:
                 return None
-            imgs = {c: s.value for c, s in self.images.items()}
+            msgs = {c: s.value for c, s in self.images.items()}
             stamp = min([self.joints.t] + [s.t for s in self.images.values()])
-            return RawObservation(imgs, list(self.robot.joint_names), self.joints.value.copy(),
-                                  self.instruction, stamp)
+            q = self.joints.value.copy()
+        imgs = {}
+        for cam, msg in msgs.items():
+            try:
+                imgs[cam] = self._decode(cam, msg)
+                with self.lock:
+                    self.input_fault.pop(cam, None)
+            except ValueError as e:
+                with self.lock:
+                    self.input_fault[cam] = f"camera {cam}: {e}"
+        if len(imgs) < len(msgs):
+            return None
+        return RawObservation(imgs, list(self.robot.joint_names), q, self.instruction, stamp)
 
     def _work(self) -> None:
         while not self._stop.is_set():
@@ -285,14 +301,12 @@ class PolicyNode(Node):
                 self._busy = False
                 continue
             try:
-                num_steps = int(self._p("num_steps")) or None
-                chunk = self.policy.infer(raw, num_steps=num_steps)
+                chunk = self.policy.infer(raw, num_steps=self._num_steps)
                 if not np.all(np.isfinite(chunk.positions)):
                     fault = "policy output has NaN/Inf"
                     chunk = None
-                elif chunk.inference_s > float(self._p("inference_deadline_s")):
-                    fault = (f"deadline miss ({1e3 * chunk.inference_s:.0f} ms > "
-                             f"{1e3 * float(self._p('inference_deadline_s')):.0f} ms)")
+                elif chunk.inference_s > self._deadline:
+                    fault = f"deadline miss ({1e3 * chunk.inference_s:.0f} ms > {1e3 * self._deadline:.0f} ms)"
                     self.stats["deadline_misses"] += 1
                     chunk = None
                 else:
@@ -335,13 +349,13 @@ class PolicyNode(Node):
         fault = policy_fault or input_fault
         d = self.supervisor.decide(Inputs(now, cam_age, joint_age, teleop_age, hb_age, fault))
         self._decision = d
-        if d.run_policy and self.scheduler.remaining(now) <= int(self._p("refill_below")):
+        if d.run_policy and self.scheduler.remaining(now) <= self._refill_below:
             self._request_inference()
         start = self.last_command if self.last_command is not None else (
             self.joints.value if self.joints is not None else None)
         points, times = None, None
         if d.source == "policy":
-            ts, ps = self.scheduler.window(now, int(self._p("trajectory_points")))
+            ts, ps = self.scheduler.window(now, self._traj_points)
             if len(ts):
                 times, points = np.maximum(ts - now, 0.0) + self.dt, ps
         elif d.source == "teleop" and self.teleop is not None:
@@ -415,6 +429,9 @@ class PolicyNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
+    # inference runs thousands of short torch ops on the worker thread, each re-taking the
+    # GIL; a short switch interval keeps executor threads from stalling it (convoy effect)
+    sys.setswitchinterval(0.0005)
     rclpy.init(args=argv if argv is not None else sys.argv)
     node = None
     try:

@@ -63,8 +63,9 @@ class Supervisor:
         if self.heartbeat_timeout > 0 and (x.heartbeat_age is None or x.heartbeat_age > self.heartbeat_timeout):
             return Decision("hold", actuate, "operator heartbeat lost", run_policy)
         if self.mode in ("teleop", "shadow"):
+            note = f"shadow policy: {x.policy_fault}" if self.mode == "shadow" and x.policy_fault else ""
             if teleop_ok:
-                return Decision("teleop", actuate, "", run_policy)
+                return Decision("teleop", actuate, note, run_policy)
             return Decision("hold", actuate, "teleop commands stale", run_policy)
         problems = []
         if self._stale(x.camera_age):

@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # module names under omega_qvla_ros.tools, each exposing register(subparsers)
-COMMAND_MODULES = ["bench_cmd", "model_cmds", "sim_cmds", "train_cmd", "eval_cmd"]
+COMMAND_MODULES = ["bench_cmd", "model_cmds", "sim_cmds", "train_cmd", "eval_cmd", "replay_cmd"]
 
 
 def build_parser() -> argparse.ArgumentParser:

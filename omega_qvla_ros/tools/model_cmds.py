@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="FP weights (safetensors) when --init checkpoint")
     p.add_argument("--recipe", choices=sorted(RECIPES), default="omega_qvla")
     p.add_argument("--calib", default="synthetic",
-                   help="calibration source: 'synthetic' (random observations)")
+                   help="calibration source: 'synthetic' (random observations) or a rosbag2 path")
     p.add_argument("--calib-batches", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--float-dtype", choices=["float16", "float32"], default="float16",
@@ -82,6 +82,32 @@ def run_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def bag_observations(bag, model, batches: int, batch: int = 2, offset: int = 0):
+    """Model-ready observations from frames spread evenly over a recorded bag."""
+    import numpy as np
+    import torch
+
+    from omega_qvla_ros.models.common import Observation
+    from omega_qvla_ros.models.tokenizer import ByteTokenizer
+    from omega_qvla_ros.runtime.preprocess import to_model_observation
+    from omega_qvla_ros.runtime.robot import RobotSpec
+    from omega_qvla_ros.sim.bag_read import read_frames
+
+    cfg = model.config
+    robot = RobotSpec()
+    cams = robot.cameras[: cfg.cameras]
+    frames = read_frames(bag, cams)
+    pick = np.linspace(0, len(frames) - 1, batches * batch).astype(int) + offset
+    obs = [to_model_observation(frames[min(i, len(frames) - 1)].observation, robot, cams, cfg.vision.image_size,
+                                ByteTokenizer(), cfg.max_tokens)[0] for i in pick]
+    out = []
+    for k in range(0, len(obs), batch):
+        grp = obs[k:k + batch]
+        out.append(Observation(*(torch.cat([getattr(o, f) for o in grp]) for f in
+                                 ("images", "tokens", "token_mask", "state", "image_mask"))))
+    return out
+
+
 def run_quantize(args: argparse.Namespace) -> int:
     import torch
 
@@ -105,10 +131,15 @@ def run_quantize(args: argparse.Namespace) -> int:
     with torch.no_grad():  # hold the float parts at their stored precision from the start
         for p in model.parameters():
             p.copy_(p.to(fdt).to(p.dtype))
-    if args.calib != "synthetic":
-        print(f"calibration source {args.calib!r} is not available yet (use 'synthetic')", file=sys.stderr)
-        return 2
-    obs = synthetic_observations(model.config, args.calib_batches, seed=args.seed + 1)
+    if args.calib == "synthetic":
+        obs = synthetic_observations(model.config, args.calib_batches, seed=args.seed + 1)
+    else:
+        from pathlib import Path
+
+        if not Path(args.calib).exists():
+            print(f"calibration source {args.calib!r}: not 'synthetic' and no such bag", file=sys.stderr)
+            return 2
+        obs = bag_observations(args.calib, model, args.calib_batches)
     quantize_model(model, args.recipe, obs, progress=not args.json, seed=args.seed)
     rep = model.quantization_report
     from omega_qvla_ros.runtime.robot import RobotSpec
