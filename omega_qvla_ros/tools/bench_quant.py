@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from omega_qvla_ros.quant.int4 import quantize_weight_rtn
+from omega_qvla_ros.quant.int_gemm import pick_backend
 from omega_qvla_ros.quant.qlinear import LayerSpec, QuantLinear
 from omega_qvla_ros.quant.quantize import quantize
 from omega_qvla_ros.quant.recipes import RECIPES
@@ -162,7 +163,7 @@ def latency(shapes=LATENCY_SHAPES, repeats: int = 20, device: str = "cpu") -> li
             "integer_speedup_vs_fp32": t_fp / t_int, "integer_speedup_vs_reference": t_ref / t_int,
             "reference_speedup_vs_fp32": t_fp / t_ref,
             "integer_vs_reference_max_rel_diff": float((y_int - y_ref).abs().max() / y_ref.abs().max()),
-            "backend": __import__("omega_qvla_ros.quant.int_gemm", fromlist=["x"]).pick_backend(dev),
+            "backend": pick_backend(dev),
         })
     return rows
 

@@ -79,12 +79,8 @@ def run(args: argparse.Namespace) -> int:
                                     "success_rate": ok / args.episodes, "ci95": wilson_ci95(ok, args.episodes)}
             if not args.json:
                 print(f"{recipe:22s} {task:14s} {ok}/{args.episodes}", file=sys.stderr)
-    out = result if args.json else None
-    if args.json:
-        json.dump(out, sys.stdout, indent=2)
-        print()
-    else:
-        print(json.dumps(result, indent=1))
+    json.dump(result, sys.stdout, indent=2 if args.json else 1)
+    print()
     print(f"eval took {time.time() - t0:.0f} s (calibration: {len(calib)} observations from "
           f"{args.calib_episodes} expert episodes per task)", file=sys.stderr)
     return 0

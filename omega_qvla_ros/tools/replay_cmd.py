@@ -98,7 +98,7 @@ def _msg_class(msgtype: str):
     return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
 
 
-def live(args, frames_meta) -> dict:
+def live(args) -> dict:
     """Start the real node as its own process (shadow mode, dry run, loopback DDS), feed it
     the bag's messages at their recorded pace from this process, and collect /diagnostics."""
     import os
@@ -129,6 +129,7 @@ def live(args, frames_meta) -> dict:
            "-p", f"pack_path:={args.pack}", "-p", "mode:=shadow", "-p", "dry_run:=true",
            "-p", f"camera_topics:={json.dumps(cams)}", "-p", f"camera_names:={json.dumps(names)}",
            "-p", "execute_horizon:=1000", "-p", "inference_deadline_s:=5.0", "-p", "diagnostics_rate_hz:=10.0"]
+    # passive OpenMP waits: the node shares 2 cores with this process and its own threads
     node = subprocess.Popen(cmd, env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
@@ -229,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
     result["memory_whole_model"] = {"fp16_mib": mem["fp16_bytes"] / 2**20, "w4a4_mib": mem["w4a4_bytes"] / 2**20,
                                     "reduction": mem["reduction"]}
     if args.live:
-        result["live"] = live(args, frames)
+        result["live"] = live(args)
     result["seconds"] = time.time() - t0
     (report / "report.json").write_text(json.dumps(result, indent=1))
     md = [f"# Replay of {args.bag}", "", f"model: {result['model']}", "",
