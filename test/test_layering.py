@@ -31,5 +31,6 @@ def test_core_and_models_import_no_ros():
 def test_no_pickle_loading_anywhere():
     for f in PKG.rglob("*.py"):
         text = f.read_text()
-        for banned in ("import pickle", "pickle.load", "torch.load(", "weights_only=False"):
+        banned_calls = ("import " + "pickle", "pickle" + ".load", "torch" + ".load(", "weights_only=" + "False")
+        for banned in banned_calls:
             assert banned not in text, (f, banned)
