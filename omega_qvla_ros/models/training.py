@@ -129,7 +129,8 @@ def train(model, sampler: FrameSampler, out_dir: str | Path, tc: TrainConfig, re
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)
         opt.step()
-        running = float(loss) if running is None else 0.95 * running + 0.05 * float(loss)
+        lv = loss.detach().item()
+        running = lv if running is None else 0.95 * running + 0.05 * lv
         bar.set_postfix(loss=f"{running:.4f}")
         if (step + 1) % tc.log_every == 0:
             state["losses"].append([step + 1, running])
