@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from omega_qvla_ros.quant.qlinear import LayerSpec, QuantLinear, storage_dtype
-from omega_qvla_ros.quant.quantize import select_targets
+from omega_qvla_ros.quant.quantize import layer_spec, select_targets
 from omega_qvla_ros.quant.recipes import Recipe, SideRecipe, get_recipe
 
 from . import build_model
@@ -46,16 +46,10 @@ def component_of(name: str) -> str:
     return "other"
 
 
-def layer_spec(lin: nn.Linear, sr: SideRecipe, side: str, steps: int) -> LayerSpec:
-    """The LayerSpec `quantize()` would produce for `lin` under side recipe `sr`."""
-    per_step = sr.act_mode in ("per_step", "per_step_mean", "per_step_factorized")
-    return LayerSpec(
-        in_features=lin.in_features, out_features=lin.out_features, bias=lin.bias is not None,
-        group_size=sr.group_size, rotation=sr.rotation, out_rotation=sr.out_rotation,
-        act_mode={"per_step_mean": "per_step"}.get(sr.act_mode, sr.act_mode),
-        steps=steps if per_step else 0,
-        channel_div=sr.smooth_alpha is not None or sr.act_mode == "per_step_factorized", side=side,
-        rotation_storage=sr.rotation_storage)
+def _spec(lin: nn.Linear, sr: SideRecipe, side: str, steps: int) -> LayerSpec:
+    """The LayerSpec `quantize()` would produce for `lin` (steps: the sampler's count)."""
+    return layer_spec(lin, sr, side, steps,
+                      channel_div=sr.smooth_alpha is not None or sr.act_mode == "per_step_factorized")
 
 
 def stored_bytes(spec: LayerSpec) -> dict[str, int]:
@@ -91,7 +85,7 @@ def memory_report(family: str, size: str, recipe: "str | Recipe" = "omega_qvla")
         n_params, w4, parts = 0, 0, {}
         for name, (lin, side, sr) in items:
             n_params += lin.weight.numel() + (lin.bias.numel() if lin.bias is not None else 0)
-            for k, v in stored_bytes(layer_spec(lin, sr, side, steps)).items():
+            for k, v in stored_bytes(_spec(lin, sr, side, steps)).items():
                 parts[k] = parts.get(k, 0) + v
                 w4 += v
         return n_params, w4, parts

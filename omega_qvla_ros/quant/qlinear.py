@@ -243,11 +243,10 @@ class QuantLinear(nn.Module):
         if mode == "static":
             return self.act_scale
         row = step_row(current_step(), self.spec.steps)
-        if mode == "per_step":
-            t = self.act_step_table
-            return t.mean(dim=0) if row is None else t[row]
-        s = self.act_step_scale
-        return s.mean() if row is None else s[row]
+        table = self.act_step_table if mode == "per_step" else self.act_step_scale
+        if row is None:  # no step context: the mean over steps (cached, invalidated on load)
+            return self._cached("step_mean", lambda: table.mean(dim=0))
+        return table[row]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]

@@ -98,6 +98,20 @@ def _act_tables(sr: SideRecipe, st: LayerStats, rot: BlockRotation | None,
     return rotated, steps
 
 
+PER_STEP_MODES = ("per_step", "per_step_mean", "per_step_factorized")
+
+
+def layer_spec(linear: nn.Linear, sr: SideRecipe, side: str, steps: int, channel_div: bool) -> LayerSpec:
+    """The LayerSpec of `linear` quantized under side recipe `sr` (the recipe's
+    per_step_mean ablation is stored as a per-step table whose rows are all the mean)."""
+    return LayerSpec(
+        in_features=linear.in_features, out_features=linear.out_features,
+        bias=linear.bias is not None, group_size=sr.group_size, rotation=sr.rotation,
+        out_rotation=sr.out_rotation, act_mode={"per_step_mean": "per_step"}.get(sr.act_mode, sr.act_mode),
+        steps=steps if sr.act_mode in PER_STEP_MODES else 0, channel_div=channel_div, side=side,
+        rotation_storage=sr.rotation_storage)
+
+
 def _per_step_table(samples: dict[int | None, torch.Tensor], steps: int, quantile: float,
                     div: torch.Tensor | None) -> torch.Tensor:
     """table[t, j] = quantile(|z_t[:, j]|) / 7, a missing step takes the mean of the others."""
@@ -147,7 +161,7 @@ def build_quant_linear(linear: nn.Linear, sr: SideRecipe, side: str, rot: BlockR
     table = None
     step_scale = None
     act_scale = None
-    if act_mode in ("per_step", "per_step_mean", "per_step_factorized"):
+    if act_mode in PER_STEP_MODES:
         table = _per_step_table(samples, steps, sr.quantile, div)
         if act_mode == "per_step_mean":
             table = table.mean(dim=0, keepdim=True).expand_as(table).clone()
@@ -182,15 +196,10 @@ def build_quant_linear(linear: nn.Linear, sr: SideRecipe, side: str, rot: BlockR
             codes, scales = gptq_quantize(W_store, H, gs, damp=sr.damp, act_order=sr.act_order)
         else:
             codes, scales = gptq_blocklocal(W_store, H, gs)
-    spec = LayerSpec(
-        in_features=linear.in_features, out_features=linear.out_features,
-        bias=linear.bias is not None, group_size=gs, rotation=sr.rotation,
-        out_rotation=sr.out_rotation,
-        act_mode={"per_step_mean": "per_step"}.get(act_mode, act_mode),
-        steps=(table.shape[0] if table is not None else
-               step_scale.shape[0] if step_scale is not None else 0),
-        channel_div=div is not None, side=side, rotation_storage=sr.rotation_storage,
-    )
+    spec = layer_spec(linear, sr, side,
+                      steps=(table.shape[0] if table is not None else
+                             step_scale.shape[0] if step_scale is not None else 0),
+                      channel_div=div is not None)
     q = QuantLinear.from_parts(
         spec, codes, scales, bias=None if linear.bias is None else linear.bias.detach().float(),
         rot_in=rot, rot_out=rot_out, channel_div=None if div is None else div.float(),

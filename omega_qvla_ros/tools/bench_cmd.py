@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
+
+from omega_qvla_ros.tools.cli import emit
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,9 +25,5 @@ def run(args: argparse.Namespace) -> int:
         from omega_qvla_ros.tools import bench_models as mod
 
         result = mod.run(size=args.size)
-    if args.json:
-        json.dump(result, sys.stdout, indent=2)
-        print()
-    else:
-        print(mod.format_text(result))
+    emit(result, args.json, mod.format_text(result))
     return 0

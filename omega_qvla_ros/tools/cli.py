@@ -8,10 +8,20 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
 
 # module names under omega_qvla_ros.tools, each exposing register(subparsers)
 COMMAND_MODULES = ["bench_cmd", "model_cmds", "sim_cmds", "train_cmd", "eval_cmd", "replay_cmd"]
+
+
+def emit(obj: dict, as_json: bool, text: str) -> None:
+    """Print a command's result: JSON (for --json) or its human-readable text."""
+    if as_json:
+        json.dump(obj, sys.stdout, indent=2)
+        print()
+    else:
+        print(text)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from omega_qvla_ros.quant.recipes import RECIPES
+from omega_qvla_ros.tools.cli import emit
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,14 +42,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_quantize)
 
 
-def _emit(obj: dict, as_json: bool, text: str) -> None:
-    if as_json:
-        json.dump(obj, sys.stdout, indent=2)
-        print()
-    else:
-        print(text)
-
-
 def run_memory(args: argparse.Namespace) -> int:
     from omega_qvla_ros.models.memory import memory_report
 
@@ -63,7 +55,7 @@ def run_memory(args: argparse.Namespace) -> int:
         p = r["paper"]
         lines.append(f"  paper: {p['quantized_params'] / 1e9:.2f}B quantized weights, FP16 {p['fp16_gib']} GiB "
                      f"→ {p['w4a4_mib']:.0f} MiB ({100 * p['reduction']:.1f}%)")
-    _emit(r, args.json, "\n".join(lines))
+    emit(r, args.json, "\n".join(lines))
     return 0
 
 
@@ -77,7 +69,7 @@ def run_import(args: argparse.Namespace) -> int:
     if args.out:
         save_pack(model, args.out, model_info(model, args.size), recipe=RECIPES["fp16"].to_dict())
     d = rep.to_dict()
-    _emit(d, args.json, f"mapped {d['mapped']} tensors; unmapped {len(d['unmapped'])}: "
+    emit(d, args.json, f"mapped {d['mapped']} tensors; unmapped {len(d['unmapped'])}: "
           f"{d['unmapped'][:10]}; missing {len(d['missing'])}: {d['missing'][:10]}")
     return 0
 
@@ -157,7 +149,7 @@ def run_quantize(args: argparse.Namespace) -> int:
                "mean_weight_rel_mse": (sum(v["weight_rel_mse"] for v in layers.values()) / len(layers)
                                        if layers else 0.0),
                "worst_layers": sorted(((v["weight_rel_mse"], k) for k, v in layers.items()), reverse=True)[:5]}
-    _emit(summary, args.json, "\n".join([
+    emit(summary, args.json, "\n".join([
         f"wrote {args.out}: {summary['quantized_layers']} layers quantized with {args.recipe} "
         f"({summary['integer_layers']} on the integer path)",
         f"mean weight relative MSE {summary['mean_weight_rel_mse']:.4f}; worst:",

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from omega_qvla_ros.tools.cli import emit
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("replay", help="replay a rosbag2 through recipes (offline) and the node (--live)")
@@ -250,10 +252,5 @@ def run(args: argparse.Namespace) -> int:
                    f"{lv['observation_to_chunk_ms_p99']:.0f} ms; policy-vs-teleop divergence "
                    f"{lv['shadow_divergence_mean_rad']} rad (mean |Δq|)"]
     (report / "report.md").write_text("\n".join(md) + "\n")
-    if args.json:
-        json.dump(result, sys.stdout, indent=2)
-        print()
-    else:
-        print("\n".join(md))
-        print(f"\nfull report: {report / 'report.md'} ({result['seconds']:.0f} s)")
+    emit(result, args.json, "\n".join(md) + f"\n\nfull report: {report / 'report.md'} ({result['seconds']:.0f} s)")
     return 0

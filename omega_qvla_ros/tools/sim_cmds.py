@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
+
+from omega_qvla_ros.tools.cli import emit
 
 TASK_CHOICES = ["transfer_cube", "insertion"]
 
@@ -83,12 +83,8 @@ def run_record(args: argparse.Namespace) -> int:
                if bag is not None else 0,
                "dataset_bytes": sum(f.stat().st_size for f in (out / "dataset").rglob("*") if f.is_file())
                if not args.no_dataset else 0}
-    if args.json:
-        json.dump(summary, sys.stdout, indent=2)
-        print()
-    else:
-        print(f"recorded {summary['episodes']} episodes ({summary['successes']} successful, "
-              f"{summary['frames']} frames) in {summary['seconds']:.1f} s → {out}")
+    emit(summary, args.json, f"recorded {summary['episodes']} episodes ({summary['successes']} successful, "
+         f"{summary['frames']} frames) in {summary['seconds']:.1f} s → {out}")
     return 0
 
 
@@ -103,11 +99,7 @@ def run_expert_eval(args: argparse.Namespace) -> int:
             ok = sum(run_expert_episode(sim, args.seed + i) for i in range(args.episodes))
         result[task] = {"episodes": args.episodes, "successes": ok, "success_rate": ok / args.episodes,
                         "seconds_per_episode": (time.time() - t0) / args.episodes}
-    if args.json:
-        json.dump(result, sys.stdout, indent=2)
-        print()
-    else:
-        for t, r in result.items():
-            print(f"{t}: {r['successes']}/{r['episodes']} ({100 * r['success_rate']:.0f}%), "
-                  f"{r['seconds_per_episode']:.2f} s/episode")
+    emit(result, args.json, "\n".join(
+        f"{t}: {r['successes']}/{r['episodes']} ({100 * r['success_rate']:.0f}%), "
+        f"{r['seconds_per_episode']:.2f} s/episode" for t, r in result.items()))
     return 0

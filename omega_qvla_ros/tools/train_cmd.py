@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+
+from omega_qvla_ros.tools.cli import emit
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,10 +54,6 @@ def run(args: argparse.Namespace) -> int:
     summary = {"out": args.out, "step": state["step"], "frames": len(ds), "episodes": len(ds.episodes),
                "final_loss": state["losses"][-1][1] if state["losses"] else None,
                "seconds": state.get("seconds"), "checkpoint": str(Path(args.out) / "checkpoint")}
-    if args.json:
-        json.dump(summary, sys.stdout, indent=2)
-        print()
-    else:
-        print(f"trained to step {summary['step']} on {summary['frames']} frames "
-              f"({summary['episodes']} episodes); loss {summary['final_loss']}; → {summary['checkpoint']}")
+    emit(summary, args.json, f"trained to step {summary['step']} on {summary['frames']} frames "
+         f"({summary['episodes']} episodes); loss {summary['final_loss']}; → {summary['checkpoint']}")
     return 0
