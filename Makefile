@@ -13,7 +13,7 @@ export ROS_DOMAIN_ID
 export PYTHONUNBUFFERED := 1
 export MUJOCO_GL ?= egl
 
-.PHONY: setup test bench demo clean-venv
+.PHONY: setup test bench bench-eval demo clean-venv
 
 setup: $(VENV)/.stamp
 
@@ -39,19 +39,27 @@ bench: setup
 	mv bench/results/models_tiny.json.tmp bench/results/models_tiny.json
 	for f in pi05 gr00t; do for s in tiny small full; do \
 	  $(VENV)/bin/omega-qvla memory --family $$f --size $$s --recipe omega_qvla --json > bench/results/memory_$${f}_$${s}.json; done; done
+	$(VENV)/bin/omega-qvla bench policy --json > bench/results/policy.json.tmp
+	mv bench/results/policy.json.tmp bench/results/policy.json
 	$(VPY) bench/make_table.py
 
-# The main job: quantize the default model with Omega-QVLA W4A4 (calibrated on the demo bag),
-# replay the bag offline through FP / W4A4 / RTN and live through the real node in shadow
-# mode over loopback DDS, and print the report. Until a trained default model ships
-# (models/), the default is the random-init `small` Pi0.5-style model.
+# Closed-loop success of the shipped model per recipe (about half an hour on 2 cores)
+EVAL_RECIPES := fp16,rtn,smoothquant,hadamard,omega_qvla,omega_qvla_noperstep,omega_qvla_int
+bench-eval: setup
+	$(VENV)/bin/omega-qvla eval --recipes $(EVAL_RECIPES) --episodes 50 --workers 2 \
+	  --out bench/results/eval_pi05.json
+	$(VPY) bench/make_table.py
+
+# The main job: quantize the shipped default model (models/pi05_small_aloha, FP16) with
+# Omega-QVLA W4A4 calibrated on the demo bag, replay the bag offline through FP / W4A4 /
+# RTN and live through the real node in shadow mode over loopback DDS, print the report.
 DEMO := build/demo
 demo: setup
 	mkdir -p $(DEMO)
-	$(VENV)/bin/omega-qvla quantize --family pi05 --size small --init random --recipe omega_qvla \
-	  --calib test/data/demo_bag --out $(DEMO)/pack_w4a4 --json > $(DEMO)/quantize.json
-	$(VENV)/bin/omega-qvla replay test/data/demo_bag --family pi05 --size small \
-	  --compare fp16,omega_qvla,rtn --live --pack $(DEMO)/pack_w4a4 --report $(DEMO)/report
+	$(VENV)/bin/omega-qvla quantize --recipe omega_qvla --calib test/data/demo_bag \
+	  --out $(DEMO)/pack_w4a4 --json > $(DEMO)/quantize.json
+	$(VENV)/bin/omega-qvla replay test/data/demo_bag --compare fp16,omega_qvla,rtn \
+	  --live --pack $(DEMO)/pack_w4a4 --report $(DEMO)/report
 
 clean-venv:
 	rm -rf $(VENV)

@@ -24,6 +24,26 @@ def quant_section(path: Path) -> str:
     return head + format_text(r)
 
 
+def eval_section(path: Path) -> str:
+    r = json.loads(path.read_text())
+    meta = r.get("_meta", {})
+    recipes = [k for k in r if not k.startswith("_")]
+    tasks = meta.get("tasks") or list(r[recipes[0]])
+    rows = [f"### Closed-loop success ({path.stem.split('_', 1)[1]}, `{path.relative_to(ROOT)}`)", "",
+            f"Command: `{meta.get('command')}`; evaluation seeds {meta.get('eval_seeds')}; calibration "
+            f"{meta.get('calibration', {}).get('observations')} observations "
+            f"({meta.get('calibration', {}).get('episodes_per_task')} expert episodes per task).", "",
+            "| recipe | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for rec in recipes:
+        cells = []
+        for t in tasks:
+            e = r[rec][t]
+            cells.append(f"{e['successes']}/{e['episodes']} = {100 * e['success_rate']:.0f}% "
+                         f"[{100 * e['ci95'][0]:.0f}–{100 * e['ci95'][1]:.0f}]")
+        rows.append(f"| {rec} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 def main() -> int:
     parts = []
     q = ROOT / "bench" / "results" / "quant.json"
@@ -34,6 +54,15 @@ def main() -> int:
         from omega_qvla_ros.tools.bench_models import format_text as models_text
 
         parts.append("### Whole models (random-init tiny)\n\n" + models_text(json.loads(m.read_text())))
+    for f in sorted((ROOT / "bench" / "results").glob("eval_*.json")):
+        parts.append(eval_section(f))
+    pol = ROOT / "bench" / "results" / "policy.json"
+    if pol.exists():
+        from omega_qvla_ros.tools.bench_policy import format_text as policy_text
+
+        parts.append("### Trained default model: action error and whole-inference latency\n\n"
+                     f"`omega-qvla bench policy --json` → `{pol.relative_to(ROOT)}`\n\n"
+                     + policy_text(json.loads(pol.read_text())))
     mem = sorted((ROOT / "bench" / "results").glob("memory_*_full.json"))
     if mem:
         rows = ["### Static memory, full published sizes (`omega-qvla memory --size full`)", "",

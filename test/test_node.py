@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 def pack(tmp_path_factory):
     from omega_qvla_ros.tools.cli import main
     out = tmp_path_factory.mktemp("pack") / "tiny"
-    assert main(["quantize", "--family", "pi05", "--size", "tiny", "--init", "random", "--recipe",
+    assert main(["quantize", "--model", "random:pi05:tiny", "--recipe",
                  "omega_qvla", "--calib", "synthetic", "--out", str(out), "--json"]) == 0
     return out
 

@@ -112,3 +112,31 @@ def test_preprocessing_checks():
     assert out.shape == (64, 64, 3)
     assert out[:16].max() == 0 and out[32, 32, 0] == 200  # letterboxed top/bottom
     assert np.allclose(spec.denormalize(spec.normalize(np.arange(14) * 0.05)), np.arange(14) * 0.05)
+
+
+def test_data_range_normalisation_is_separate_from_the_limits():
+    """Normalising over the data's range: the data maps into [-1, 1] with margin, a joint
+    that never moves still gets a usable span, the limits (safety) stay untouched, and the
+    range survives to_dict/from_dict (the pack's manifest)."""
+    from omega_qvla_ros.runtime.robot import RobotSpec
+
+    rng = np.random.default_rng(0)
+    spec = RobotSpec()
+    q = np.zeros((1000, 14))
+    q[:, 0] = rng.uniform(-0.3, 0.2, 1000)   # waist: a fraction of its ±π range
+    q[:, 6] = rng.uniform(0.0, 1.0, 1000)    # gripper: its whole range
+    q[:, 1] = -0.9                           # never moves
+    d = spec.with_data_range(q)
+    z = d.normalize(q)
+    assert np.all(np.abs(z[:, 0]) < 1.0) and np.abs(z[:, 0]).max() > 0.75
+    assert abs(d.norm_upper[1] - d.norm_lower[1] - 0.1) < 1e-9  # min_span
+    assert d.norm_lower[6] >= 0.0 and d.norm_upper[6] <= 1.0    # never beyond the limits
+    assert np.allclose(d.denormalize(z), q)
+    assert np.array_equal(d.lower, spec.lower) and np.array_equal(d.upper, spec.upper)
+    # one radian of waist is ≈ 6× more normalised units than over the joint limits
+    assert d.normalize(np.eye(14))[0, 0] - d.normalize(np.zeros(14))[0] > 5 * (
+        spec.normalize(np.eye(14))[0, 0] - spec.normalize(np.zeros(14))[0])
+    back = RobotSpec.from_dict(d.to_dict())
+    assert np.array_equal(back.norm_lower, d.norm_lower) and np.array_equal(back.norm_upper, d.norm_upper)
+    with pytest.raises(ValueError):
+        RobotSpec(norm_lower=np.zeros(14), norm_upper=np.zeros(14))

@@ -167,6 +167,39 @@ def test_train_resumes_from_checkpoint(short_episodes, tmp_path):
     from omega_qvla_ros.models.importer import import_checkpoint
     rep = import_checkpoint(build_model("gr00t", "tiny"), tmp_path / "run" / "checkpoint" / "model.safetensors")
     assert rep.missing == [] and rep.unmapped == []
+    # export: an fp16 pack with the data's normalisation, the cameras and the training record
+    assert main(args + ["--export", str(tmp_path / "fp")]) == 0
+    man = _json.loads((tmp_path / "fp" / "manifest.json").read_text())
+    robot, training = man["extra"]["robot"], man["extra"]["training"]
+    assert man["recipe"]["name"] == "fp16" and man["extra"]["cameras"] == ["cam_high", "cam_left_wrist"]
+    span = np.subtract(robot["norm_upper"], robot["norm_lower"])
+    assert np.all(span < np.subtract(robot["upper"], robot["lower"]) + 1e-9) and span[0] < 1.0
+    assert training["steps"] == 6 and training["data"]["episodes"] == 2 and len(training["commands"]) == 3
+    # a resumed run with another normalisation (other data) is refused
+    one = write_shard(short_episodes[:1], tmp_path / "one.safetensors")
+    with pytest.raises(ValueError, match="normalisation"):
+        main(["train", "--family", "gr00t", "--size", "tiny", "--data", str(one), "--out", str(tmp_path / "run"),
+              "--steps", "8", "--batch", "2", "--include-failed", "--json"])
+
+
+def test_eval_json_shape_and_seeds(tmp_path):
+    """`omega-qvla eval` (random tiny model, one short task run): the documented JSON, the
+    same seeds for every recipe, calibration observations counted."""
+    import json as _json
+
+    from omega_qvla_ros.tools.cli import main
+
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", "random:pi05:tiny", "--recipes", "fp16,omega_qvla_int", "--tasks",
+                 "transfer_cube", "--episodes", "1", "--calib-episodes", "1", "--calib-frames", "2",
+                 "--out", str(out), "--json"]) == 0
+    r = _json.loads(out.read_text())
+    for recipe in ("fp16", "omega_qvla_int"):
+        e = r[recipe]["transfer_cube"]
+        assert e["episodes"] == 1 and e["successes"] == 0 and e["success_rate"] == 0.0
+        assert e["ci95"][0] == 0.0 and 0.5 < e["ci95"][1] < 1.0 and len(e["max_rewards"]) == 1
+    meta = r["_meta"]
+    assert meta["eval_seeds"] == [100000, 100000] and meta["calibration"]["observations"] == 2
 
 
 def test_closed_loop_runs_policy_through_the_runtime(tmp_path):
@@ -197,9 +230,9 @@ def test_replay_offline_and_live(tmp_path):
     from omega_qvla_ros.tools.cli import main
 
     pack = tmp_path / "pack"
-    assert main(["quantize", "--family", "pi05", "--size", "tiny", "--init", "random", "--recipe", "omega_qvla",
+    assert main(["quantize", "--model", "random:pi05:tiny", "--recipe", "omega_qvla",
                  "--calib", str(DEMO_BAG), "--calib-batches", "2", "--out", str(pack), "--json"]) == 0
-    assert main(["replay", str(DEMO_BAG), "--family", "pi05", "--size", "tiny", "--compare", "fp16,omega_qvla",
+    assert main(["replay", str(DEMO_BAG), "--model", "random:pi05:tiny", "--compare", "fp16,omega_qvla",
                  "--every", "50", "--calib-batches", "2", "--live", "--pack", str(pack), "--rate", "4",
                  "--report", str(tmp_path / "rep"), "--json"]) == 0
     r = _json.loads((tmp_path / "rep" / "report.json").read_text())
@@ -210,3 +243,35 @@ def test_replay_offline_and_live(tmp_path):
     assert live["chunks"] >= 1 and live["final_status"]["mode"] == "shadow"
     assert live["final_status"]["dry_run"] is True
     assert (tmp_path / "rep" / "report.md").read_text().startswith("# Replay of")
+
+
+def test_sparse_camera_frames_in_bag_and_dataset(tmp_path):
+    """`image_every=4`: joints and actions on every frame, images (rendered only then) on
+    frames 0, 4, 8, …; the bag carries them at those stamps and the dataset samples only
+    frames that have one, with the action chunk still taken frame by frame."""
+    from omega_qvla_ros.sim.aloha import DT
+    from omega_qvla_ros.sim.record import EPISODE_GAP_NS
+
+    with AlohaSim("transfer_cube", image_size=48, cameras=("cam_high",)) as sim:
+        dense = record_episode(sim, seed=5, steps=21)
+        sparse = record_episode(sim, seed=5, steps=21, image_every=4)
+        other = record_episode(sim, seed=6, steps=10, image_every=4)
+    assert list(sparse.image_frames) == [0, 4, 8, 12, 16, 20]
+    assert sparse.images["cam_high"].shape == (6, 48, 48, 3)
+    # same physics: the skipped renders change nothing else
+    assert np.array_equal(dense.qpos, sparse.qpos) and np.array_equal(dense.actions, sparse.actions)
+    assert np.array_equal(dense.images["cam_high"][8], sparse.images["cam_high"][2])
+    with BagRecorder(tmp_path / "bag") as bag:
+        bag.write_episode(sparse)
+    _, msgs = _read_bag(tmp_path / "bag")
+    stamps = [ts for ts, _ in msgs["/cam_high/image_raw"]]
+    assert stamps == [int(round(f * DT * 1e9)) for f in sparse.image_frames]
+    assert len(msgs["/joint_states"]) == 21 and EPISODE_GAP_NS > 0
+    write_shard([sparse, other], tmp_path / "shard.safetensors")
+    ds = EpisodeDataset([tmp_path / "shard.safetensors"], only_success=False)
+    assert len(ds) == 31 and list(ds.image_rows) == [0, 4, 8, 12, 16, 20, 21, 25, 29]
+    assert np.array_equal(ds.image("cam_high", np.array([25])), other.images["cam_high"][1:2])
+    assert np.array_equal(ds.action_chunk(16, 8), sparse.actions[[16, 17, 18, 19, 20, 20, 20, 20]])
+    assert ds.frame(5)["images.cam_high"] is None
+    with pytest.raises(IndexError):
+        ds.image("cam_high", np.array([5]))

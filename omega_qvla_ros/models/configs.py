@@ -90,10 +90,13 @@ CONFIGS = {
         trunk=LMConfig(2048, 18, 16384, 8, 1, 256, vocab=257152),
         expert=LMConfig(1024, 18, 4096, 8, 1, 256, vocab=257152),
         max_tokens=200),
+    # `small`: the shipped default, sized so that a 2-core CPU trains it in about an hour
+    # and a half (≈0.8 s per batch of 32): one camera (cam_high) at 96², 12-pixel patches.
     ("pi05", "small"): lambda: Pi05Config(
-        vision=VisionConfig(192, 4, 3, 768, 16, 96),
-        trunk=LMConfig(256, 6, 1024, 4, 1, 64),
-        expert=LMConfig(128, 6, 512, 4, 1, 64)),
+        vision=VisionConfig(128, 3, 2, 512, 12, 96),
+        trunk=LMConfig(192, 3, 768, 3, 1, 64),
+        expert=LMConfig(128, 3, 512, 2, 1, 64),
+        cameras=1),
     ("pi05", "tiny"): lambda: Pi05Config(
         vision=VisionConfig(64, 2, 2, 128, 16, 64),
         trunk=LMConfig(128, 2, 256, 2, 1, 64),
@@ -104,10 +107,10 @@ CONFIGS = {
         llm=LMConfig(2048, 12, 6144, 16, 8, 128, vocab=151680, rope_theta=1e6),
         dit=DiTConfig(blocks=16, dim=1536, heads=32, head_dim=48, ff=6144, cross_dim=2048)),
     ("gr00t", "small"): lambda: Gr00tConfig(
-        vision=VisionConfig(192, 4, 3, 768, 16, 96),
-        llm=LMConfig(256, 4, 768, 4, 2, 64),
-        dit=DiTConfig(blocks=6, dim=256, heads=4, head_dim=64, ff=1024, cross_dim=256),
-        hidden=256, state_dim=32, future_tokens=8, num_embodiments=1, cameras=3),
+        vision=VisionConfig(128, 3, 2, 512, 12, 96),
+        llm=LMConfig(192, 3, 768, 3, 1, 64),
+        dit=DiTConfig(blocks=4, dim=192, heads=3, head_dim=64, ff=768, cross_dim=192),
+        hidden=192, state_dim=32, future_tokens=8, num_embodiments=1, cameras=1),
     ("gr00t", "tiny"): lambda: Gr00tConfig(
         vision=VisionConfig(64, 2, 2, 128, 16, 64),
         llm=LMConfig(128, 2, 256, 2, 1, 64),

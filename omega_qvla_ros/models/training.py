@@ -54,11 +54,14 @@ class FrameSampler:
     def batch(self, n: int) -> tuple[Observation, torch.Tensor]:
         import cv2
 
-        idx = self.rng.integers(0, len(self.ds), n)
+        rows = self.ds.image_rows
+        if len(rows) == 0:
+            raise ValueError("the dataset holds no camera images")
+        idx = rows[self.rng.integers(0, len(rows), n)]
         S = self.cfg.vision.image_size
         imgs = []
         for cam in self.cameras:
-            frames = self.ds.data[f"images.{cam}"][idx]
+            frames = self.ds.image(cam, idx)
             if frames.shape[1] != S:
                 frames = np.stack([cv2.resize(f, (S, S), interpolation=cv2.INTER_AREA) for f in frames])
             imgs.append(frames)
@@ -105,15 +108,25 @@ def load_checkpoint(path: Path, model, opt) -> dict:
 
 
 def train(model, sampler: FrameSampler, out_dir: str | Path, tc: TrainConfig, resume: bool = True,
-          progress: bool = True) -> dict:
+          progress: bool = True, info: dict | None = None) -> dict:
+    """Train (or resume) to `tc.steps`; `info` (normalisation, data, command) is stored
+    with every checkpoint, and each resumed invocation's command is kept in `commands`."""
     out = Path(out_dir)
     torch.manual_seed(tc.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    state = {"step": 0, "losses": []}
+    state = {"step": 0, "losses": [], "commands": []}
     ck = out / "checkpoint"
     if resume and (ck / "state.json").exists():
         state = load_checkpoint(ck, model, opt)
+        state.setdefault("commands", [])
+        if info and "robot" in state and state["robot"] != info.get("robot"):
+            raise ValueError(f"{ck}: the checkpoint was trained with another joint normalisation "
+                             "(different data?); use a new --out or --no-resume")
         sampler.rng = np.random.default_rng(tc.seed + state["step"])
+    info = dict(info or {})
+    if "command" in info:
+        state["commands"].append([state["step"], info.pop("command")])
+    state.update(info)
     model.train()
     t0 = time.time()
     from tqdm import tqdm

@@ -35,7 +35,13 @@ class Policy:
         # joint order and normalisation the model was trained with (from the pack)
         self.robot = robot or (RobotSpec.from_dict(extra["robot"]) if "robot" in extra else RobotSpec())
         cfg = model.config
-        self.cameras = list(cameras or extra.get("cameras") or self.robot.cameras)[: cfg.cameras]
+        # the cameras the model was trained on (pack) when the robot has them, else the
+        # first of the configured ones
+        trained = list(extra.get("cameras") or [])
+        if trained and (cameras is None or all(c in cameras for c in trained)):
+            self.cameras = trained[: cfg.cameras]
+        else:
+            self.cameras = list(cameras or self.robot.cameras)[: cfg.cameras]
         if len(self.cameras) < cfg.cameras:
             raise ValueError(f"the model takes {cfg.cameras} cameras, {len(self.cameras)} configured")
         if self.robot.dof > cfg.action_dim:

@@ -116,8 +116,8 @@ class AlohaSim:
             out[c] = self.renderer.render().copy()
         return out
 
-    def observe(self) -> Step:
-        return Step(self.qpos(), self.qvel(), self.render(), self.reward())
+    def observe(self, render: bool = True) -> Step:
+        return Step(self.qpos(), self.qvel(), self.render() if render else {}, self.reward())
 
     def reset(self, seed: int) -> Step:
         mujoco.mj_resetData(self.model, self.data)
@@ -129,7 +129,9 @@ class AlohaSim:
         self.max_reward_seen = 0
         return self.observe()
 
-    def step(self, action: np.ndarray) -> Step:
+    def step(self, action: np.ndarray, render: bool = True) -> Step:
+        """Apply `action` for one control period; `render=False` skips the cameras (their
+        images are the expensive part on a CPU)."""
         a = np.asarray(action, dtype=np.float64)
         if a.shape != (14,) or not np.all(np.isfinite(a)):
             raise ValueError(f"action must be 14 finite values, got shape {a.shape}")
@@ -137,7 +139,7 @@ class AlohaSim:
         self.data.ctrl[:] = np.concatenate([a[0:6], [lf, -lf], a[7:13], [rf, -rf]])
         for _ in range(self.substeps):
             mujoco.mj_step(self.model, self.data)
-        s = self.observe()
+        s = self.observe(render)
         self.max_reward_seen = max(self.max_reward_seen, s.reward)
         return s
 

@@ -190,14 +190,16 @@ class ScriptedExpert:
         return out
 
 
-def run_expert_episode(sim: AlohaSim, seed: int, steps: int = EPISODE_STEPS, on_step=None) -> bool:
+def run_expert_episode(sim: AlohaSim, seed: int, steps: int = EPISODE_STEPS, on_step=None,
+                       render_every: int = 1) -> bool:
     """Reset to `seed`, drive with the scripted expert; returns success. `on_step(t, obs,
-    action)` sees the observation before each action (for recording)."""
+    action)` sees the observation before each action (for recording); its images are
+    rendered only on steps that are multiples of `render_every`."""
     obs = sim.reset(seed)
     expert = ScriptedExpert(sim)
     for t in range(steps):
         a = expert.action(t)
         if on_step is not None:
             on_step(t, obs, a)
-        obs = sim.step(a)
+        obs = sim.step(a, render=(t + 1) % render_every == 0)
     return sim.success

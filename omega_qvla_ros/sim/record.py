@@ -34,15 +34,26 @@ class Episode:
     qpos: np.ndarray  # [T, 14] observed joint positions (grippers normalised)
     qvel: np.ndarray  # [T, 14]
     actions: np.ndarray  # [T, 14] teleop commands issued after observing frame t
-    images: dict[str, np.ndarray] = field(default_factory=dict)  # cam -> uint8 [T, H, W, 3]
+    images: dict[str, np.ndarray] = field(default_factory=dict)  # cam -> uint8 [N, H, W, 3]
+    image_frames: np.ndarray | None = None  # [N] frame index of each image (None: every frame)
 
     @property
     def length(self) -> int:
         return len(self.stamps_ns)
 
+    def frames_with_images(self) -> np.ndarray:
+        if not self.images:
+            return np.zeros(0, np.int64)
+        return np.arange(self.length) if self.image_frames is None else self.image_frames
 
-def record_episode(sim: AlohaSim, seed: int, t0_ns: int = 0, steps: int = EPISODE_STEPS) -> Episode:
-    qpos, qvel, acts, stamps = [], [], [], []
+
+def record_episode(sim: AlohaSim, seed: int, t0_ns: int = 0, steps: int = EPISODE_STEPS,
+                   image_every: int = 1) -> Episode:
+    """One expert episode; camera images on every `image_every`-th frame (rendering is
+    what costs on a CPU; joints and actions are kept for every frame)."""
+    if image_every < 1:
+        raise ValueError("image_every must be >= 1")
+    qpos, qvel, acts, stamps, img_frames = [], [], [], [], []
     imgs: dict[str, list[np.ndarray]] = {c: [] for c in sim.cameras} if sim.render_enabled else {}
 
     def on_step(t, obs, a):
@@ -50,13 +61,16 @@ def record_episode(sim: AlohaSim, seed: int, t0_ns: int = 0, steps: int = EPISOD
         qpos.append(obs.qpos)
         qvel.append(obs.qvel)
         acts.append(a)
-        for c in imgs:
-            imgs[c].append(obs.images[c])
+        if imgs and t % image_every == 0:
+            img_frames.append(t)
+            for c in imgs:
+                imgs[c].append(obs.images[c])
 
-    ok = run_expert_episode(sim, seed, steps=steps, on_step=on_step)
+    ok = run_expert_episode(sim, seed, steps=steps, on_step=on_step, render_every=image_every)
     return Episode(sim.task, seed, INSTRUCTIONS[sim.task], ok, np.array(stamps, dtype=np.int64),
                    np.array(qpos, dtype=np.float32), np.array(qvel, dtype=np.float32),
-                   np.array(acts, dtype=np.float32), {c: np.stack(v) for c, v in imgs.items()})
+                   np.array(acts, dtype=np.float32), {c: np.stack(v) for c, v in imgs.items()},
+                   None if image_every == 1 else np.array(img_frames, dtype=np.int64))
 
 
 # ---------------------------------------------------------------- rosbag2
@@ -110,6 +124,7 @@ class BagRecorder:
         T = self.ts.types
         t0 = self.next_t0
         stamps = ep.stamps_ns - ep.stamps_ns[0] + t0
+        image_of = {int(f): k for k, f in enumerate(ep.frames_with_images())}
         self._write("/instruction", "std_msgs/msg/String", int(stamps[0]), T["std_msgs/msg/String"](data=ep.instruction))
         for i, st in enumerate(stamps):
             st = int(st)
@@ -119,8 +134,8 @@ class BagRecorder:
                         self._joint_state(st, ep.qpos[i], ep.qvel[i]))
             self._write("/teleop/joint_states", "sensor_msgs/msg/JointState", st,
                         self._joint_state(st, ep.actions[i], None))
-            for cam, frames in ep.images.items():
-                rgb = frames[i]
+            for cam, frames in (ep.images.items() if i in image_of else ()):
+                rgb = frames[image_of[i]]
                 if self.compress:
                     ok, buf = cv2.imencode(".jpg", rgb[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, self.quality])
                     if not ok:
@@ -140,10 +155,18 @@ class BagRecorder:
 
 # ---------------------------------------------------------------- dataset shards
 def write_shard(episodes: list[Episode], path: str | Path) -> Path:
-    """One safetensors shard: frames of all episodes concatenated, with indices."""
+    """One safetensors shard: frames of all episodes concatenated, with indices;
+    `image_index[row]` points into the image arrays (-1: no image on that frame)."""
     from safetensors.numpy import save_file
 
     path = Path(path)
+    image_index, n_img = [], 0
+    for e in episodes:
+        ix = np.full(e.length, -1, np.int64)
+        f = e.frames_with_images()
+        ix[f] = n_img + np.arange(len(f))
+        n_img += len(f)
+        image_index.append(ix)
     tensors = {
         "state": np.concatenate([e.qpos for e in episodes]),
         "velocity": np.concatenate([e.qvel for e in episodes]),
@@ -152,6 +175,7 @@ def write_shard(episodes: list[Episode], path: str | Path) -> Path:
         "frame_index": np.concatenate([np.arange(e.length, dtype=np.int64) for e in episodes]),
         "stamp_ns": np.concatenate([e.stamps_ns for e in episodes]),
         "success": np.array([e.success for e in episodes], dtype=np.uint8),
+        "image_index": np.concatenate(image_index),
     }
     for cam in episodes[0].images:
         tensors[f"images.{cam}"] = np.concatenate([e.images[cam] for e in episodes])
@@ -172,7 +196,7 @@ class EpisodeDataset:
         self.frames: list[dict[str, np.ndarray]] = []
         self.episodes: list[dict] = []
         cols: dict[str, list[np.ndarray]] = {}
-        offset = 0
+        offset = n_images = 0
         for s in shards:
             with safe_open(str(s), framework="np") as f:
                 meta = f.metadata()
@@ -181,10 +205,20 @@ class EpisodeDataset:
             keep = np.array([bool(e["success"]) or not only_success for e in eps])
             mask = keep[t["episode_index"]]
             remap = np.cumsum(keep) - 1 + offset
+            n_rows = len(t["state"])
+            img_ix = t.pop("image_index", None)
+            if img_ix is None:  # shards written before sparse images: one per frame
+                img_ix = np.arange(n_rows) if any(k.startswith("images.") for k in t) else np.full(n_rows, -1)
+            img_ix = img_ix[mask]
+            used = img_ix[img_ix >= 0]  # images of kept episodes, renumbered after earlier shards
+            new_ix = np.full(len(img_ix), -1, np.int64)
+            new_ix[img_ix >= 0] = np.arange(len(used)) + n_images
+            n_images += len(used)
+            cols.setdefault("image_index", []).append(new_ix)
             for k, v in t.items():
                 if k == "success":
                     continue
-                v = v[mask]
+                v = v[used] if k.startswith("images.") else v[mask]
                 if k == "episode_index":
                     v = remap[v]
                 cols.setdefault(k, []).append(v)
@@ -192,6 +226,7 @@ class EpisodeDataset:
             offset += int(keep.sum())
         self.data = {k: np.concatenate(v) for k, v in cols.items()}
         self.cameras = sorted(k.split(".", 1)[1] for k in self.data if k.startswith("images."))
+        self.image_rows = np.nonzero(self.data["image_index"] >= 0)[0]  # frames a sampler can use
 
     def __len__(self) -> int:
         return len(self.data["state"])
@@ -206,7 +241,15 @@ class EpisodeDataset:
         idx = np.where(same, idx, last)
         return self.data["actions"][idx]
 
+    def image(self, cam: str, rows: np.ndarray) -> np.ndarray:
+        """Images of camera `cam` at frame rows `rows` (each must have one)."""
+        ix = self.data["image_index"][rows]
+        if np.any(ix < 0):
+            raise IndexError("some requested frames carry no image")
+        return self.data[f"images.{cam}"][ix]
+
     def frame(self, i: int) -> dict:
-        d = {k: v[i] for k, v in self.data.items()}
+        ix = int(self.data["image_index"][i])
+        d = {k: (v[ix] if ix >= 0 else None) if k.startswith("images.") else v[i] for k, v in self.data.items()}
         d["instruction"] = self.episodes[int(self.data["episode_index"][i])]["instruction"]
         return d

@@ -8,7 +8,8 @@ from omega_qvla_ros.tools.cli import emit
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="run a benchmark and print JSON")
-    p.add_argument("suite", choices=["quant", "models"], help="which benchmark")
+    p.add_argument("suite", choices=["quant", "models", "policy"], help="which benchmark")
+    p.add_argument("--model", default=None, help="policy benchmark: FP pack (default: the shipped model)")
     p.add_argument("--size", default="tiny", choices=["tiny", "small"], help="models benchmark: model size")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
@@ -21,6 +22,10 @@ def run(args: argparse.Namespace) -> int:
         from omega_qvla_ros.tools import bench_quant as mod
 
         result = mod.run(quick=args.quick, device=args.device)
+    elif args.suite == "policy":
+        from omega_qvla_ros.tools import bench_policy as mod
+
+        result = mod.run(model_spec=args.model, repeats=3 if args.quick else 5)
     else:
         from omega_qvla_ros.tools import bench_models as mod
 

@@ -1,4 +1,14 @@
-"""`omega-qvla eval`: closed-loop success per recipe and task in the simulator."""
+"""`omega-qvla eval`: closed-loop success per recipe and task in the simulator.
+
+Every recipe is calibrated on the same observations from scripted-expert episodes
+(seeds 90000+, disjoint from training seeds 0… and evaluation seeds 100000+) and runs
+the same evaluation seeds with the same per-episode noise, so recipes differ only by
+quantization. Tasks run in parallel worker processes (`--workers`); each worker
+rebuilds the quantized models itself (deterministic), nothing is pickled.
+
+JSON: {"<recipe>": {"<task>": {"episodes", "successes", "success_rate", "ci95",
+"max_rewards"}}, "_meta": {command, model, seeds, calibration, seconds}}.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,81 +16,136 @@ import json
 import sys
 import time
 
+from omega_qvla_ros.tools.cli import emit
+from omega_qvla_ros.tools.model_source import add_model_args
+
+EVAL_SEED = 100000
+CALIB_SEED = 90000
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="closed-loop success rate per recipe (fixed seeds)")
-    p.add_argument("--family", choices=["pi05", "gr00t"], default="pi05")
-    p.add_argument("--size", choices=["tiny", "small"], default="small")
-    p.add_argument("--checkpoint", required=True, help="FP weights (safetensors, our names)")
+    add_model_args(p)
     p.add_argument("--recipes", default="fp16,omega_qvla")
     p.add_argument("--tasks", default="transfer_cube,insertion")
     p.add_argument("--episodes", type=int, default=50)
-    p.add_argument("--seed", type=int, default=100000, help="first evaluation seed (disjoint from training)")
+    p.add_argument("--first-seed", type=int, default=EVAL_SEED,
+                   help="first evaluation seed (disjoint from training)")
     p.add_argument("--calib-episodes", type=int, default=2, help="expert episodes per task for calibration")
-    p.add_argument("--calib-frames", type=int, default=8, help="observations per calibration episode")
+    p.add_argument("--calib-frames", type=int, default=5, help="observations per calibration episode")
     p.add_argument("--execute-horizon", type=int, default=25)
+    p.add_argument("--workers", type=int, default=1, help="worker processes (tasks are split among them)")
+    p.add_argument("--out", help="also write the JSON here")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
 
-def calibration_observations(policy, tasks, episodes: int, frames: int, seed: int = 90000):
+def calibration_observations(policy, tasks, episodes: int, frames: int, seed: int = CALIB_SEED):
     """Observations from scripted-expert episodes (seeds disjoint from training and eval)."""
-    import numpy as np
-
     from omega_qvla_ros.runtime.preprocess import RawObservation, to_model_observation
     from omega_qvla_ros.sim.aloha import INSTRUCTIONS, JOINT_NAMES, AlohaSim
     from omega_qvla_ros.sim.expert import EPISODE_STEPS, run_expert_episode
 
     cfg = policy.model.config
-    picks = set(np.linspace(0, EPISODE_STEPS - 1, frames).astype(int).tolist())
+    every = max(1, EPISODE_STEPS // frames)  # frames 0, every, 2·every, … (only those rendered)
+    picks = set(range(0, every * frames, every))
     out = []
     for task in tasks:
         with AlohaSim(task, image_size=cfg.vision.image_size, cameras=tuple(policy.cameras)) as sim:
             for e in range(episodes):
                 def grab(t, obs, a, _task=task):
                     if t in picks:
-                        raw = RawObservation(obs.images, list(JOINT_NAMES), obs.qpos.astype(np.float64),
+                        raw = RawObservation(obs.images, list(JOINT_NAMES), obs.qpos.astype("float64"),
                                              INSTRUCTIONS[_task], t * 0.02)
                         out.append(to_model_observation(raw, policy.robot, policy.cameras, cfg.vision.image_size,
                                                         policy.tokenizer, cfg.max_tokens)[0])
-                run_expert_episode(sim, seed + e, on_step=grab)
+                run_expert_episode(sim, seed + e, on_step=grab, render_every=every)
     return out
 
 
-def run(args: argparse.Namespace) -> int:
+def evaluate(model_spec: str | None, seed: int, recipes: list[str], tasks: list[str], calib_tasks: list[str],
+             episodes: int, first_seed: int, calib_episodes: int, calib_frames: int, execute_horizon: int,
+             threads: int = 0, log: bool = True) -> dict:
+    """Success per recipe for `tasks` (calibration always from `calib_tasks`)."""
     import copy
 
-    from omega_qvla_ros.models import build_model
+    import torch
+
     from omega_qvla_ros.models.calibrate import quantize_model
-    from omega_qvla_ros.models.importer import import_checkpoint
     from omega_qvla_ros.runtime.policy import Policy
-    from omega_qvla_ros.runtime.robot import RobotSpec
     from omega_qvla_ros.sim.aloha import AlohaSim
     from omega_qvla_ros.sim.closed_loop import run_policy_episode, wilson_ci95
+    from omega_qvla_ros.tools.model_source import load_fp_model
 
-    tasks = [t for t in args.tasks.split(",") if t]
-    fp = build_model(args.family, args.size).eval()
-    import_checkpoint(fp, args.checkpoint)
-    robot = RobotSpec()
+    if threads:
+        torch.set_num_threads(threads)
+    src = load_fp_model(model_spec, seed)
+    fp = src.model
     manifest = {"recipe": {"name": "fp16"}, "extra": {}}
-    base = Policy(fp, manifest, fp.parameters().__next__().device, robot=robot)
-    calib = calibration_observations(base, tasks, args.calib_episodes, args.calib_frames)
+    base = Policy(fp, manifest, torch.device("cpu"), robot=src.robot, cameras=src.cameras)
+    calib = calibration_observations(base, calib_tasks, calib_episodes, calib_frames)
     result: dict = {}
-    t0 = time.time()
-    for recipe in [r for r in args.recipes.split(",") if r]:
-        m = quantize_model(copy.deepcopy(fp), recipe, calib) if recipe != "fp16" else fp
-        pol = Policy(m, {"recipe": {"name": recipe}, "extra": {}}, base.device, robot=robot)
+    for recipe in recipes:
+        m = fp if recipe == "fp16" else quantize_model(copy.deepcopy(fp), recipe, calib, seed=seed)
+        pol = Policy(m, {"recipe": {"name": recipe}, "extra": {}}, base.device, robot=src.robot,
+                     cameras=src.cameras)
         result[recipe] = {}
         for task in tasks:
             with AlohaSim(task, image_size=fp.config.vision.image_size, cameras=tuple(pol.cameras)) as sim:
-                ok = sum(run_policy_episode(pol, sim, args.seed + i, args.execute_horizon)["success"]
-                         for i in range(args.episodes))
-            result[recipe][task] = {"episodes": args.episodes, "successes": ok,
-                                    "success_rate": ok / args.episodes, "ci95": wilson_ci95(ok, args.episodes)}
-            if not args.json:
-                print(f"{recipe:22s} {task:14s} {ok}/{args.episodes}", file=sys.stderr)
-    json.dump(result, sys.stdout, indent=2 if args.json else 1)
-    print()
-    print(f"eval took {time.time() - t0:.0f} s (calibration: {len(calib)} observations from "
-          f"{args.calib_episodes} expert episodes per task)", file=sys.stderr)
+                runs = [run_policy_episode(pol, sim, first_seed + i, execute_horizon) for i in range(episodes)]
+            ok = sum(r["success"] for r in runs)
+            result[recipe][task] = {"episodes": episodes, "successes": ok, "success_rate": ok / episodes,
+                                    "ci95": wilson_ci95(ok, episodes),
+                                    "max_rewards": [int(r["max_reward"]) for r in runs]}
+            if log:
+                print(f"{recipe:22s} {task:14s} {ok}/{episodes}", file=sys.stderr, flush=True)
+    return {"result": result, "calibration_observations": len(calib)}
+
+
+def _worker(kw: dict) -> dict:
+    return evaluate(**kw)
+
+
+def run(args: argparse.Namespace) -> int:
+    tasks = [t for t in args.tasks.split(",") if t]
+    recipes = [r for r in args.recipes.split(",") if r]
+    t0 = time.time()
+    common = dict(model_spec=args.model, seed=args.seed, recipes=recipes, calib_tasks=tasks,
+                  episodes=args.episodes, first_seed=args.first_seed, calib_episodes=args.calib_episodes,
+                  calib_frames=args.calib_frames, execute_horizon=args.execute_horizon)
+    workers = max(1, min(args.workers, len(tasks)))
+    if workers == 1:
+        parts = [evaluate(tasks=tasks, **common)]
+    else:
+        import multiprocessing as mp
+
+        groups = [tasks[i::workers] for i in range(workers)]
+        with mp.get_context("spawn").Pool(workers) as pool:
+            parts = pool.map(_worker, [dict(tasks=g, threads=1, **common) for g in groups])
+    result: dict = {r: {} for r in recipes}
+    for part in parts:
+        for r, per_task in part["result"].items():
+            result[r].update(per_task)
+    result["_meta"] = {
+        "command": "omega-qvla " + " ".join(sys.argv[1:]) if sys.argv and "omega" in sys.argv[0] else None,
+        "model": args.model or "shipped default", "tasks": tasks,
+        "eval_seeds": [args.first_seed, args.first_seed + args.episodes - 1],
+        "calibration": {"observations": parts[0]["calibration_observations"], "episodes_per_task": args.calib_episodes,
+                        "frames_per_episode": args.calib_frames,
+                        "seeds": [CALIB_SEED, CALIB_SEED + args.calib_episodes - 1]},
+        "execute_horizon": args.execute_horizon, "seconds": time.time() - t0}
+    if args.out:
+        from pathlib import Path
+
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    lines = [f"{'recipe':22s} " + "  ".join(f"{t:>22s}" for t in tasks)]
+    for r in recipes:
+        lines.append(f"{r:22s} " + "  ".join(
+            f"{result[r][t]['successes']:3d}/{result[r][t]['episodes']:<3d} "
+            f"[{100 * result[r][t]['ci95'][0]:3.0f}–{100 * result[r][t]['ci95'][1]:3.0f}%]".rjust(22)
+            for t in tasks))
+    lines.append(f"({result['_meta']['seconds']:.0f} s; calibration {parts[0]['calibration_observations']} "
+                 f"observations from {args.calib_episodes} expert episodes per task)")
+    emit(result, args.json, "\n".join(lines))
     return 0

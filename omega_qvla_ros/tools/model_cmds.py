@@ -6,6 +6,7 @@ import sys
 
 from omega_qvla_ros.quant.recipes import RECIPES
 from omega_qvla_ros.tools.cli import emit
+from omega_qvla_ros.tools.model_source import add_model_args, load_fp_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,15 +27,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_import)
 
     p = sub.add_parser("quantize", help="quantize a model into a W4A4 pack")
-    p.add_argument("--family", choices=["pi05", "gr00t"], required=True)
-    p.add_argument("--size", choices=["tiny", "small", "full"], default="small")
-    p.add_argument("--init", choices=["random", "checkpoint"], default="checkpoint")
-    p.add_argument("--checkpoint", help="FP weights (safetensors) when --init checkpoint")
+    add_model_args(p)
+    p.add_argument("--checkpoint", help="instead of --model: import FP weights from a safetensors "
+                   "checkpoint by name (openpi / LeRobot / GR00T names) into --family/--size")
+    p.add_argument("--family", choices=["pi05", "gr00t"], help="with --checkpoint")
+    p.add_argument("--size", choices=["tiny", "small"], help="with --checkpoint")
     p.add_argument("--recipe", choices=sorted(RECIPES), default="omega_qvla")
     p.add_argument("--calib", default="synthetic",
                    help="calibration source: 'synthetic' (random observations) or a rosbag2 path")
     p.add_argument("--calib-batches", type=int, default=4)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--float-dtype", choices=["float16", "float32"], default="float16",
                    help="storage of the parts kept in floating point")
     p.add_argument("--out", required=True, help="pack directory to write")
@@ -74,8 +75,10 @@ def run_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def bag_observations(bag, model, batches: int, batch: int = 2, offset: int = 0):
-    """Model-ready observations from frames spread evenly over a recorded bag."""
+def bag_observations(bag, model, batches: int, batch: int = 2, offset: int = 0, robot=None,
+                     cameras: list[str] | None = None):
+    """Model-ready observations from frames spread evenly over a recorded bag, normalised
+    with `robot` (the model's own normalisation; default: the ALOHA joint ranges)."""
     import numpy as np
     import torch
 
@@ -86,8 +89,8 @@ def bag_observations(bag, model, batches: int, batch: int = 2, offset: int = 0):
     from omega_qvla_ros.sim.bag_read import read_frames
 
     cfg = model.config
-    robot = RobotSpec()
-    cams = robot.cameras[: cfg.cameras]
+    robot = robot or RobotSpec()
+    cams = list(cameras or robot.cameras[: cfg.cameras])
     frames = read_frames(bag, cams)
     pick = np.linspace(0, len(frames) - 1, batches * batch).astype(int) + offset
     obs = [to_model_observation(frames[min(i, len(frames) - 1)].observation, robot, cams, cfg.vision.image_size,
@@ -103,22 +106,31 @@ def bag_observations(bag, model, batches: int, batch: int = 2, offset: int = 0):
 def run_quantize(args: argparse.Namespace) -> int:
     import torch
 
-    from omega_qvla_ros.models import build_model, model_info
+    from omega_qvla_ros.models import model_info
     from omega_qvla_ros.models.calibrate import quantize_model, synthetic_observations
-    from omega_qvla_ros.models.importer import import_checkpoint
     from omega_qvla_ros.quant.pack import save_pack
     from omega_qvla_ros.quant.qlinear import QuantLinear
 
-    if args.size == "full":
+    if (args.size or (args.model or "").rsplit(":", 1)[-1]) == "full":
         print("quantizing a full-size model on a CPU is not supported here; use "
               "`omega-qvla memory` for full-size accounting", file=sys.stderr)
         return 2
-    model = build_model(args.family, args.size, seed=args.seed).eval()
-    if args.init == "checkpoint":
-        if not args.checkpoint:
-            print("--init checkpoint needs --checkpoint FILE", file=sys.stderr)
+    if args.checkpoint:
+        from omega_qvla_ros.models import build_model
+        from omega_qvla_ros.models.importer import import_checkpoint
+        from omega_qvla_ros.runtime.robot import RobotSpec
+        from omega_qvla_ros.tools.model_source import FPModel
+
+        if not (args.family and args.size):
+            print("--checkpoint needs --family and --size", file=sys.stderr)
             return 2
-        import_checkpoint(model, args.checkpoint)
+        m = build_model(args.family, args.size).eval()
+        import_checkpoint(m, args.checkpoint)
+        src = FPModel(m, RobotSpec(), RobotSpec().cameras[: m.config.cameras],
+                      {"family": args.family, "size": args.size, "source": args.checkpoint}, args.size)
+    else:
+        src = load_fp_model(args.model, args.seed)
+    model = src.model
     fdt = getattr(torch, args.float_dtype)
     with torch.no_grad():  # hold the float parts at their stored precision from the start
         for p in model.parameters():
@@ -131,18 +143,16 @@ def run_quantize(args: argparse.Namespace) -> int:
         if not Path(args.calib).exists():
             print(f"calibration source {args.calib!r}: not 'synthetic' and no such bag", file=sys.stderr)
             return 2
-        obs = bag_observations(args.calib, model, args.calib_batches)
+        obs = bag_observations(args.calib, model, args.calib_batches, robot=src.robot, cameras=src.cameras)
     quantize_model(model, args.recipe, obs, progress=not args.json, seed=args.seed)
     rep = model.quantization_report
-    from omega_qvla_ros.runtime.robot import RobotSpec
-
-    robot = RobotSpec()  # ALOHA joint order and ranges: the state/action normalisation
-    save_pack(model, args.out, model_info(model, args.size), recipe=RECIPES[args.recipe].to_dict(),
+    # the FP model's joint normalisation and cameras travel with the quantized pack
+    save_pack(model, args.out, model_info(model, src.size), recipe=RECIPES[args.recipe].to_dict(),
               calibration={**rep["calibration"], "source": args.calib, "batches": args.calib_batches},
-              extra={"robot": robot.to_dict(), "cameras": robot.cameras[: model.config.cameras]},
+              extra={"robot": src.robot.to_dict(), "cameras": src.cameras, "fp_model": src.description},
               float_dtype=None)
     layers = rep["layers"]
-    summary = {"out": args.out, "recipe": args.recipe, "family": args.family, "size": args.size,
+    summary = {"out": args.out, "recipe": args.recipe, "model": src.description,
                "quantized_layers": len(layers),
                "integer_layers": sum(1 for m in model.modules() if isinstance(m, QuantLinear)
                                      and m.uses_integer_path()),

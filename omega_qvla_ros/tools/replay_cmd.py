@@ -15,15 +15,13 @@ import time
 from pathlib import Path
 
 from omega_qvla_ros.tools.cli import emit
+from omega_qvla_ros.tools.model_source import add_model_args, load_fp_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("replay", help="replay a rosbag2 through recipes (offline) and the node (--live)")
     p.add_argument("bag")
-    p.add_argument("--family", choices=["pi05", "gr00t"], default="pi05")
-    p.add_argument("--size", choices=["tiny", "small"], default="small")
-    p.add_argument("--checkpoint", help="FP weights (safetensors); default: random init (--seed)")
-    p.add_argument("--seed", type=int, default=0)
+    add_model_args(p)
     p.add_argument("--compare", default="fp16,omega_qvla,rtn")
     p.add_argument("--every", type=int, default=10, help="use every N-th joint-state frame offline")
     p.add_argument("--calib-batches", type=int, default=4)
@@ -36,17 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _fp_model(args):
-    from omega_qvla_ros.models import build_model
-    from omega_qvla_ros.models.importer import import_checkpoint
-
-    m = build_model(args.family, args.size, seed=args.seed).eval()
-    if args.checkpoint:
-        import_checkpoint(m, args.checkpoint)
-    return m
-
-
-def offline(args, frames, fp) -> dict:
+def offline(args, frames, src) -> dict:
     import copy
 
     import numpy as np
@@ -54,11 +42,10 @@ def offline(args, frames, fp) -> dict:
 
     from omega_qvla_ros.models.calibrate import quantize_model
     from omega_qvla_ros.runtime.policy import Policy
-    from omega_qvla_ros.runtime.robot import RobotSpec
     from omega_qvla_ros.tools.model_cmds import bag_observations
 
-    robot = RobotSpec()
-    calib = bag_observations(args.bag, fp, args.calib_batches, offset=3)
+    fp, robot = src.model, src.robot
+    calib = bag_observations(args.bag, fp, args.calib_batches, offset=3, robot=robot, cameras=src.cameras)
     cfg = fp.config
     H = min(args.execute_horizon, cfg.action_horizon)
     noises = [torch.randn(1, cfg.action_horizon, cfg.action_dim, generator=torch.Generator().manual_seed(i))
@@ -66,7 +53,8 @@ def offline(args, frames, fp) -> dict:
     chunks, lat = {}, {}
     for recipe in [r for r in args.compare.split(",") if r]:
         m = fp if recipe == "fp16" else quantize_model(copy.deepcopy(fp), recipe, calib)
-        pol = Policy(m, {"recipe": {"name": recipe}, "extra": {}}, torch.device("cpu"), robot=robot)
+        pol = Policy(m, {"recipe": {"name": recipe}, "extra": {}}, torch.device("cpu"), robot=robot,
+                     cameras=src.cameras)
         out, ts = [], []
         for f, n in zip(frames, noises):
             c = pol.infer(f.observation, noise=n)
@@ -214,21 +202,18 @@ def _plots(report: Path, off: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from omega_qvla_ros.models.memory import memory_report
-    from omega_qvla_ros.runtime.robot import RobotSpec
     from omega_qvla_ros.sim.bag_read import read_frames
 
     report = Path(args.report)
     report.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    fp = _fp_model(args)
-    cams = RobotSpec().cameras[: fp.config.cameras]
-    frames = read_frames(args.bag, cams, every=args.every)
-    off = offline(args, frames, fp)
+    src = load_fp_model(args.model, args.seed)
+    frames = read_frames(args.bag, src.cameras, every=args.every)
+    off = offline(args, frames, src)
     plots = _plots(report, off)
-    result = {"bag": args.bag, "model": {"family": args.family, "size": args.size,
-                                         "weights": args.checkpoint or f"random init (seed {args.seed})"},
+    result = {"bag": args.bag, "model": src.description,
               "offline": {k: v for k, v in off.items() if not k.startswith("_")}, "plots": plots}
-    mem = memory_report(args.family, args.size, "omega_qvla")["scopes"]["whole_model"]
+    mem = memory_report(src.description["family"], src.size or "small", "omega_qvla")["scopes"]["whole_model"]
     result["memory_whole_model"] = {"fp16_mib": mem["fp16_bytes"] / 2**20, "w4a4_mib": mem["w4a4_bytes"] / 2**20,
                                     "reduction": mem["reduction"]}
     if args.live:

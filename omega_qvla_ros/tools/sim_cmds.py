@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output directory (bag/ and dataset/ inside)")
     p.add_argument("--image-size", type=int, default=96)
     p.add_argument("--cameras", default="cam_high,cam_left_wrist,cam_right_wrist")
+    p.add_argument("--image-every", type=int, default=1,
+                   help="render cameras on every N-th frame only (joints/actions keep every frame)")
     p.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
     p.add_argument("--compress", action="store_true", help="JPEG CompressedImage topics")
     p.add_argument("--no-bag", action="store_true")
@@ -65,7 +67,7 @@ def run_record(args: argparse.Namespace) -> int:
         for task in _tasks(args.task):
             with AlohaSim(task, image_size=args.image_size, cameras=cams) as sim:
                 for i in tqdm(range(args.episodes), desc=f"record {task}", disable=args.json):
-                    ep = record_episode(sim, args.seed + i)
+                    ep = record_episode(sim, args.seed + i, image_every=args.image_every)
                     if bag is not None:
                         bag.write_episode(ep)
                     episodes.append(ep)

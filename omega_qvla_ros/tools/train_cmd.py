@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--include-failed", action="store_true", help="also train on unsuccessful episodes")
+    p.add_argument("--export", metavar="PACK", help="after training, write the FP model as an fp16 pack "
+                   "(config, joint normalisation and training record in its manifest)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -28,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    import numpy as np
     import torch
 
     from omega_qvla_ros.models import build_model
@@ -46,14 +49,35 @@ def run(args: argparse.Namespace) -> int:
         return 2
     ds = EpisodeDataset(shards, only_success=not args.include_failed)
     model = build_model(args.family, args.size, seed=args.seed)
-    robot = RobotSpec()
-    sampler = FrameSampler(ds, model.config, robot, robot.cameras[: model.config.cameras], seed=args.seed)
+    # normalise state and actions over the range the joints take in the data (both together)
+    robot = RobotSpec().with_data_range(np.concatenate([ds.data["state"], ds.data["actions"]]))
+    cams = robot.cameras[: model.config.cameras]
+    sampler = FrameSampler(ds, model.config, robot, cams, seed=args.seed)
     tc = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
                      checkpoint_every=args.checkpoint_every)
-    state = train(model, sampler, args.out, tc, resume=not args.no_resume, progress=not args.json)
+    data_info = {"shards": [str(s) for s in shards], "episodes": len(ds.episodes), "frames": len(ds),
+                 "image_frames": int(len(ds.image_rows)),
+                 "tasks": sorted({e["task"] for e in ds.episodes}),
+                 "seeds": {t: [min(e["seed"] for e in ds.episodes if e["task"] == t),
+                               max(e["seed"] for e in ds.episodes if e["task"] == t)]
+                           for t in {e["task"] for e in ds.episodes}}}
+    state = train(model, sampler, args.out, tc, resume=not args.no_resume, progress=not args.json,
+                  info={"robot": robot.to_dict(), "data": data_info, "command": " ".join(sys.argv)})
     summary = {"out": args.out, "step": state["step"], "frames": len(ds), "episodes": len(ds.episodes),
                "final_loss": state["losses"][-1][1] if state["losses"] else None,
                "seconds": state.get("seconds"), "checkpoint": str(Path(args.out) / "checkpoint")}
+    if args.export:
+        from omega_qvla_ros.models import model_info
+        from omega_qvla_ros.quant.pack import save_pack
+        from omega_qvla_ros.quant.recipes import RECIPES
+
+        training = {"steps": state["step"], "batch": args.batch, "lr": args.lr, "seed": args.seed,
+                    "seconds": state.get("seconds"), "losses": state["losses"], "data": data_info,
+                    "commands": state.get("commands", [])}
+        save_pack(model, args.export, model_info(model, args.size), recipe=RECIPES["fp16"].to_dict(),
+                  extra={"robot": robot.to_dict(), "cameras": cams, "training": training},
+                  float_dtype=torch.float16)
+        summary["export"] = args.export
     emit(summary, args.json, f"trained to step {summary['step']} on {summary['frames']} frames "
          f"({summary['episodes']} episodes); loss {summary['final_loss']}; → {summary['checkpoint']}")
     return 0

@@ -1,0 +1,199 @@
+"""`omega-qvla bench policy`: the trained default model, per recipe, on recorded
+observations (the demo bag): action error vs FP, and whole-inference latency of FP32 vs
+the reference path vs the integer path (same W4A4 weights) with a per-part breakdown.
+
+Calibration frames and test frames are different frames of the bag. Latencies are
+ratios from one run on one machine (absolute times on shared CPUs are noisy); each
+variant runs interleaved, `repeats` rounds, median per variant. Peak memory is the
+resident set of a fresh process that loads the pack and runs inference
+(`ru_maxrss`), one process per variant.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DEMO_BAG = Path(__file__).resolve().parents[2] / "test" / "data" / "demo_bag"
+RECIPES = ["rtn", "smoothquant", "hadamard", "omega_qvla", "omega_qvla_noperstep", "omega_qvla_int"]
+
+
+def _noise(cfg, n: int, seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, cfg.action_horizon, cfg.action_dim, generator=g) for _ in range(n)]
+
+
+def _split(obs_batches) -> list:
+    """Batches of 2 → single observations (the node infers one at a time)."""
+    from omega_qvla_ros.models.common import Observation
+
+    out = []
+    for b in obs_batches:
+        for i in range(b.batch_size):
+            out.append(Observation(*(None if getattr(b, f) is None else getattr(b, f)[i:i + 1] for f in
+                                     ("images", "tokens", "token_mask", "state", "image_mask"))))
+    return out
+
+
+def _time_parts(model, obs, noise) -> dict:
+    """Seconds in quantized linears / float linears / everything else, for one inference."""
+    from omega_qvla_ros.quant.qlinear import QuantLinear
+
+    acc = {"quant_linear": 0.0, "float_linear": 0.0}
+    starts: dict = {}
+
+    def pre(mod, _inp):
+        starts[id(mod)] = time.perf_counter()
+
+    def post(mod, _inp, _out):
+        k = "quant_linear" if isinstance(mod, QuantLinear) else "float_linear"
+        acc[k] += time.perf_counter() - starts.pop(id(mod))
+
+    hooks = []
+    for m in model.modules():
+        if isinstance(m, (QuantLinear, torch.nn.Linear)):
+            hooks += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        model.sample_actions(obs, noise=noise)
+    total = time.perf_counter() - t0
+    for h in hooks:
+        h.remove()
+    acc["other"] = total - acc["quant_linear"] - acc["float_linear"]
+    acc["total"] = total
+    return acc
+
+
+def _peak_rss(pack: str | None, model_spec: str | None, path: str, obs_file: str) -> float:
+    """Peak RSS (MiB) of a fresh process that loads the model and runs 3 inferences."""
+    code = f"""
+import resource, sys, torch
+from safetensors.torch import load_file
+from omega_qvla_ros.models.common import Observation
+from omega_qvla_ros.quant.pack import load_pack
+from omega_qvla_ros.tools.model_source import load_fp_model
+t = load_file({obs_file!r})
+obs = Observation(t["images"], t["tokens"], t["token_mask"].bool(), t["state"])
+if {pack!r}:
+    m, _ = load_pack({pack!r}, path={path!r})
+else:
+    m = load_fp_model({model_spec!r}).model
+with torch.inference_mode():
+    for _ in range(3):
+        m.sample_actions(obs, noise=t["noise"])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError(f"peak-memory probe failed:\n{r.stderr[-2000:]}")
+    return float(r.stdout.strip().splitlines()[-1])
+
+
+def run(model_spec: str | None = None, bag: str | Path = DEMO_BAG, recipes: list[str] | None = None,
+        repeats: int = 5, seed: int = 0) -> dict:
+    from safetensors.torch import save_file
+
+    from omega_qvla_ros.models import model_info
+    from omega_qvla_ros.models.calibrate import quantize_model
+    from omega_qvla_ros.quant.pack import save_pack
+    from omega_qvla_ros.quant.qlinear import QuantLinear
+    from omega_qvla_ros.quant.recipes import RECIPES as ALL
+    from omega_qvla_ros.tools.model_cmds import bag_observations
+    from omega_qvla_ros.tools.model_source import load_fp_model
+
+    recipes = recipes or RECIPES
+    src = load_fp_model(model_spec, seed)
+    fp, cfg = src.model, src.model.config
+    calib = bag_observations(bag, fp, 4, robot=src.robot, cameras=src.cameras)
+    test = _split(bag_observations(bag, fp, 4, offset=17, robot=src.robot, cameras=src.cameras))
+    noise = _noise(cfg, len(test), seed + 7)
+    dof = src.robot.dof
+    span = torch.tensor((src.robot.norm_upper - src.robot.norm_lower) / 2, dtype=torch.float32)
+    with torch.inference_mode():
+        refs = [fp.sample_actions(o, noise=n)[..., :dof] for o, n in zip(test, noise)]
+    out: dict = {"benchmark": "policy", "model": src.description, "bag": str(bag),
+                 "frames": {"calibration": 8, "test": len(test)}, "threads": torch.get_num_threads(),
+                 "torch": torch.__version__, "action_error": {}}
+    models = {}
+    t0 = time.time()
+    for r in recipes:
+        m = quantize_model(copy.deepcopy(fp), r, calib, seed=seed)
+        models[r] = m
+        with torch.inference_mode():
+            outs = [m.sample_actions(o, noise=n)[..., :dof] for o, n in zip(test, noise)]
+        rel = float(np.mean([((a - b) ** 2).mean() / (b ** 2).mean() for a, b in zip(outs, refs)]))
+        rad = float(np.mean([((a - b).abs() * span).mean() for a, b in zip(outs, refs)]))
+        out["action_error"][r] = {"rel_mse_vs_fp": rel, "mean_abs_joint_error_rad": rad,
+                                  "integer_layers": sum(1 for q in m.modules() if isinstance(q, QuantLinear)
+                                                        and q.uses_integer_path())}
+    # latency: FP32, omega_qvla (reference only: per-channel per-step table),
+    # omega_qvla_int on the reference path and on the integer path (identical weights)
+    variants = {"fp32": (fp, None)}
+    if "omega_qvla" in models:
+        variants["omega_qvla_reference"] = (models["omega_qvla"], "reference")
+    if "omega_qvla_int" in models:
+        variants["omega_qvla_int_reference"] = (models["omega_qvla_int"], "reference")
+        variants["omega_qvla_int_integer"] = (models["omega_qvla_int"], "auto")
+    o, n = test[0], noise[0]
+    samples: dict[str, list[dict]] = {k: [] for k in variants}
+    for _ in range(repeats):
+        for k, (m, path) in variants.items():
+            if path is not None:
+                for q in m.modules():
+                    if isinstance(q, QuantLinear):
+                        q.path = path
+            _time_parts(m, o, n)  # warm
+            samples[k].append(_time_parts(m, o, n))
+    lat = {k: {p: float(np.median([s[p] for s in v])) * 1e3 for p in v[0]} for k, v in samples.items()}
+    out["latency_ms"] = lat
+    out["latency_ratio_vs_fp32"] = {k: lat["fp32"]["total"] / v["total"] for k, v in lat.items()}
+    # peak memory per variant, each in a fresh process
+    with tempfile.TemporaryDirectory() as tmp:
+        obs_file = os.path.join(tmp, "obs.safetensors")
+        save_file({"images": o.images.contiguous(), "tokens": o.tokens.contiguous(),
+                   "token_mask": o.token_mask.to(torch.uint8).contiguous(), "state": o.state.contiguous(),
+                   "noise": n.contiguous()}, obs_file)
+        packs = {}
+        for r in ("omega_qvla", "omega_qvla_int"):
+            if r in models:
+                packs[r] = save_pack(models[r], os.path.join(tmp, r), model_info(models[r], src.size),
+                                     recipe=ALL[r].to_dict())
+        mem = {"fp32": _peak_rss(None, model_spec, "auto", obs_file)}
+        if "omega_qvla" in packs:
+            mem["omega_qvla_reference"] = _peak_rss(str(packs["omega_qvla"]), None, "reference", obs_file)
+        if "omega_qvla_int" in packs:
+            mem["omega_qvla_int_integer"] = _peak_rss(str(packs["omega_qvla_int"]), None, "auto", obs_file)
+    out["peak_rss_mib"] = mem
+    out["resident_weights_mib"] = {k: sum(t.numel() * t.element_size() for t in m.state_dict().values()) / 2**20
+                                   for k, (m, _) in variants.items()}
+    out["seconds"] = time.time() - t0
+    return out
+
+
+def format_text(r: dict) -> str:
+    lines = [f"model {r['model']['source']} on {Path(r['bag']).name} ({r['frames']['test']} test frames)",
+             "", "| recipe | action rel-MSE vs FP | mean abs joint error vs FP (rad) | integer layers |",
+             "|---|---|---|---|"]
+    for k, v in r["action_error"].items():
+        lines.append(f"| {k} | {v['rel_mse_vs_fp']:.4f} | {v['mean_abs_joint_error_rad']:.4f} | "
+                     f"{v['integer_layers']} |")
+    lines += ["", "| inference path | total ms | quantized linears ms | float linears ms | other ms | "
+              "speed vs FP32 | weights in RAM MiB | peak RSS MiB |", "|---|---|---|---|---|---|---|---|"]
+    for k, v in r["latency_ms"].items():
+        mem = r["peak_rss_mib"].get(k)
+        lines.append(f"| {k} | {v['total']:.1f} | {v['quant_linear']:.1f} | {v['float_linear']:.1f} | "
+                     f"{v['other']:.1f} | {r['latency_ratio_vs_fp32'][k]:.2f}× | "
+                     f"{r['resident_weights_mib'][k]:.1f} | {'' if mem is None else f'{mem:.0f}'} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(), indent=1))
