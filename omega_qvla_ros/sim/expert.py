@@ -93,10 +93,12 @@ class IKSolver:
     """Damped least squares on one arm's 6 joints, on a scratch copy of the scene."""
 
     def __init__(self, model: mujoco.MjModel, damping: float = 0.05, rot_weight: float = 0.3,
-                 iters: int = 30) -> None:
+                 iters: int = 10, posture_gain: float = 0.2) -> None:
         self.m = model
         self.d = mujoco.MjData(model)
         self.damping, self.rot_weight, self.iters = damping, rot_weight, iters
+        self.posture_gain = posture_gain
+        self.rest = {s: START_ARM_POSE[ARM_QPOS[s]].copy() for s in ("left", "right")}
         self.body = {s: mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, f"vx300s_{s}/gripper_link")
                      for s in ("left", "right")}
         self.jnt_range = {s: model.jnt_range[ARM_QPOS[s]].copy() for s in ("left", "right")}
@@ -115,7 +117,7 @@ class IKSolver:
         jacp, jacr = np.zeros((3, self.m.nv)), np.zeros((3, self.m.nv))
         qerr, qcur_conj = np.zeros(4), np.zeros(4)
         w = np.array([1, 1, 1, self.rot_weight, self.rot_weight, self.rot_weight])
-        for _ in range(self.iters):
+        for it in range(self.iters):
             mujoco.mj_fwdPosition(self.m, d)
             b = d.body(self.body[side])
             tcp = b.xpos + b.xmat.reshape(3, 3) @ TCP
@@ -129,7 +131,13 @@ class IKSolver:
                 break
             mujoco.mj_jac(self.m, d, jacp, jacr, tcp, self.body[side])
             J = np.vstack([jacp[:, sl], jacr[:, sl]]) * w[:, None]
-            dq = J.T @ np.linalg.solve(J @ J.T + self.damping ** 2 * np.eye(6), e)
+            J_pinv = J.T @ np.linalg.inv(J @ J.T + self.damping ** 2 * np.eye(6))
+            dq = J_pinv @ e
+            # secondary task in the (near-)null space: pull towards the rest posture. At the
+            # wrist singularity (wrist_angle ≈ 0) forearm_roll and wrist_rotate can
+            # counter-rotate freely, and without this they drift to ±π in either direction
+            # from episode to episode: same gripper pose, joint paths a policy cannot learn.
+            dq += (np.eye(6) - J_pinv @ J) @ (self.posture_gain * (self.rest[side] - d.qpos[sl]))
             lo, hi = self.jnt_range[side][:, 0], self.jnt_range[side][:, 1]
             d.qpos[sl] = np.clip(d.qpos[sl] + dq, lo, hi)
         return d.qpos[sl].copy()
