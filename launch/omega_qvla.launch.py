@@ -25,8 +25,8 @@ def generate_launch_description() -> LaunchDescription:
         ),
         DeclareLaunchArgument(
             "pack_path",
-            default_value=os.path.join(share, "models", "default_pack"),
-            description="quantized model pack directory",
+            default_value=os.path.join(share, "models", "pi05_small_aloha_w4a4"),
+            description="model pack directory (default: the shipped Omega-QVLA W4A4 pack)",
         ),
         DeclareLaunchArgument("mode", default_value="policy",
                               description="policy | teleop | shadow"),

@@ -81,3 +81,21 @@ def test_launch_file_parses_and_declares_arguments():
         if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "DeclareLaunchArgument"
     }
     assert {"pack_path", "config_file", "mode", "dry_run", "use_sim_time", "namespace"} <= declared
+
+
+def test_shipped_packs_verify_and_the_launch_default_is_one():
+    """models/ ships the FP16 default and its W4A4 pack; both pass the full pack check
+    (sha256, tensor names, shapes, dtypes), carry the training normalisation, and the
+    launch file's default pack_path names the W4A4 one."""
+    from omega_qvla_ros.quant.pack import load_pack
+
+    src = (REPO / "launch" / "omega_qvla.launch.py").read_text()
+    assert '"models", "pi05_small_aloha_w4a4"' in src
+    fp, fp_man = load_pack(REPO / "models" / "pi05_small_aloha")
+    q, q_man = load_pack(REPO / "models" / "pi05_small_aloha_w4a4")
+    assert fp_man["recipe"]["name"] == "fp16" and q_man["recipe"]["name"] == "omega_qvla"
+    assert q_man["extra"]["robot"] == fp_man["extra"]["robot"]
+    assert q_man["extra"]["cameras"] == fp_man["extra"]["cameras"] == ["cam_high"]
+    assert len(q_man["layers"]) == 42  # 3 trunk + 3 expert layers × 7 linears
+    size = sum(f.stat().st_size for f in (REPO / "models").rglob("*") if f.is_file())
+    assert size < 16 * 2**20

@@ -43,19 +43,27 @@ def _split(obs_batches) -> list:
     return out
 
 
-def _time_parts(model, obs, noise) -> dict:
-    """Seconds in quantized linears / float linears / everything else, for one inference."""
+def _time_parts(model, obs, noise, per_layer: dict | None = None) -> dict:
+    """Seconds in quantized linears / float linears / everything else, for one inference;
+    `per_layer` (optional) collects [seconds, calls, tokens] per linear by name."""
     from omega_qvla_ros.quant.qlinear import QuantLinear
 
     acc = {"quant_linear": 0.0, "float_linear": 0.0}
     starts: dict = {}
+    names = {id(m): n for n, m in model.named_modules()}
 
-    def pre(mod, _inp):
+    def pre(mod, inp):
         starts[id(mod)] = time.perf_counter()
 
-    def post(mod, _inp, _out):
+    def post(mod, inp, _out):
+        dt = time.perf_counter() - starts.pop(id(mod))
         k = "quant_linear" if isinstance(mod, QuantLinear) else "float_linear"
-        acc[k] += time.perf_counter() - starts.pop(id(mod))
+        acc[k] += dt
+        if per_layer is not None:
+            e = per_layer.setdefault(names[id(mod)], [0.0, 0, 0])
+            e[0] += dt
+            e[1] += 1
+            e[2] += inp[0].numel() // inp[0].shape[-1]
 
     hooks = []
     for m in model.modules():
@@ -153,6 +161,28 @@ def run(model_spec: str | None = None, bag: str | Path = DEMO_BAG, recipes: list
             _time_parts(m, o, n)  # warm
             samples[k].append(_time_parts(m, o, n))
     lat = {k: {p: float(np.median([s[p] for s in v])) * 1e3 for p in v[0]} for k, v in samples.items()}
+    # per layer (the quantized ones): microseconds per call, FP32 linear vs integer vs reference
+    if "omega_qvla_int" in models:
+        qm = models["omega_qvla_int"]
+        rows: dict[str, dict] = {}
+        for label, m, path in (("fp32", fp, None), ("integer", qm, "auto"), ("reference", qm, "reference")):
+            if path is not None:
+                for q in m.modules():
+                    if isinstance(q, QuantLinear):
+                        q.path = path
+            acc: dict = {}
+            for _ in range(repeats):
+                _time_parts(m, o, n, acc)
+            for name, (sec, calls, tokens) in acc.items():
+                if isinstance(qm.get_submodule(name), QuantLinear):
+                    lin = fp.get_submodule(name)
+                    r = rows.setdefault(name, {"in": lin.in_features, "out": lin.out_features,
+                                               "tokens_per_call": tokens / calls})
+                    r[f"{label}_us"] = 1e6 * sec / calls
+        out["per_layer_us"] = rows
+        ratio = [r["fp32_us"] / r["integer_us"] for r in rows.values()]
+        out["per_layer_integer_speedup"] = {"median": float(np.median(ratio)), "min": float(np.min(ratio)),
+                                            "max": float(np.max(ratio))}
     out["latency_ms"] = lat
     out["latency_ratio_vs_fp32"] = {k: lat["fp32"]["total"] / v["total"] for k, v in lat.items()}
     # peak memory per variant, each in a fresh process
@@ -192,6 +222,15 @@ def format_text(r: dict) -> str:
         lines.append(f"| {k} | {v['total']:.1f} | {v['quant_linear']:.1f} | {v['float_linear']:.1f} | "
                      f"{v['other']:.1f} | {r['latency_ratio_vs_fp32'][k]:.2f}× | "
                      f"{r['resident_weights_mib'][k]:.1f} | {'' if mem is None else f'{mem:.0f}'} |")
+    if "per_layer_integer_speedup" in r:
+        sp = r["per_layer_integer_speedup"]
+        rows = sorted(r["per_layer_us"].items(), key=lambda kv: -kv[1]["fp32_us"])[:4]
+        lines += ["", f"per quantized layer, integer vs FP32 speed: median {sp['median']:.2f}×, "
+                      f"range {sp['min']:.2f}–{sp['max']:.2f}× (µs per call; largest layers):", "",
+                  "| layer | in→out | tokens | FP32 µs | integer µs | reference µs |", "|---|---|---|---|---|---|"]
+        for name, v in rows:
+            lines.append(f"| {name} | {v['in']}→{v['out']} | {v['tokens_per_call']:.0f} | {v['fp32_us']:.0f} | "
+                         f"{v['integer_us']:.0f} | {v['reference_us']:.0f} |")
     return "\n".join(lines)
 
 
