@@ -117,7 +117,7 @@ class IKSolver:
         jacp, jacr = np.zeros((3, self.m.nv)), np.zeros((3, self.m.nv))
         qerr, qcur_conj = np.zeros(4), np.zeros(4)
         w = np.array([1, 1, 1, self.rot_weight, self.rot_weight, self.rot_weight])
-        for it in range(self.iters):
+        for _ in range(self.iters):
             mujoco.mj_fwdPosition(self.m, d)
             b = d.body(self.body[side])
             tcp = b.xpos + b.xmat.reshape(3, 3) @ TCP

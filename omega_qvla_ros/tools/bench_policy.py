@@ -31,16 +31,13 @@ def _noise(cfg, n: int, seed: int) -> list[torch.Tensor]:
     return [torch.randn(1, cfg.action_horizon, cfg.action_dim, generator=g) for _ in range(n)]
 
 
-def _split(obs_batches) -> list:
-    """Batches of 2 → single observations (the node infers one at a time)."""
-    from omega_qvla_ros.models.common import Observation
+def _set_path(model, path: str) -> None:
+    """Run every QuantLinear of `model` on `path` (reference | integer | auto)."""
+    from omega_qvla_ros.quant.qlinear import QuantLinear
 
-    out = []
-    for b in obs_batches:
-        for i in range(b.batch_size):
-            out.append(Observation(*(None if getattr(b, f) is None else getattr(b, f)[i:i + 1] for f in
-                                     ("images", "tokens", "token_mask", "state", "image_mask"))))
-    return out
+    for q in model.modules():
+        if isinstance(q, QuantLinear):
+            q.path = path
 
 
 def _time_parts(model, obs, noise, per_layer: dict | None = None) -> dict:
@@ -121,7 +118,7 @@ def run(model_spec: str | None = None, bag: str | Path = DEMO_BAG, recipes: list
     src = load_fp_model(model_spec, seed)
     fp, cfg = src.model, src.model.config
     calib = bag_observations(bag, fp, 4, robot=src.robot, cameras=src.cameras)
-    test = _split(bag_observations(bag, fp, 4, offset=17, robot=src.robot, cameras=src.cameras))
+    test = bag_observations(bag, fp, 8, batch=1, offset=17, robot=src.robot, cameras=src.cameras)
     noise = _noise(cfg, len(test), seed + 7)
     dof = src.robot.dof
     span = torch.tensor((src.robot.norm_upper - src.robot.norm_lower) / 2, dtype=torch.float32)
@@ -155,9 +152,7 @@ def run(model_spec: str | None = None, bag: str | Path = DEMO_BAG, recipes: list
     for _ in range(repeats):
         for k, (m, path) in variants.items():
             if path is not None:
-                for q in m.modules():
-                    if isinstance(q, QuantLinear):
-                        q.path = path
+                _set_path(m, path)
             _time_parts(m, o, n)  # warm
             samples[k].append(_time_parts(m, o, n))
     lat = {k: {p: float(np.median([s[p] for s in v])) * 1e3 for p in v[0]} for k, v in samples.items()}
@@ -167,9 +162,7 @@ def run(model_spec: str | None = None, bag: str | Path = DEMO_BAG, recipes: list
         rows: dict[str, dict] = {}
         for label, m, path in (("fp32", fp, None), ("integer", qm, "auto"), ("reference", qm, "reference")):
             if path is not None:
-                for q in m.modules():
-                    if isinstance(q, QuantLinear):
-                        q.path = path
+                _set_path(m, path)
             acc: dict = {}
             for _ in range(repeats):
                 _time_parts(m, o, n, acc)

@@ -55,12 +55,12 @@ def run(args: argparse.Namespace) -> int:
     sampler = FrameSampler(ds, model.config, robot, cams, seed=args.seed)
     tc = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
                      checkpoint_every=args.checkpoint_every)
+    seeds: dict[str, list[int]] = {}
+    for e in ds.episodes:
+        seeds.setdefault(e["task"], []).append(e["seed"])
     data_info = {"shards": [str(s) for s in shards], "episodes": len(ds.episodes), "frames": len(ds),
-                 "image_frames": int(len(ds.image_rows)),
-                 "tasks": sorted({e["task"] for e in ds.episodes}),
-                 "seeds": {t: [min(e["seed"] for e in ds.episodes if e["task"] == t),
-                               max(e["seed"] for e in ds.episodes if e["task"] == t)]
-                           for t in {e["task"] for e in ds.episodes}}}
+                 "image_frames": int(len(ds.image_rows)), "tasks": sorted(seeds),
+                 "seeds": {t: [min(v), max(v)] for t, v in seeds.items()}}
     state = train(model, sampler, args.out, tc, resume=not args.no_resume, progress=not args.json,
                   info={"robot": robot.to_dict(), "data": data_info, "command": " ".join(sys.argv)})
     summary = {"out": args.out, "step": state["step"], "frames": len(ds), "episodes": len(ds.episodes),
