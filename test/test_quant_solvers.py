@@ -4,7 +4,8 @@ Margins measured when these tests were written (seeded; see the closing note of 
 quantization-core issue): GPTQ output error 0.50× RTN's on correlated inputs;
 block-local GPTQ between the two (0.74× RTN); per-step tables 15% lower error than
 their step mean under ±40% drift; Ω-QVLA ≈3× lower error than RTN on a layer fed
-×50–×100 outlier channels (10× with GPTQ on the head weights).
+×50–×100 outlier channels in the action-head scope (10× with GPTQ on the head weights);
+in the backbone scope (per-token activations) Ω-QVLA is no better than RTN, Hadamard 2.7×.
 """
 from __future__ import annotations
 
@@ -93,27 +94,62 @@ def test_layer_reads_step_context_and_falls_back_to_mean():
         assert torch.equal(q.activation_scale(z), q.act_step_table[9])
 
 
-def _outlier_errors(recipes, head=True, solver=None):
+def _outlier_errors(recipes, head=True, **side_overrides):
+    """Relative output MSE per recipe on one 1024→384 layer fed ×50–×100 outlier
+    channels, the layer scoped as action head (head=True) or backbone; keyword
+    arguments override fields of that side's recipe (solver, activation mode)."""
     g = torch.Generator().manual_seed(0)
     m = OneLayer(1024, 384)
     cal = [outlier_inputs(256, 1024, g) for _ in range(4)]
     xs = outlier_inputs(512, 1024, g)
+    side = "action_head" if head else "backbone"
     out = {}
     for r in recipes:
         rec = scoped(RECIPES[r], head=head)
-        if solver:
-            rec = dataclasses.replace(rec, action_head=dataclasses.replace(
-                rec.action_head, weight_solver=solver))
+        if side_overrides:
+            rec = dataclasses.replace(rec, **{side: dataclasses.replace(getattr(rec, side),
+                                                                         **side_overrides)})
         mm = copy.deepcopy(m)
         quantize(mm, rec, cal, forward=stepped_forward())
         out[r] = eval_stepped(mm, m, xs)
     return out
 
 
-def test_outlier_channels_omega_vs_rtn():
+def test_outlier_channels_action_head_scope():
+    """The paper's head recipe: RTN weights, per-step static activation tables."""
     e = _outlier_errors(["rtn", "smoothquant", "hadamard", "svd", "omega_qvla"])
-    # measured: rtn 0.041, omega_qvla 0.0135 (3.0×), hadamard 0.013, svd 0.016, smoothquant 0.050
+    # measured: rtn 0.0398, omega_qvla 0.0128 (3.1×), hadamard 0.0131, svd 0.0166,
+    # smoothquant 0.0505
     assert e["omega_qvla"] * 2.5 < e["rtn"]
     assert e["svd"] < e["rtn"] and e["hadamard"] < e["rtn"]
-    e_gptq = _outlier_errors(["omega_qvla"], solver="gptq")
-    assert e_gptq["omega_qvla"] * 5 < e["rtn"]  # measured 10.8×
+    e_gptq = _outlier_errors(["omega_qvla"], weight_solver="gptq")
+    assert e_gptq["omega_qvla"] * 5 < e["rtn"]  # measured 10.8× (not the paper's head recipe)
+
+
+def test_outlier_channels_backbone_scope():
+    """The paper's backbone recipe: GPTQ weights, per-token dynamic activations.
+
+    The 5× margin the issue asks for is NOT met here: with per-token scales the
+    composite U_b·H_64 rotation spreads a spike channel less evenly than H_64 alone
+    (U_b maps the spike onto a dense unit vector, which H_64 does not flatten), so the
+    token's max — and with it every channel's step — stays large. Static
+    per-input-channel scales (what the paper's code freezes) give 10×."""
+    e = _outlier_errors(["rtn", "hadamard", "omega_qvla"], head=False)
+    # measured: rtn 0.0398, hadamard 0.0146 (2.7×), omega_qvla 0.0435 (0.91×)
+    assert e["hadamard"] * 2 < e["rtn"]
+    assert e["omega_qvla"] > 2 * e["hadamard"]
+    e_static = _outlier_errors(["omega_qvla", "rtn"], head=False, act_mode="static")
+    # measured: omega_qvla 0.0038 (10.5× below per-token rtn), rtn with static scales 0.0075
+    assert e_static["omega_qvla"] * 5 < e["rtn"]
+    assert e_static["omega_qvla"] * 1.5 < e_static["rtn"]
+
+
+def test_composite_rotation_spreads_a_spike_less_than_hadamard():
+    """Row j of R is where a spike on channel j lands: ‖e_j H‖∞ = 1/8 for every j, while
+    U_b first maps the spike onto a dense unit vector that H does not flatten."""
+    from omega_qvla_ros.quant.rotation import build_input_rotation
+    w = torch.randn(256, 64, generator=torch.Generator().manual_seed(3))
+    spread_h = build_input_rotation(w, "hadamard").dense().abs().amax(1)
+    spread_o = build_input_rotation(w, "omega").dense().abs().amax(1)
+    assert torch.allclose(spread_h, torch.full_like(spread_h, 1 / 8))
+    assert spread_o.median() > 2 / 8
