@@ -281,3 +281,33 @@ def test_sparse_camera_frames_in_bag_and_dataset(tmp_path):
     assert ds.frame(5)["images.cam_high"] is None
     with pytest.raises(IndexError):
         ds.image("cam_high", np.array([5]))
+
+
+def test_action_perturbation_statistics():
+    """Stationary std ≈ sigma on the arm joints, grippers untouched, correlated over tau."""
+    from omega_qvla_ros.sim.expert import ActionPerturbation
+
+    p = ActionPerturbation(0.03, tau=0.5, seed=1)
+    zeros = np.zeros(14)
+    x = np.array([p(zeros) for _ in range(30000)])[1000:]
+    assert np.all(x[:, [6, 13]] == 0)
+    std = x[:, ActionPerturbation.ARM].std(0)
+    assert np.all(np.abs(std - 0.03) < 0.006), std
+    lag = np.mean([np.corrcoef(x[:-25, j], x[25:, j])[0, 1] for j in ActionPerturbation.ARM])
+    assert abs(lag - np.exp(-0.5 / 0.5)) < 0.1  # 25 steps = 0.5 s = one tau
+    with pytest.raises(ValueError):
+        ActionPerturbation(0.01, tau=0)
+
+
+def test_perturbed_recording_keeps_expert_labels(tmp_path):
+    """DART-style recording: the executed joints leave the expert's path, the recorded
+    actions are still the expert's commands (identical to the clean run's)."""
+    with AlohaSim("transfer_cube", render=False) as sim:
+        clean = record_episode(sim, seed=5, steps=80)
+        noisy = record_episode(sim, seed=5, steps=80, action_noise=0.03)
+    assert np.array_equal(clean.actions, noisy.actions)
+    dev = np.abs(noisy.qpos[40:] - clean.qpos[40:])[:, [0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11, 12]]
+    assert dev.mean() > 0.005  # measured ≈ 0.02 rad
+    write_shard([noisy], tmp_path / "s.safetensors")
+    ds = EpisodeDataset([tmp_path / "s.safetensors"], only_success=False)
+    assert ds.episodes[0]["action_noise"] == 0.03

@@ -198,10 +198,37 @@ class ScriptedExpert:
         return out
 
 
+class ActionPerturbation:
+    """Slowly varying noise on the executed arm joints (DART-style data collection).
+
+    An Ornstein-Uhlenbeck process per arm joint (grippers untouched) with stationary
+    std `sigma` rad and correlation time `tau` s. Added to what the robot executes, not
+    to what is recorded: the state drifts off the expert's path while the labels stay
+    the expert's commands, which lead back to the plan — so a policy trained on them
+    sees states off the demonstrations and how to recover from them. The expert keeps
+    its own commanded state, so its commands do not follow the noise.
+    """
+
+    ARM = np.r_[0:6, 7:13]
+
+    def __init__(self, sigma: float, tau: float = 0.5, seed: int = 0, dt: float = 0.02) -> None:
+        if sigma < 0 or tau <= 0:
+            raise ValueError("perturbation needs sigma >= 0 and tau > 0")
+        self.sigma, self.a = sigma, max(0.0, 1.0 - dt / tau)
+        self.b = sigma * np.sqrt(1.0 - self.a ** 2)
+        self.rng = np.random.default_rng(seed)
+        self.n = np.zeros(14)
+
+    def __call__(self, action: np.ndarray) -> np.ndarray:
+        self.n[self.ARM] = self.a * self.n[self.ARM] + self.b * self.rng.standard_normal(len(self.ARM))
+        return action + self.n
+
+
 def run_expert_episode(sim: AlohaSim, seed: int, steps: int = EPISODE_STEPS, on_step=None,
-                       render_every: int = 1) -> bool:
+                       render_every: int = 1, perturb: ActionPerturbation | None = None) -> bool:
     """Reset to `seed`, drive with the scripted expert; returns success. `on_step(t, obs,
-    action)` sees the observation before each action (for recording); its images are
+    action)` sees the observation before each action (for recording) and the expert's
+    command (the label; `perturb`, if given, only changes what is executed); images are
     rendered only on steps that are multiples of `render_every`."""
     obs = sim.reset(seed)
     expert = ScriptedExpert(sim)
@@ -209,5 +236,5 @@ def run_expert_episode(sim: AlohaSim, seed: int, steps: int = EPISODE_STEPS, on_
         a = expert.action(t)
         if on_step is not None:
             on_step(t, obs, a)
-        obs = sim.step(a, render=(t + 1) % render_every == 0)
+        obs = sim.step(a if perturb is None else perturb(a), render=(t + 1) % render_every == 0)
     return sim.success

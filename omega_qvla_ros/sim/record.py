@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .aloha import DT, INSTRUCTIONS, JOINT_NAMES, AlohaSim
-from .expert import EPISODE_STEPS, run_expert_episode
+from .expert import EPISODE_STEPS, ActionPerturbation, run_expert_episode
 
 EPISODE_GAP_NS = 1_000_000_000  # one second of bag time between episodes
 
@@ -36,6 +36,7 @@ class Episode:
     actions: np.ndarray  # [T, 14] teleop commands issued after observing frame t
     images: dict[str, np.ndarray] = field(default_factory=dict)  # cam -> uint8 [N, H, W, 3]
     image_frames: np.ndarray | None = None  # [N] frame index of each image (None: every frame)
+    action_noise: float = 0.0  # std (rad) of the perturbation on the executed arm joints
 
     @property
     def length(self) -> int:
@@ -48,9 +49,11 @@ class Episode:
 
 
 def record_episode(sim: AlohaSim, seed: int, t0_ns: int = 0, steps: int = EPISODE_STEPS,
-                   image_every: int = 1) -> Episode:
+                   image_every: int = 1, action_noise: float = 0.0, noise_tau: float = 0.5) -> Episode:
     """One expert episode; camera images on every `image_every`-th frame (rendering is
-    what costs on a CPU; joints and actions are kept for every frame)."""
+    what costs on a CPU; joints and actions are kept for every frame). `action_noise`
+    > 0 perturbs what is executed (see ActionPerturbation; seeded by the episode seed)
+    while the recorded actions stay the expert's commands."""
     if image_every < 1:
         raise ValueError("image_every must be >= 1")
     qpos, qvel, acts, stamps, img_frames = [], [], [], [], []
@@ -66,11 +69,13 @@ def record_episode(sim: AlohaSim, seed: int, t0_ns: int = 0, steps: int = EPISOD
             for c in imgs:
                 imgs[c].append(obs.images[c])
 
-    ok = run_expert_episode(sim, seed, steps=steps, on_step=on_step, render_every=image_every)
+    perturb = ActionPerturbation(action_noise, noise_tau, seed=seed, dt=DT) if action_noise > 0 else None
+    ok = run_expert_episode(sim, seed, steps=steps, on_step=on_step, render_every=image_every,
+                            perturb=perturb)
     return Episode(sim.task, seed, INSTRUCTIONS[sim.task], ok, np.array(stamps, dtype=np.int64),
                    np.array(qpos, dtype=np.float32), np.array(qvel, dtype=np.float32),
                    np.array(acts, dtype=np.float32), {c: np.stack(v) for c, v in imgs.items()},
-                   None if image_every == 1 else np.array(img_frames, dtype=np.int64))
+                   None if image_every == 1 else np.array(img_frames, dtype=np.int64), action_noise)
 
 
 # ---------------------------------------------------------------- rosbag2
@@ -180,7 +185,8 @@ def write_shard(episodes: list[Episode], path: str | Path) -> Path:
     for cam in episodes[0].images:
         tensors[f"images.{cam}"] = np.concatenate([e.images[cam] for e in episodes])
     meta = {"episodes": json.dumps([{"task": e.task, "seed": e.seed, "instruction": e.instruction,
-                                     "success": bool(e.success), "length": e.length} for e in episodes]),
+                                     "success": bool(e.success), "length": e.length,
+                                     "action_noise": e.action_noise} for e in episodes]),
             "joint_names": json.dumps(JOINT_NAMES), "fps": str(int(round(1 / DT)))}
     save_file(tensors, str(path), metadata=meta)
     return path

@@ -22,6 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cameras", default="cam_high,cam_left_wrist,cam_right_wrist")
     p.add_argument("--image-every", type=int, default=1,
                    help="render cameras on every N-th frame only (joints/actions keep every frame)")
+    p.add_argument("--action-noise", type=float, default=0.0, metavar="RAD",
+                   help="perturb the executed arm joints (slow noise of this std, rad) while "
+                        "recording the expert's commands as labels (DART-style; 0 = off)")
+    p.add_argument("--noise-tau", type=float, default=0.5, help="correlation time (s) of that noise")
     p.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
     p.add_argument("--compress", action="store_true", help="JPEG CompressedImage topics")
     p.add_argument("--no-bag", action="store_true")
@@ -33,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--episodes", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--task", default="transfer_cube,insertion")
+    p.add_argument("--action-noise", type=float, default=0.0, metavar="RAD",
+                   help="perturb the executed arm joints as `record --action-noise` does")
+    p.add_argument("--noise-tau", type=float, default=0.5)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_expert_eval)
     sim.set_defaults(func=lambda a: (sim.print_help(), 1)[1])
@@ -67,7 +74,8 @@ def run_record(args: argparse.Namespace) -> int:
         for task in _tasks(args.task):
             with AlohaSim(task, image_size=args.image_size, cameras=cams) as sim:
                 for i in tqdm(range(args.episodes), desc=f"record {task}", disable=args.json):
-                    ep = record_episode(sim, args.seed + i, image_every=args.image_every)
+                    ep = record_episode(sim, args.seed + i, image_every=args.image_every,
+                                        action_noise=args.action_noise, noise_tau=args.noise_tau)
                     if bag is not None:
                         bag.write_episode(ep)
                     episodes.append(ep)
@@ -92,14 +100,20 @@ def run_record(args: argparse.Namespace) -> int:
 
 def run_expert_eval(args: argparse.Namespace) -> int:
     from omega_qvla_ros.sim.aloha import AlohaSim
-    from omega_qvla_ros.sim.expert import run_expert_episode
+    from omega_qvla_ros.sim.aloha import DT
+    from omega_qvla_ros.sim.expert import ActionPerturbation, run_expert_episode
+
+    def perturb(seed: int):
+        return ActionPerturbation(args.action_noise, args.noise_tau, seed, DT) if args.action_noise > 0 else None
 
     result = {}
     for task in _tasks(args.task):
         t0 = time.time()
         with AlohaSim(task, render=False) as sim:
-            ok = sum(run_expert_episode(sim, args.seed + i) for i in range(args.episodes))
+            ok = sum(run_expert_episode(sim, args.seed + i, perturb=perturb(args.seed + i))
+                     for i in range(args.episodes))
         result[task] = {"episodes": args.episodes, "successes": ok, "success_rate": ok / args.episodes,
+                        "action_noise": args.action_noise,
                         "seconds_per_episode": (time.time() - t0) / args.episodes}
     emit(result, args.json, "\n".join(
         f"{t}: {r['successes']}/{r['episodes']} ({100 * r['success_rate']:.0f}%), "
