@@ -202,7 +202,11 @@ def run(model_spec: str | None = None, bag: str | Path = DEMO_BAG, recipes: list
 
 
 def format_text(r: dict) -> str:
-    lines = [f"model {r['model']['source']} on {Path(r['bag']).name} ({r['frames']['test']} test frames)",
+    src = Path(r["model"]["source"])
+    repo = Path(__file__).resolve().parents[2]
+    if src.is_absolute() and src.is_relative_to(repo):
+        src = src.relative_to(repo)  # the README table should not carry this machine's paths
+    lines = [f"model {src} on {Path(r['bag']).name} ({r['frames']['test']} test frames)",
              "", "| recipe | action rel-MSE vs FP | mean abs joint error vs FP (rad) | integer layers |",
              "|---|---|---|---|"]
     for k, v in r["action_error"].items():

@@ -232,10 +232,11 @@ def run(args: argparse.Namespace) -> int:
                f"({100 * m['reduction']:.1f}% less)"]
     if "live" in result:
         lv = result["live"]
+        div = lv["shadow_divergence_mean_rad"]
         md += ["", f"live node (own process, shadow mode, dry run, loopback DDS): {lv['chunks']} chunks; "
                    f"observation → chunk p50 {lv['observation_to_chunk_ms_p50']:.0f} ms, p99 "
                    f"{lv['observation_to_chunk_ms_p99']:.0f} ms; policy-vs-teleop divergence "
-                   f"{lv['shadow_divergence_mean_rad']} rad (mean |Δq|)"]
+                   + ("n/a" if div is None else f"{div:.3f} rad (mean |Δq|)")]
     (report / "report.md").write_text("\n".join(md) + "\n")
     emit(result, args.json, "\n".join(md) + f"\n\nfull report: {report / 'report.md'} ({result['seconds']:.0f} s)")
     return 0
