@@ -186,6 +186,15 @@ def test_train_resumes_from_checkpoint(short_episodes, tmp_path):
     with pytest.raises(ValueError, match="normalisation"):
         main(["train", "--family", "gr00t", "--size", "tiny", "--data", str(one), "--out", str(tmp_path / "run"),
               "--steps", "8", "--batch", "2", "--include-failed", "--json"])
+    # … unless the checkpoint's normalisation is kept (fine-tuning on added data)
+    assert main(["train", "--family", "gr00t", "--size", "tiny", "--data", str(one), str(shard),
+                 "--out", str(tmp_path / "run"), "--steps", "8", "--batch", "2", "--include-failed",
+                 "--keep-normalisation", "--json"]) == 0
+    st = _json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert st["step"] == 8 and st["robot"] == robot
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        main(["train", "--family", "gr00t", "--size", "tiny", "--data", str(one), "--out", str(tmp_path / "new"),
+              "--steps", "1", "--batch", "2", "--include-failed", "--keep-normalisation", "--json"])
 
 
 def test_eval_json_shape_and_seeds(tmp_path):

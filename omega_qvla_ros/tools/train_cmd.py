@@ -20,11 +20,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint-every", type=int, default=250)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--keep-normalisation", action="store_true",
+                   help="when resuming, keep the checkpoint's joint normalisation instead of "
+                        "recomputing it from --data (to fine-tune on added data)")
     p.add_argument("--include-failed", action="store_true", help="also train on unsuccessful episodes")
     p.add_argument("--export", metavar="PACK", help="after training, write the FP model as an fp16 pack "
                    "(config, joint normalisation and training record in its manifest)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
+
+
+def _checkpoint_robot(ck, data_robot):
+    """The joint normalisation a checkpoint was trained with; the data's must not reach
+    far outside it (normalised values would leave the range the model has seen)."""
+    import json
+
+    import numpy as np
+
+    from omega_qvla_ros.runtime.robot import RobotSpec
+
+    state_file = ck / "state.json"
+    if not state_file.exists() or "robot" not in json.loads(state_file.read_text()):
+        raise SystemExit(f"--keep-normalisation: no checkpoint with a normalisation at {ck}")
+    robot = RobotSpec.from_dict(json.loads(state_file.read_text())["robot"])
+    span = robot.norm_upper - robot.norm_lower
+    out = np.maximum(robot.norm_lower - data_robot.norm_lower, data_robot.norm_upper - robot.norm_upper)
+    if np.any(out > 0.25 * span):
+        j = int(np.argmax(out / span))
+        raise SystemExit(f"--keep-normalisation: joint {j} of the data spans "
+                         f"[{data_robot.norm_lower[j]:.3f}, {data_robot.norm_upper[j]:.3f}], far outside "
+                         f"the checkpoint's [{robot.norm_lower[j]:.3f}, {robot.norm_upper[j]:.3f}]")
+    return robot
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     model = build_model(args.family, args.size, seed=args.seed)
     # normalise state and actions over the range the joints take in the data (both together)
     robot = RobotSpec().with_data_range(np.concatenate([ds.data["state"], ds.data["actions"]]))
+    if args.keep_normalisation:
+        robot = _checkpoint_robot(Path(args.out) / "checkpoint", robot)
     cams = robot.cameras[: model.config.cameras]
     sampler = FrameSampler(ds, model.config, robot, cams, seed=args.seed)
     tc = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
