@@ -99,3 +99,15 @@ def test_shipped_packs_verify_and_the_launch_default_is_one():
     assert len(q_man["layers"]) == 42  # 3 trunk + 3 expert layers × 7 linears
     size = sum(f.stat().st_size for f in (REPO / "models").rglob("*") if f.is_file())
     assert size < 16 * 2**20
+
+
+def test_a_fresh_process_loads_a_pack_without_importing_the_models_first():
+    """The model families register on import of omega_qvla_ros.models; load_pack must
+    not depend on someone having imported it (a node or tool that loads a pack first)."""
+    code = ("import sys; from omega_qvla_ros.quant.pack import load_pack; "
+            "assert 'omega_qvla_ros.models' not in sys.modules; "
+            "m, man = load_pack(sys.argv[1]); print(type(m).__name__)")
+    pack = Path(__file__).resolve().parents[1] / "models" / "pi05_small_aloha"
+    out = subprocess.run([sys.executable, "-c", code, str(pack)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "Pi05Model"

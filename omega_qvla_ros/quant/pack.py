@@ -11,6 +11,7 @@ shapes → dtypes → the model skeleton's own state_dict names and shapes.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 from pathlib import Path
@@ -240,6 +241,12 @@ def load_pack(pack_dir: str | os.PathLike, build_model: ModelBuilder | None = No
     info = manifest["model"]
     if build_model is None:
         family = info.get("family")
+        if family not in _FAMILIES:
+            # the project's own families register on import of omega_qvla_ros.models; a
+            # process that loads a pack first (a fresh node, a test run alone) has not
+            # imported it yet. Plain import by name: the quantization core stays free of
+            # model code otherwise.
+            importlib.import_module("omega_qvla_ros.models")
         if family not in _FAMILIES:
             raise PackFormatError(f"unknown model family {family!r}; known: {sorted(_FAMILIES)}")
         build_model = _FAMILIES[family]
