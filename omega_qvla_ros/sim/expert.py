@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
-from .aloha import START_ARM_POSE, AlohaSim
+from .aloha import DT, START_ARM_POSE, AlohaSim
 
 EPISODE_STEPS = 400
 ARM_QPOS = {"left": slice(0, 6), "right": slice(8, 14)}
@@ -211,10 +211,10 @@ class ActionPerturbation:
 
     ARM = np.r_[0:6, 7:13]
 
-    def __init__(self, sigma: float, tau: float = 0.5, seed: int = 0, dt: float = 0.02) -> None:
+    def __init__(self, sigma: float, tau: float = 0.5, seed: int = 0, dt: float = DT) -> None:
         if sigma < 0 or tau <= 0:
             raise ValueError("perturbation needs sigma >= 0 and tau > 0")
-        self.sigma, self.a = sigma, max(0.0, 1.0 - dt / tau)
+        self.a = max(0.0, 1.0 - dt / tau)
         self.b = sigma * np.sqrt(1.0 - self.a ** 2)
         self.rng = np.random.default_rng(seed)
         self.n = np.zeros(14)
@@ -225,13 +225,15 @@ class ActionPerturbation:
 
 
 def run_expert_episode(sim: AlohaSim, seed: int, steps: int = EPISODE_STEPS, on_step=None,
-                       render_every: int = 1, perturb: ActionPerturbation | None = None) -> bool:
+                       render_every: int = 1, action_noise: float = 0.0, noise_tau: float = 0.5) -> bool:
     """Reset to `seed`, drive with the scripted expert; returns success. `on_step(t, obs,
     action)` sees the observation before each action (for recording) and the expert's
-    command (the label; `perturb`, if given, only changes what is executed); images are
-    rendered only on steps that are multiples of `render_every`."""
+    command (the label); `action_noise` > 0 perturbs only what is executed (see
+    ActionPerturbation, seeded by `seed`); images are rendered only on steps that are
+    multiples of `render_every`."""
     obs = sim.reset(seed)
     expert = ScriptedExpert(sim)
+    perturb = ActionPerturbation(action_noise, noise_tau, seed) if action_noise > 0 else None
     for t in range(steps):
         a = expert.action(t)
         if on_step is not None:

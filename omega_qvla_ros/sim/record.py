@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .aloha import DT, INSTRUCTIONS, JOINT_NAMES, AlohaSim
-from .expert import EPISODE_STEPS, ActionPerturbation, run_expert_episode
+from .expert import EPISODE_STEPS, run_expert_episode
 
 EPISODE_GAP_NS = 1_000_000_000  # one second of bag time between episodes
 
@@ -69,9 +69,8 @@ def record_episode(sim: AlohaSim, seed: int, t0_ns: int = 0, steps: int = EPISOD
             for c in imgs:
                 imgs[c].append(obs.images[c])
 
-    perturb = ActionPerturbation(action_noise, noise_tau, seed=seed, dt=DT) if action_noise > 0 else None
     ok = run_expert_episode(sim, seed, steps=steps, on_step=on_step, render_every=image_every,
-                            perturb=perturb)
+                            action_noise=action_noise, noise_tau=noise_tau)
     return Episode(sim.task, seed, INSTRUCTIONS[sim.task], ok, np.array(stamps, dtype=np.int64),
                    np.array(qpos, dtype=np.float32), np.array(qvel, dtype=np.float32),
                    np.array(acts, dtype=np.float32), {c: np.stack(v) for c, v in imgs.items()},

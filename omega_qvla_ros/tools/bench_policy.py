@@ -47,7 +47,7 @@ def _time_parts(model, obs, noise, per_layer: dict | None = None) -> dict:
 
     acc = {"quant_linear": 0.0, "float_linear": 0.0}
     starts: dict = {}
-    names = {id(m): n for n, m in model.named_modules()}
+    names = {id(m): n for n, m in model.named_modules()} if per_layer is not None else {}
 
     def pre(mod, inp):
         starts[id(mod)] = time.perf_counter()

@@ -22,10 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cameras", default="cam_high,cam_left_wrist,cam_right_wrist")
     p.add_argument("--image-every", type=int, default=1,
                    help="render cameras on every N-th frame only (joints/actions keep every frame)")
-    p.add_argument("--action-noise", type=float, default=0.0, metavar="RAD",
-                   help="perturb the executed arm joints (slow noise of this std, rad) while "
-                        "recording the expert's commands as labels (DART-style; 0 = off)")
-    p.add_argument("--noise-tau", type=float, default=0.5, help="correlation time (s) of that noise")
+    _add_noise_args(p)
     p.add_argument("--storage", choices=["mcap", "sqlite3"], default="mcap")
     p.add_argument("--compress", action="store_true", help="JPEG CompressedImage topics")
     p.add_argument("--no-bag", action="store_true")
@@ -37,12 +34,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--episodes", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--task", default="transfer_cube,insertion")
-    p.add_argument("--action-noise", type=float, default=0.0, metavar="RAD",
-                   help="perturb the executed arm joints as `record --action-noise` does")
-    p.add_argument("--noise-tau", type=float, default=0.5)
+    _add_noise_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_expert_eval)
     sim.set_defaults(func=lambda a: (sim.print_help(), 1)[1])
+
+
+def _add_noise_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--action-noise", type=float, default=0.0, metavar="RAD",
+                   help="perturb the executed arm joints (slow noise of this std, rad) while the "
+                        "expert's commands stay the labels (DART-style; 0 = off)")
+    p.add_argument("--noise-tau", type=float, default=0.5, help="correlation time (s) of that noise")
 
 
 def _tasks(arg: str) -> list[str]:
@@ -100,18 +102,14 @@ def run_record(args: argparse.Namespace) -> int:
 
 def run_expert_eval(args: argparse.Namespace) -> int:
     from omega_qvla_ros.sim.aloha import AlohaSim
-    from omega_qvla_ros.sim.aloha import DT
-    from omega_qvla_ros.sim.expert import ActionPerturbation, run_expert_episode
-
-    def perturb(seed: int):
-        return ActionPerturbation(args.action_noise, args.noise_tau, seed, DT) if args.action_noise > 0 else None
+    from omega_qvla_ros.sim.expert import run_expert_episode
 
     result = {}
     for task in _tasks(args.task):
         t0 = time.time()
         with AlohaSim(task, render=False) as sim:
-            ok = sum(run_expert_episode(sim, args.seed + i, perturb=perturb(args.seed + i))
-                     for i in range(args.episodes))
+            ok = sum(run_expert_episode(sim, args.seed + i, action_noise=args.action_noise,
+                                        noise_tau=args.noise_tau) for i in range(args.episodes))
         result[task] = {"episodes": args.episodes, "successes": ok, "success_rate": ok / args.episodes,
                         "action_noise": args.action_noise,
                         "seconds_per_episode": (time.time() - t0) / args.episodes}

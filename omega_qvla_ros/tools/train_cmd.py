@@ -40,9 +40,10 @@ def _checkpoint_robot(ck, data_robot):
     from omega_qvla_ros.runtime.robot import RobotSpec
 
     state_file = ck / "state.json"
-    if not state_file.exists() or "robot" not in json.loads(state_file.read_text()):
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    if "robot" not in state:
         raise SystemExit(f"--keep-normalisation: no checkpoint with a normalisation at {ck}")
-    robot = RobotSpec.from_dict(json.loads(state_file.read_text())["robot"])
+    robot = RobotSpec.from_dict(state["robot"])
     span = robot.norm_upper - robot.norm_lower
     out = np.maximum(robot.norm_lower - data_robot.norm_lower, data_robot.norm_upper - robot.norm_upper)
     if np.any(out > 0.25 * span):
