@@ -224,3 +224,26 @@ def test_flow_matching_loss_trains(family):
         loss.backward()
         opt.step()
     assert float(loss) < 0.5 * first
+
+
+def test_vision_tower_transfer_between_families():
+    """A Pi0.5 tower copied into a GR00T model computes the same features; freezing stops
+    its gradients only; a tower of another shape is refused with the tensor named."""
+    from omega_qvla_ros.models.transfer import copy_vision_tower, freeze_vision_tower
+
+    src = build_model("pi05", "tiny", seed=1).eval()
+    dst = build_model("gr00t", "tiny", seed=2).eval()
+    pix = torch.randn(2, 3, 64, 64)
+    src_tower = src.paligemma_with_expert.paligemma.model.vision_tower
+    dst_tower = dst.backbone.eagle_model.vision_model
+    assert (dst_tower(pix) - src_tower(pix)).abs().max() > 1e-2  # different before
+    names = copy_vision_tower(dst, src.state_dict())
+    assert len(names) == len(list(dst_tower.state_dict()))
+    torch.testing.assert_close(dst_tower(pix), src_tower(pix), rtol=0, atol=0)
+    n = freeze_vision_tower(dst)
+    assert n == sum(p.numel() for p in dst_tower.parameters())
+    assert all(not p.requires_grad for p in dst_tower.parameters())
+    assert sum(p.numel() for p in dst.parameters() if p.requires_grad) == \
+        sum(p.numel() for p in dst.parameters()) - n
+    with pytest.raises(ValueError, match="patch_embedding.weight: shape"):
+        copy_vision_tower(build_model("gr00t", "small"), src.state_dict())

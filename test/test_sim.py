@@ -197,6 +197,43 @@ def test_train_resumes_from_checkpoint(short_episodes, tmp_path):
               "--steps", "1", "--batch", "2", "--include-failed", "--keep-normalisation", "--json"])
 
 
+def test_train_starts_from_another_models_frozen_vision_tower(short_episodes, tmp_path):
+    """`train --init-vision-from PACK --freeze-vision`: a fresh GR00T run starts with the
+    Pi0.5 pack's tower, keeps it unchanged through training, and records it."""
+    import json as _json
+
+    import torch
+    from safetensors.torch import load_file
+
+    from omega_qvla_ros.models import build_model, model_info
+    from omega_qvla_ros.quant import RECIPES, save_pack
+    from omega_qvla_ros.tools.cli import main
+
+    src = build_model("pi05", "tiny", seed=3)
+    save_pack(src, tmp_path / "src", model_info(src, "tiny"), recipe=RECIPES["fp16"].to_dict(),
+              float_dtype=torch.float16)
+    shard = write_shard(short_episodes, tmp_path / "shard.safetensors")
+    assert main(["train", "--family", "gr00t", "--size", "tiny", "--data", str(shard), "--out", str(tmp_path / "run"),
+                 "--steps", "3", "--batch", "2", "--lr", "1e-2", "--include-failed", "--init-vision-from",
+                 str(tmp_path / "src"), "--freeze-vision", "--export", str(tmp_path / "fp"), "--json"]) == 0
+    ck = load_file(str(tmp_path / "run" / "checkpoint" / "model.safetensors"))
+    want = {k.split("vision_tower.", 1)[1]: v for k, v in src.state_dict().items() if "vision_tower." in k}
+    got = {k.split("eagle_model.vision_model.", 1)[1]: v for k, v in ck.items() if "eagle_model.vision_model." in k}
+    assert sorted(got) == sorted(want)
+    for k, v in want.items():  # the pack holds fp16; frozen: not moved by three lr-1e-2 steps
+        torch.testing.assert_close(got[k], v.half().float(), rtol=0, atol=0)
+    fresh = build_model("gr00t", "tiny", seed=0).state_dict()
+    moved = [k for k, v in ck.items() if "action_head.model." in k and not torch.equal(v, fresh[k])]
+    assert moved  # the rest trained
+    vision = _json.loads((tmp_path / "fp" / "manifest.json").read_text())["extra"]["training"]["data"]["vision"]
+    assert vision["init_tensors"] == len(want) and vision["frozen_parameters"] > 0
+    # a quantized pack is not a source of FP weights
+    save_pack(src, tmp_path / "q", model_info(src, "tiny"), recipe=RECIPES["rtn"].to_dict())
+    with pytest.raises(SystemExit, match="quantized pack"):
+        main(["train", "--family", "gr00t", "--size", "tiny", "--data", str(shard), "--out", str(tmp_path / "r2"),
+              "--steps", "1", "--batch", "2", "--include-failed", "--init-vision-from", str(tmp_path / "q"), "--json"])
+
+
 def test_eval_json_shape_and_seeds(tmp_path):
     """`omega-qvla eval` (random tiny model, one short task run): the documented JSON, the
     same seeds for every recipe, calibration observations counted."""

@@ -23,6 +23,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-normalisation", action="store_true",
                    help="when resuming, keep the checkpoint's joint normalisation instead of "
                         "recomputing it from --data (to fine-tune on added data)")
+    p.add_argument("--init-vision-from", metavar="PACK",
+                   help="start a fresh run with the vision tower of this trained pack (either family; "
+                        "the towers of the small sizes match), as GR00T/Pi0.5 start from a pretrained VLM")
+    p.add_argument("--freeze-vision", action="store_true",
+                   help="do not train the vision tower (GR00T N1.5 keeps its VLM frozen)")
     p.add_argument("--include-failed", action="store_true", help="also train on unsuccessful episodes")
     p.add_argument("--export", metavar="PACK", help="after training, write the FP model as an fp16 pack "
                    "(config, joint normalisation and training record in its manifest)")
@@ -54,6 +59,34 @@ def _checkpoint_robot(ck, data_robot):
     return robot
 
 
+def _prepare_vision(model, args, fresh: bool) -> dict:
+    """--init-vision-from (fresh runs only: a resumed run has its own tower) and
+    --freeze-vision; returns what was done, for the training record."""
+    from omega_qvla_ros.models.transfer import copy_vision_tower, freeze_vision_tower
+
+    done: dict = {}
+    if args.init_vision_from:
+        if not fresh:
+            print("--init-vision-from ignored: resuming from a checkpoint", file=sys.stderr)
+        else:
+            from omega_qvla_ros.quant.pack import read_manifest, read_tensors, verify_files
+
+            manifest = read_manifest(args.init_vision_from)
+            verify_files(args.init_vision_from, manifest)
+            if manifest["recipe"]["name"] != "fp16":
+                raise SystemExit(f"--init-vision-from {args.init_vision_from}: a quantized pack "
+                                 f"({manifest['recipe']['name']}); give an FP pack")
+            try:
+                names = copy_vision_tower(model, read_tensors(args.init_vision_from, manifest))
+            except ValueError as e:
+                raise SystemExit(f"--init-vision-from {args.init_vision_from}: {e}") from None
+            done["init_from"] = str(args.init_vision_from)
+            done["init_tensors"] = len(names)
+    if args.freeze_vision:
+        done["frozen_parameters"] = freeze_vision_tower(model)
+    return done
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -81,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
     if args.keep_normalisation:
         robot = _checkpoint_robot(Path(args.out) / "checkpoint", robot)
     cams = robot.cameras[: model.config.cameras]
+    fresh = args.no_resume or not (Path(args.out) / "checkpoint" / "state.json").exists()
+    vision = _prepare_vision(model, args, fresh)
     sampler = FrameSampler(ds, model.config, robot, cams, seed=args.seed)
     tc = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
                      checkpoint_every=args.checkpoint_every)
@@ -90,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
     data_info = {"shards": [str(s) for s in shards], "episodes": len(ds.episodes), "frames": len(ds),
                  "image_frames": int(len(ds.image_rows)), "tasks": sorted(seeds),
                  "seeds": {t: [min(v), max(v)] for t, v in seeds.items()}}
+    if vision:
+        data_info["vision"] = vision
     state = train(model, sampler, args.out, tc, resume=not args.no_resume, progress=not args.json,
                   info={"robot": robot.to_dict(), "data": data_info, "command": " ".join(sys.argv)})
     summary = {"out": args.out, "step": state["step"], "frames": len(ds), "episodes": len(ds.episodes),
