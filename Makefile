@@ -43,11 +43,13 @@ bench: setup
 	mv bench/results/policy.json.tmp bench/results/policy.json
 	$(VPY) bench/make_table.py
 
-# Closed-loop success of the shipped model per recipe (about half an hour on 2 cores)
+# Closed-loop success of the shipped models per recipe (about half an hour per family on 2 cores)
 EVAL_RECIPES := fp16,rtn,smoothquant,hadamard,omega_qvla,omega_qvla_noperstep,omega_qvla_int
+EVAL_FAMILIES := pi05 gr00t
 bench-eval: setup
-	$(VENV)/bin/omega-qvla eval --recipes $(EVAL_RECIPES) --episodes 50 --workers 2 \
-	  --out bench/results/eval_pi05.json
+	for f in $(EVAL_FAMILIES); do \
+	  $(VENV)/bin/omega-qvla eval --family $$f --recipes $(EVAL_RECIPES) --episodes 50 --workers 2 \
+	    --out bench/results/eval_$$f.json || exit 1; done
 	$(VPY) bench/make_table.py
 
 # The main job: quantize the shipped default model (models/pi05_small_aloha, FP16) with

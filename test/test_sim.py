@@ -252,6 +252,7 @@ def test_eval_json_shape_and_seeds(tmp_path):
         assert e["ci95"][0] == 0.0 and 0.5 < e["ci95"][1] < 1.0 and len(e["max_rewards"]) == 1
     meta = r["_meta"]
     assert meta["eval_seeds"] == [100000, 100000] and meta["calibration"]["observations"] == 2
+    assert meta["family"] == "pi05" and meta["model"] == "random:pi05:tiny"
 
 
 def test_closed_loop_runs_policy_through_the_runtime(tmp_path):

@@ -17,7 +17,7 @@ import sys
 import time
 
 from omega_qvla_ros.tools.cli import emit
-from omega_qvla_ros.tools.model_source import add_model_args
+from omega_qvla_ros.tools.model_source import add_family_arg, add_model_args, model_spec
 
 EVAL_SEED = 100000
 CALIB_SEED = 90000
@@ -26,6 +26,7 @@ CALIB_SEED = 90000
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="closed-loop success rate per recipe (fixed seeds)")
     add_model_args(p)
+    add_family_arg(p)
     p.add_argument("--recipes", default="fp16,omega_qvla")
     p.add_argument("--tasks", default="transfer_cube,insertion")
     p.add_argument("--episodes", type=int, default=50)
@@ -99,7 +100,18 @@ def evaluate(model_spec: str | None, seed: int, recipes: list[str], tasks: list[
                                     "max_rewards": [int(r["max_reward"]) for r in runs]}
             if log:
                 print(f"{recipe:22s} {task:14s} {ok}/{episodes}", file=sys.stderr, flush=True)
-    return {"result": result, "calibration_observations": len(calib)}
+    return {"result": result, "calibration_observations": len(calib), "family": src.description["family"]}
+
+
+def _relative(path: str) -> str:
+    """Paths inside this checkout as repo-relative (results are committed)."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        return str(Path(path).resolve().relative_to(repo))
+    except ValueError:
+        return path
 
 
 def _worker(kw: dict) -> dict:
@@ -110,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
     tasks = [t for t in args.tasks.split(",") if t]
     recipes = [r for r in args.recipes.split(",") if r]
     t0 = time.time()
-    common = dict(model_spec=args.model, seed=args.seed, recipes=recipes, calib_tasks=tasks,
+    spec = model_spec(args.model, args.family)
+    common = dict(model_spec=spec, seed=args.seed, recipes=recipes, calib_tasks=tasks,
                   episodes=args.episodes, first_seed=args.first_seed, calib_episodes=args.calib_episodes,
                   calib_frames=args.calib_frames, execute_horizon=args.execute_horizon)
     workers = max(1, min(args.workers, len(tasks)))
@@ -128,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
             result[r].update(per_task)
     result["_meta"] = {
         "command": "omega-qvla " + " ".join(sys.argv[1:]) if sys.argv and "omega" in sys.argv[0] else None,
-        "model": args.model or "shipped default", "tasks": tasks,
+        "model": _relative(spec) if spec else "shipped default", "family": parts[0]["family"], "tasks": tasks,
         "eval_seeds": [args.first_seed, args.first_seed + args.episodes - 1],
         "calibration": {"observations": parts[0]["calibration_observations"], "episodes_per_task": args.calib_episodes,
                         "frames_per_episode": args.calib_frames,

@@ -6,7 +6,7 @@ import sys
 
 from omega_qvla_ros.quant.recipes import RECIPES
 from omega_qvla_ros.tools.cli import emit
-from omega_qvla_ros.tools.model_source import add_model_args, load_fp_model
+from omega_qvla_ros.tools.model_source import add_model_args, load_fp_model, model_spec
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.add_argument("--checkpoint", help="instead of --model: import FP weights from a safetensors "
                    "checkpoint by name (openpi / LeRobot / GR00T names) into --family/--size")
-    p.add_argument("--family", choices=["pi05", "gr00t"], help="with --checkpoint")
+    p.add_argument("--family", choices=["pi05", "gr00t"], help="with --checkpoint; alone: the family's shipped pack")
     p.add_argument("--size", choices=["tiny", "small"], help="with --checkpoint")
     p.add_argument("--recipe", choices=sorted(RECIPES), default="omega_qvla")
     p.add_argument("--calib", default="synthetic",
@@ -128,8 +128,8 @@ def run_quantize(args: argparse.Namespace) -> int:
         import_checkpoint(m, args.checkpoint)
         src = FPModel(m, RobotSpec(), RobotSpec().cameras[: m.config.cameras],
                       {"family": args.family, "size": args.size, "source": args.checkpoint}, args.size)
-    else:
-        src = load_fp_model(args.model, args.seed)
+    else:  # --family alone: that family's shipped pack
+        src = load_fp_model(model_spec(args.model, args.family), args.seed)
     model = src.model
     fdt = getattr(torch, args.float_dtype)
     with torch.no_grad():  # hold the float parts at their stored precision from the start

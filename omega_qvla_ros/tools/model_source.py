@@ -10,21 +10,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_MODEL = "pi05_small_aloha"
+SHIPPED = {"pi05": "pi05_small_aloha", "gr00t": "gr00t_small_aloha"}  # trained FP pack per family
 
 
-def default_model_dir() -> Path:
-    """The shipped default FP pack: models/ of this checkout, else the installed share/."""
-    here = Path(__file__).resolve().parents[2] / "models" / DEFAULT_MODEL
+def default_model_dir(name: str = DEFAULT_MODEL) -> Path:
+    """A shipped FP pack: models/ of this checkout, else the installed share/."""
+    here = Path(__file__).resolve().parents[2] / "models" / name
     if here.is_dir():
         return here
     try:
         from ament_index_python.packages import get_package_share_directory
 
-        return Path(get_package_share_directory("omega_qvla_ros")) / "models" / DEFAULT_MODEL
+        return Path(get_package_share_directory("omega_qvla_ros")) / "models" / name
     except Exception:  # no ament index (plain pip install): share/ under the prefix
         import sys
 
-        return Path(sys.prefix) / "share" / "omega_qvla_ros" / "models" / DEFAULT_MODEL
+        return Path(sys.prefix) / "share" / "omega_qvla_ros" / "models" / name
+
+
+def model_spec(model: str | None, family: str | None) -> str | None:
+    """--model wins; else --family names that family's shipped pack; else the default."""
+    if model or not family:
+        return model
+    if family not in SHIPPED:
+        raise SystemExit(f"--family {family!r}: no shipped model; known: {sorted(SHIPPED)}")
+    return os.fspath(default_model_dir(SHIPPED[family]))
 
 
 @dataclass
@@ -41,6 +51,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="FP model pack directory, or random:<family>:<size> (random init, plumbing "
                         f"checks only); default: the shipped models/{DEFAULT_MODEL}")
     p.add_argument("--seed", type=int, default=0, help="seed for random:… models and calibration")
+
+
+def add_family_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--family", choices=sorted(SHIPPED),
+                   help="use this family's shipped model (" + ", ".join(f"models/{v}" for v in SHIPPED.values())
+                        + ") instead of --model")
 
 
 def load_fp_model(spec: str | None, seed: int = 0) -> FPModel:
