@@ -268,7 +268,10 @@ def test_closed_loop_runs_policy_through_the_runtime(tmp_path):
     with AlohaSim("transfer_cube", image_size=64, cameras=tuple(pol.cameras)) as sim:
         r = run_policy_episode(pol, sim, seed=3, execute_horizon=5, steps=20)
         q = sim.qpos()
+        # replanning every 2 steps: 10 chunks, merged by the blend instead of replacing
+        r2 = run_policy_episode(pol, sim, seed=3, execute_horizon=5, steps=20, replan_every=2, blend="average")
     assert r["chunks"] == 4 and r["success"] is False
+    assert r2["chunks"] == 10
     assert np.all(np.isfinite(q))
     lo, hi = wilson_ci95(45, 50)
     assert 0.78 < lo < 0.80 and 0.95 < hi < 0.97

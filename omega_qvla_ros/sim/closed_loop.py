@@ -18,9 +18,15 @@ from .expert import EPISODE_STEPS
 
 
 def run_policy_episode(policy, sim: AlohaSim, seed: int, execute_horizon: int = 25,
-                       steps: int = EPISODE_STEPS, noise_seed: int | None = None) -> dict:
+                       steps: int = EPISODE_STEPS, noise_seed: int | None = None,
+                       replan_every: int | None = None, blend: str = "none", new_weight: float = 0.7) -> dict:
+    """One episode. A new chunk is inferred when the timeline runs out, or every
+    `replan_every` steps (< execute_horizon: chunks overlap and `blend` merges them, as
+    the node does when inference runs ahead of the timeline)."""
     obs = sim.reset(seed)
-    sched = ChunkScheduler(DT, execute_horizon, blend="none")
+    sched = ChunkScheduler(DT, execute_horizon, blend=blend, new_weight=new_weight)
+    every = replan_every or execute_horizon
+    since = 0
     safety = SafetyFilter(policy.robot)
     g = torch.Generator().manual_seed(seed if noise_seed is None else noise_seed)
     cfg = policy.model.config
@@ -28,7 +34,8 @@ def run_policy_episode(policy, sim: AlohaSim, seed: int, execute_horizon: int = 
     chunks = 0
     for t in range(steps):
         now = t * DT
-        if sched.remaining(now) == 0:
+        if sched.remaining(now) == 0 or since >= every:
+            since = 0
             raw = RawObservation(obs.images, list(JOINT_NAMES), obs.qpos.astype(np.float64),
                                  INSTRUCTIONS[sim.task], now)
             noise = torch.randn(1, cfg.action_horizon, cfg.action_dim, generator=g)
@@ -40,7 +47,8 @@ def run_policy_episode(policy, sim: AlohaSim, seed: int, execute_horizon: int = 
             res.points = last[None]
         last = res.points[0]
         # the cameras are rendered only for the observations the policy will read
-        obs = sim.step(last, render=sched.remaining(now + DT) == 0)
+        since += 1
+        obs = sim.step(last, render=sched.remaining(now + DT) == 0 or since >= every)
     return {"success": sim.success, "max_reward": sim.max_reward_seen, "chunks": chunks}
 
 

@@ -35,6 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib-episodes", type=int, default=2, help="expert episodes per task for calibration")
     p.add_argument("--calib-frames", type=int, default=5, help="observations per calibration episode")
     p.add_argument("--execute-horizon", type=int, default=25)
+    p.add_argument("--replan-every", type=int, default=0,
+                   help="infer a new chunk every N steps (0: when the executed part runs out); "
+                        "overlapping chunks are merged by --blend")
+    p.add_argument("--blend", choices=["none", "average"], default="none")
+    p.add_argument("--blend-new-weight", type=float, default=0.7)
     p.add_argument("--workers", type=int, default=1, help="worker processes (tasks are split among them)")
     p.add_argument("--out", help="also write the JSON here")
     p.add_argument("--json", action="store_true")
@@ -66,7 +71,7 @@ def calibration_observations(policy, tasks, episodes: int, frames: int, seed: in
 
 def evaluate(model_spec: str | None, seed: int, recipes: list[str], tasks: list[str], calib_tasks: list[str],
              episodes: int, first_seed: int, calib_episodes: int, calib_frames: int, execute_horizon: int,
-             threads: int = 0, log: bool = True) -> dict:
+             replan_every: int = 0, blend: str = "none", blend_new_weight: float = 0.7, threads: int = 0, log: bool = True) -> dict:
     """Success per recipe for `tasks` (calibration always from `calib_tasks`)."""
     import copy
 
@@ -93,7 +98,8 @@ def evaluate(model_spec: str | None, seed: int, recipes: list[str], tasks: list[
         result[recipe] = {}
         for task in tasks:
             with AlohaSim(task, image_size=fp.config.vision.image_size, cameras=tuple(pol.cameras)) as sim:
-                runs = [run_policy_episode(pol, sim, first_seed + i, execute_horizon) for i in range(episodes)]
+                runs = [run_policy_episode(pol, sim, first_seed + i, execute_horizon, replan_every=replan_every or None,
+                                           blend=blend, new_weight=blend_new_weight) for i in range(episodes)]
             ok = sum(r["success"] for r in runs)
             result[recipe][task] = {"episodes": episodes, "successes": ok, "success_rate": ok / episodes,
                                     "ci95": wilson_ci95(ok, episodes),
@@ -125,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
     spec = model_spec(args.model, args.family)
     common = dict(model_spec=spec, seed=args.seed, recipes=recipes, calib_tasks=tasks,
                   episodes=args.episodes, first_seed=args.first_seed, calib_episodes=args.calib_episodes,
-                  calib_frames=args.calib_frames, execute_horizon=args.execute_horizon)
+                  calib_frames=args.calib_frames, execute_horizon=args.execute_horizon,
+                  replan_every=args.replan_every, blend=args.blend, blend_new_weight=args.blend_new_weight)
     workers = max(1, min(args.workers, len(tasks)))
     if workers == 1:
         parts = [evaluate(tasks=tasks, **common)]
@@ -146,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
         "calibration": {"observations": parts[0]["calibration_observations"], "episodes_per_task": args.calib_episodes,
                         "frames_per_episode": args.calib_frames,
                         "seeds": [CALIB_SEED, CALIB_SEED + args.calib_episodes - 1]},
-        "execute_horizon": args.execute_horizon, "seconds": time.time() - t0}
+        "execute_horizon": args.execute_horizon, "replan_every": args.replan_every or args.execute_horizon,
+        "blend": args.blend, "seconds": time.time() - t0}
     if args.out:
         from pathlib import Path
 
