@@ -98,7 +98,24 @@ def test_shipped_packs_verify_and_the_launch_default_is_one():
     assert q_man["extra"]["cameras"] == fp_man["extra"]["cameras"] == ["cam_high"]
     assert len(q_man["layers"]) == 42  # 3 trunk + 3 expert layers × 7 linears
     size = sum(f.stat().st_size for f in (REPO / "models").rglob("*") if f.is_file())
-    assert size < 16 * 2**20
+    assert size < 32 * 2**20
+
+
+def test_shipped_gr00t_pack_is_what_eval_family_gr00t_loads():
+    """models/gr00t_small_aloha: a trained FP16 GR00T-style pack with its model card, the
+    one `--family gr00t` names, started from the Pi0.5 pack's (frozen) vision tower."""
+    from omega_qvla_ros.quant.pack import load_pack
+    from omega_qvla_ros.tools.model_source import model_spec
+
+    path = Path(model_spec(None, "gr00t"))
+    assert path == REPO / "models" / "gr00t_small_aloha" and (path / "MODEL_CARD.md").is_file()
+    model, man = load_pack(path)
+    assert man["model"]["family"] == "gr00t" and man["recipe"]["name"] == "fp16"
+    assert man["extra"]["cameras"] == ["cam_high"] and model.config.num_steps == 4
+    training = man["extra"]["training"]
+    assert training["steps"] >= 2000 and training["data"]["vision"]["frozen_parameters"] > 0
+    assert training["data"]["vision"]["init_from"].endswith("pi05_small_aloha")
+    assert model_spec("some/pack", "gr00t") == "some/pack"  # --model wins
 
 
 def test_a_fresh_process_loads_a_pack_without_importing_the_models_first():
