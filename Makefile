@@ -41,6 +41,8 @@ bench: setup
 	  $(VENV)/bin/omega-qvla memory --family $$f --size $$s --recipe omega_qvla --json > bench/results/memory_$${f}_$${s}.json; done; done
 	$(VENV)/bin/omega-qvla bench policy --json > bench/results/policy.json.tmp
 	mv bench/results/policy.json.tmp bench/results/policy.json
+	$(VENV)/bin/omega-qvla bench policy --family gr00t --json > bench/results/policy_gr00t.json.tmp
+	mv bench/results/policy_gr00t.json.tmp bench/results/policy_gr00t.json
 	$(VPY) bench/make_table.py
 
 # Closed-loop success of the shipped models per recipe (about half an hour per family on 2 cores)

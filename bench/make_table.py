@@ -60,13 +60,14 @@ def main() -> int:
         parts.append("### Whole models (random-init tiny)\n\n" + models_text(json.loads(m.read_text())))
     for f in sorted((ROOT / "bench" / "results").glob("eval_*.json")):
         parts.append(eval_section(f))
-    pol = ROOT / "bench" / "results" / "policy.json"
-    if pol.exists():
+    for pol in sorted((ROOT / "bench" / "results").glob("policy*.json")):
         from omega_qvla_ros.tools.bench_policy import format_text as policy_text
 
-        parts.append("### Trained default model: action error and whole-inference latency\n\n"
-                     f"`omega-qvla bench policy --json` → `{pol.relative_to(ROOT)}`\n\n"
-                     + policy_text(json.loads(pol.read_text())))
+        r = json.loads(pol.read_text())
+        family = r["model"]["family"]
+        cmd = "omega-qvla bench policy --json" + ("" if pol.name == "policy.json" else f" --family {family}")
+        parts.append(f"### Trained {family} model: action error and whole-inference latency\n\n"
+                     f"`{cmd}` → `{pol.relative_to(ROOT)}`\n\n" + policy_text(r))
     mem = sorted((ROOT / "bench" / "results").glob("memory_*_full.json"))
     if mem:
         rows = ["### Static memory, full published sizes (`omega-qvla memory --size full`)", "",

@@ -10,6 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="run a benchmark and print JSON")
     p.add_argument("suite", choices=["quant", "models", "policy"], help="which benchmark")
     p.add_argument("--model", default=None, help="policy benchmark: FP pack (default: the shipped model)")
+    p.add_argument("--family", choices=["pi05", "gr00t"], help="policy benchmark: that family's shipped pack")
     p.add_argument("--size", default="tiny", choices=["tiny", "small"], help="models benchmark: model size")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
@@ -25,7 +26,9 @@ def run(args: argparse.Namespace) -> int:
     elif args.suite == "policy":
         from omega_qvla_ros.tools import bench_policy as mod
 
-        result = mod.run(model_spec=args.model, repeats=3 if args.quick else 5)
+        from omega_qvla_ros.tools.model_source import model_spec
+
+        result = mod.run(model_spec=model_spec(args.model, args.family), repeats=3 if args.quick else 5)
     else:
         from omega_qvla_ros.tools import bench_models as mod
 
