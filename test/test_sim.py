@@ -253,6 +253,7 @@ def test_eval_json_shape_and_seeds(tmp_path):
     meta = r["_meta"]
     assert meta["eval_seeds"] == [100000, 100000] and meta["calibration"]["observations"] == 2
     assert meta["family"] == "pi05" and meta["model"] == "random:pi05:tiny"
+    assert meta["execute_horizon"] == meta["replan_every"] == 10  # tiny chunks: 10 actions, executed whole
 
 
 def test_closed_loop_runs_policy_through_the_runtime(tmp_path):

@@ -106,7 +106,8 @@ def evaluate(model_spec: str | None, seed: int, recipes: list[str], tasks: list[
                                     "max_rewards": [int(r["max_reward"]) for r in runs]}
             if log:
                 print(f"{recipe:22s} {task:14s} {ok}/{episodes}", file=sys.stderr, flush=True)
-    return {"result": result, "calibration_observations": len(calib), "family": src.description["family"]}
+    return {"result": result, "calibration_observations": len(calib), "family": src.description["family"],
+            "action_horizon": fp.config.action_horizon}
 
 
 def _relative(path: str) -> str:
@@ -153,7 +154,9 @@ def run(args: argparse.Namespace) -> int:
         "calibration": {"observations": parts[0]["calibration_observations"], "episodes_per_task": args.calib_episodes,
                         "frames_per_episode": args.calib_frames,
                         "seeds": [CALIB_SEED, CALIB_SEED + args.calib_episodes - 1]},
-        "execute_horizon": args.execute_horizon, "replan_every": args.replan_every or args.execute_horizon,
+        # a chunk shorter than --execute-horizon is executed whole
+        "execute_horizon": min(args.execute_horizon, parts[0]["action_horizon"]),
+        "replan_every": min(args.replan_every or args.execute_horizon, parts[0]["action_horizon"]),
         "blend": args.blend, "seconds": time.time() - t0}
     if args.out:
         from pathlib import Path
