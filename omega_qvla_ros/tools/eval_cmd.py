@@ -71,7 +71,8 @@ def calibration_observations(policy, tasks, episodes: int, frames: int, seed: in
 
 def evaluate(model_spec: str | None, seed: int, recipes: list[str], tasks: list[str], calib_tasks: list[str],
              episodes: int, first_seed: int, calib_episodes: int, calib_frames: int, execute_horizon: int,
-             replan_every: int = 0, blend: str = "none", blend_new_weight: float = 0.7, threads: int = 0, log: bool = True) -> dict:
+             replan_every: int = 0, blend: str = "none", blend_new_weight: float = 0.7,
+             threads: int = 0, log: bool = True) -> dict:
     """Success per recipe for `tasks` (calibration always from `calib_tasks`)."""
     import copy
 
