@@ -60,9 +60,9 @@ def main() -> int:
         parts.append("### Whole models (random-init tiny)\n\n" + models_text(json.loads(m.read_text())))
     for f in sorted((ROOT / "bench" / "results").glob("eval_*.json")):
         parts.append(eval_section(f))
-    for pol in sorted((ROOT / "bench" / "results").glob("policy*.json")):
-        from omega_qvla_ros.tools.bench_policy import format_text as policy_text
+    from omega_qvla_ros.tools.bench_policy import format_text as policy_text
 
+    for pol in sorted((ROOT / "bench" / "results").glob("policy*.json")):
         r = json.loads(pol.read_text())
         family = r["model"]["family"]
         cmd = "omega-qvla bench policy --json" + ("" if pol.name == "policy.json" else f" --family {family}")

@@ -26,7 +26,11 @@ def run_policy_episode(policy, sim: AlohaSim, seed: int, execute_horizon: int = 
     obs = sim.reset(seed)
     sched = ChunkScheduler(DT, execute_horizon, blend=blend, new_weight=new_weight)
     every = replan_every or execute_horizon
-    since = 0
+    since = 0  # steps since the last inference
+
+    def due(now: float) -> bool:
+        return sched.remaining(now) == 0 or since >= every
+
     safety = SafetyFilter(policy.robot)
     g = torch.Generator().manual_seed(seed if noise_seed is None else noise_seed)
     cfg = policy.model.config
@@ -34,7 +38,7 @@ def run_policy_episode(policy, sim: AlohaSim, seed: int, execute_horizon: int = 
     chunks = 0
     for t in range(steps):
         now = t * DT
-        if sched.remaining(now) == 0 or since >= every:
+        if due(now):
             since = 0
             raw = RawObservation(obs.images, list(JOINT_NAMES), obs.qpos.astype(np.float64),
                                  INSTRUCTIONS[sim.task], now)
@@ -48,7 +52,7 @@ def run_policy_episode(policy, sim: AlohaSim, seed: int, execute_horizon: int = 
         last = res.points[0]
         # the cameras are rendered only for the observations the policy will read
         since += 1
-        obs = sim.step(last, render=sched.remaining(now + DT) == 0 or since >= every)
+        obs = sim.step(last, render=due(now + DT))
     return {"success": sim.success, "max_reward": sim.max_reward_seen, "chunks": chunks}
 
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 import argparse
 
 from omega_qvla_ros.tools.cli import emit
+from omega_qvla_ros.tools.model_source import add_family_arg, model_spec
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="run a benchmark and print JSON")
     p.add_argument("suite", choices=["quant", "models", "policy"], help="which benchmark")
     p.add_argument("--model", default=None, help="policy benchmark: FP pack (default: the shipped model)")
-    p.add_argument("--family", choices=["pi05", "gr00t"], help="policy benchmark: that family's shipped pack")
+    add_family_arg(p)  # policy benchmark
     p.add_argument("--size", default="tiny", choices=["tiny", "small"], help="models benchmark: model size")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
@@ -25,8 +26,6 @@ def run(args: argparse.Namespace) -> int:
         result = mod.run(quick=args.quick, device=args.device)
     elif args.suite == "policy":
         from omega_qvla_ros.tools import bench_policy as mod
-
-        from omega_qvla_ros.tools.model_source import model_spec
 
         result = mod.run(model_spec=model_spec(args.model, args.family), repeats=3 if args.quick else 5)
     else:

@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DEMO_BAG = Path(__file__).resolve().parents[2] / "test" / "data" / "demo_bag"
+from omega_qvla_ros.tools.model_source import REPO, repo_relative
+
+DEMO_BAG = REPO / "test" / "data" / "demo_bag"
 RECIPES = ["rtn", "smoothquant", "hadamard", "omega_qvla", "omega_qvla_noperstep", "omega_qvla_int"]
 
 
@@ -202,10 +204,7 @@ def run(model_spec: str | None = None, bag: str | Path = DEMO_BAG, recipes: list
 
 
 def format_text(r: dict) -> str:
-    src = Path(r["model"]["source"])
-    repo = Path(__file__).resolve().parents[2]
-    if src.is_absolute() and src.is_relative_to(repo):
-        src = src.relative_to(repo)  # the README table should not carry this machine's paths
+    src = repo_relative(r["model"]["source"])  # the README table should not carry this machine's paths
     lines = [f"model {src} on {Path(r['bag']).name} ({r['frames']['test']} test frames)",
              "", "| recipe | action rel-MSE vs FP | mean abs joint error vs FP (rad) | integer layers |",
              "|---|---|---|---|"]

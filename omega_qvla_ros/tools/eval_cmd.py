@@ -17,7 +17,7 @@ import sys
 import time
 
 from omega_qvla_ros.tools.cli import emit
-from omega_qvla_ros.tools.model_source import add_family_arg, add_model_args, model_spec
+from omega_qvla_ros.tools.model_source import add_family_arg, add_model_args, model_spec, repo_relative
 
 EVAL_SEED = 100000
 CALIB_SEED = 90000
@@ -111,17 +111,6 @@ def evaluate(model_spec: str | None, seed: int, recipes: list[str], tasks: list[
             "action_horizon": fp.config.action_horizon}
 
 
-def _relative(path: str) -> str:
-    """Paths inside this checkout as repo-relative (results are committed)."""
-    from pathlib import Path
-
-    repo = Path(__file__).resolve().parents[2]
-    try:
-        return str(Path(path).resolve().relative_to(repo))
-    except ValueError:
-        return path
-
-
 def _worker(kw: dict) -> dict:
     return evaluate(**kw)
 
@@ -150,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
             result[r].update(per_task)
     result["_meta"] = {
         "command": "omega-qvla " + " ".join(sys.argv[1:]) if sys.argv and "omega" in sys.argv[0] else None,
-        "model": _relative(spec) if spec else "shipped default", "family": parts[0]["family"], "tasks": tasks,
+        "model": repo_relative(spec) if spec else "shipped default", "family": parts[0]["family"], "tasks": tasks,
         "eval_seeds": [args.first_seed, args.first_seed + args.episodes - 1],
         "calibration": {"observations": parts[0]["calibration_observations"], "episodes_per_task": args.calib_episodes,
                         "frames_per_episode": args.calib_frames,

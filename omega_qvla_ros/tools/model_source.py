@@ -9,13 +9,23 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_MODEL = "pi05_small_aloha"
 SHIPPED = {"pi05": "pi05_small_aloha", "gr00t": "gr00t_small_aloha"}  # trained FP pack per family
+DEFAULT_MODEL = SHIPPED["pi05"]
+REPO = Path(__file__).resolve().parents[2]  # the checkout (or site-packages when installed)
+
+
+def repo_relative(path: str | os.PathLike) -> str:
+    """`path` relative to this checkout when inside it (committed results and the README
+    should not carry this machine's paths), else unchanged."""
+    p = Path(path)
+    if p.is_absolute() and p.is_relative_to(REPO):
+        return os.fspath(p.relative_to(REPO))
+    return os.fspath(path)
 
 
 def default_model_dir(name: str = DEFAULT_MODEL) -> Path:
     """A shipped FP pack: models/ of this checkout, else the installed share/."""
-    here = Path(__file__).resolve().parents[2] / "models" / name
+    here = REPO / "models" / name
     if here.is_dir():
         return here
     try:
