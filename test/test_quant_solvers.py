@@ -4,8 +4,9 @@ Margins measured when these tests were written (seeded; see the closing note of 
 quantization-core issue): GPTQ output error 0.50× RTN's on correlated inputs;
 block-local GPTQ between the two (0.74× RTN); per-step tables 15% lower error than
 their step mean under ±40% drift; Ω-QVLA ≈3× lower error than RTN on a layer fed
-×50–×100 outlier channels in the action-head scope (10× with GPTQ on the head weights);
-in the backbone scope (per-token activations) Ω-QVLA is no better than RTN, Hadamard 2.7×.
+×50–×100 outlier channels in the action-head scope (10× with GPTQ on the head weights; the
+rest is the RTN weight error: W4A16 alone gives 0.0098 of the 0.0128); 10.5× in the
+backbone scope (static per-channel activations; the per-token variant is no better than RTN).
 """
 from __future__ import annotations
 
@@ -124,24 +125,35 @@ def test_outlier_channels_action_head_scope():
     assert e["svd"] < e["rtn"] and e["hadamard"] < e["rtn"]
     e_gptq = _outlier_errors(["omega_qvla"], weight_solver="gptq")
     assert e_gptq["omega_qvla"] * 5 < e["rtn"]  # measured 10.8× (not the paper's head recipe)
+    # Why not 5× with RTN head weights: what is left is weight error. W4A16 (activations
+    # unquantized) gives omega_qvla 0.0098 of its 0.0128. The layer's weights keep
+    # nn.Linear's uniform init, the one distribution RTN fits best unrotated (rtn W4A16
+    # 0.0051); any rotation makes them Gaussian-like.
+    e_w = _outlier_errors(["omega_qvla", "rtn"], act_mode="none")
+    assert e_w["omega_qvla"] > 0.6 * e["omega_qvla"]
+    assert e_w["rtn"] * 1.5 < e_w["omega_qvla"]
 
 
 def test_outlier_channels_backbone_scope():
-    """The paper's backbone recipe: GPTQ weights, per-token dynamic activations.
-
-    The 5× margin the issue asks for is NOT met here: with per-token scales the
-    composite U_b·H_64 rotation spreads a spike channel less evenly than H_64 alone
-    (U_b maps the spike onto a dense unit vector, which H_64 does not flatten), so the
-    token's max — and with it every channel's step — stays large. Static
-    per-input-channel scales (what the paper's code freezes) give 10×."""
-    e = _outlier_errors(["rtn", "hadamard", "omega_qvla"], head=False)
-    # measured: rtn 0.0398, hadamard 0.0146 (2.7×), omega_qvla 0.0435 (0.91×)
-    assert e["hadamard"] * 2 < e["rtn"]
-    assert e["omega_qvla"] > 2 * e["hadamard"]
-    e_static = _outlier_errors(["omega_qvla", "rtn"], head=False, act_mode="static")
-    # measured: omega_qvla 0.0038 (10.5× below per-token rtn), rtn with static scales 0.0075
-    assert e_static["omega_qvla"] * 5 < e["rtn"]
-    assert e_static["omega_qvla"] * 1.5 < e_static["rtn"]
+    """The paper's backbone recipe as its code runs it: GPTQ weights, static
+    per-input-channel activation scales (q0.999/7). Its text's per-token dynamic
+    variant loses to RTN here: the composite U_b·H_64 rotation spreads a spike channel
+    less evenly than H_64 alone (U_b maps the spike onto a dense unit vector, which
+    H_64 does not flatten), so the token's max — and every channel's step — stays large."""
+    e = _outlier_errors(["rtn", "hadamard", "svd", "smoothquant", "omega_qvla",
+                         "omega_qvla_pertoken"], head=False)
+    # measured: rtn 0.0398, omega_qvla 0.0038 (10.5×), hadamard 0.0038, svd 0.0040,
+    # smoothquant 0.0505; per-token omega_qvla_pertoken 0.0435 (0.91×)
+    assert e["omega_qvla"] * 5 < e["rtn"]
+    assert e["hadamard"] * 5 < e["rtn"] and e["svd"] * 5 < e["rtn"]
+    assert e["smoothquant"] > e["rtn"]
+    assert e["omega_qvla_pertoken"] > 0.8 * e["rtn"]
+    e_tok = _outlier_errors(["hadamard"], head=False, act_mode="dynamic")
+    # measured: per-token Hadamard 0.0146 (2.7× below rtn), 3.0× better than per-token Ω-QVLA
+    assert e_tok["hadamard"] * 2 < e["rtn"] and e["omega_qvla_pertoken"] > 2 * e_tok["hadamard"]
+    e_rtn_static = _outlier_errors(["rtn"], head=False, act_mode="static")
+    # measured: rtn with static per-channel scales 0.0075: the rotation halves it
+    assert e["omega_qvla"] * 1.5 < e_rtn_static["rtn"]
 
 
 def test_composite_rotation_spreads_a_spike_less_than_hadamard():

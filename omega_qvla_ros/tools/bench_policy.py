@@ -25,7 +25,8 @@ import torch
 from omega_qvla_ros.tools.model_source import REPO, repo_relative
 
 DEMO_BAG = REPO / "test" / "data" / "demo_bag"
-RECIPES = ["rtn", "smoothquant", "hadamard", "omega_qvla", "omega_qvla_noperstep", "omega_qvla_int"]
+RECIPES = ["rtn", "smoothquant", "hadamard", "omega_qvla", "omega_qvla_pertoken", "omega_qvla_noperstep",
+           "omega_qvla_int"]
 
 
 def _noise(cfg, n: int, seed: int) -> list[torch.Tensor]:

@@ -98,4 +98,4 @@ def load_fp_model(spec: str | None, seed: int = 0) -> FPModel:
     cams = list(extra.get("cameras") or robot.cameras[: model.config.cameras])
     info = manifest["model"]
     return FPModel(model, robot, cams, {"family": info["family"], "size": info.get("size"),
-                                        "source": os.fspath(path)}, info.get("size"))
+                                        "source": repo_relative(path)}, info.get("size"))
