@@ -24,6 +24,30 @@ def quant_section(path: Path) -> str:
     return head + format_text(r)
 
 
+def cuda_section(path: Path) -> str:
+    """A lent GPU's run of bench/cuda_check.py (not re-run by `make bench`: no GPU here)."""
+    r = json.loads(path.read_text())
+    agree = r["agreement"]
+    worst = max(a["integer_vs_reference_max_rel"] for a in agree)
+    flips = sum(a["activation_codes_differing_from_cpu"] for a in agree)
+    codes = sum(a["activation_codes"] for a in agree)
+    rows = [f"### Integer path on CUDA ({r['device']}, torch {r['torch']}, CUDA {r['cuda']})", "",
+            f"`python bench/cuda_check.py` on a lent GPU → `{path.relative_to(ROOT)}`. "
+            f"`test/test_cuda.py` there: {r['pytest_test_cuda']['summary']}. Integer (`torch._int_mm`) "
+            f"vs reference on the GPU, {len(agree)} shape × mode cases: max relative difference "
+            f"{worst:.1e}; activation codes differing from the CPU's: {flips} of {codes} "
+            "(rounding-boundary ties; the rotation's float rounding differs by device). Both quantized "
+            "paths are chains of unfused PyTorch ops (index select, block rotation, scale, round, pad, "
+            "GEMM, rescale), hence their ~0.25 ms floor at one token; neither beats fp16 cuBLAS here.", "",
+            "| M, K, N | fp32 ms | fp16 ms | reference ms | integer ms | integer vs fp32 | integer vs fp16 "
+            "| integer vs reference |", "|---|---|---|---|---|---|---|---|"]
+    for x in r["latency"]:
+        rows.append(f"| {tuple(x['shape'])} | {x['fp32_ms']:.3f} | {x['fp16_ms']:.3f} | {x['reference_ms']:.3f} | "
+                    f"{x['integer_ms']:.3f} | {x['integer_speedup_vs_fp32']:.2f}× | "
+                    f"{x['integer_speedup_vs_fp16']:.2f}× | {x['integer_speedup_vs_reference']:.2f}× |")
+    return "\n".join(rows)
+
+
 def eval_section(path: Path) -> str:
     r = json.loads(path.read_text())
     meta = r.get("_meta", {})
@@ -53,6 +77,8 @@ def main() -> int:
     q = ROOT / "bench" / "results" / "quant.json"
     if q.exists():
         parts.append("### Quantization core\n\n" + quant_section(q))
+    for c in sorted((ROOT / "bench" / "results").glob("quant_cuda_*.json")):
+        parts.append(cuda_section(c))
     m = ROOT / "bench" / "results" / "models_tiny.json"
     if m.exists():
         from omega_qvla_ros.tools.bench_models import format_text as models_text

@@ -20,12 +20,12 @@ from .int4 import QMAX, QMIN, mse_grid_scales
 def _inv_chol_upper(H: torch.Tensor, damp: float) -> torch.Tensor:
     H = H.clone()
     n = H.shape[0]
-    H += damp * torch.mean(torch.diag(H)) * torch.eye(n, dtype=H.dtype)
+    H += damp * torch.mean(torch.diag(H)) * torch.eye(n, dtype=H.dtype, device=H.device)
     for _ in range(6):
         L, info = torch.linalg.cholesky_ex(H)
         if int(info) == 0:
             break
-        H += 0.1 * torch.mean(torch.diag(H)) * torch.eye(n, dtype=H.dtype)
+        H += 0.1 * torch.mean(torch.diag(H)) * torch.eye(n, dtype=H.dtype, device=H.device)
     Hinv = torch.cholesky_inverse(L)
     return torch.linalg.cholesky(Hinv, upper=True)
 
@@ -72,12 +72,12 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, group_size: int | None = 128
     W, H = _prepare(W, H)
     out, n = W.shape
     g = n if group_size is None or group_size >= n else group_size
-    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(n)
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(n, device=H.device)
     static = act_order or g == n
     if static:  # scales fixed up front on original column positions
         scales = mse_grid_scales(W, None if g == n else g)
     else:
-        scales = torch.zeros(out, -(-n // g), dtype=torch.float64)
+        scales = torch.zeros(out, -(-n // g), dtype=torch.float64, device=W.device)
     Wp = W[:, perm]
     Hp = H[perm][:, perm]
     Hinv = _inv_chol_upper(Hp, damp)

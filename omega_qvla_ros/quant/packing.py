@@ -26,7 +26,7 @@ def pack_int4(codes: torch.Tensor) -> torch.Tensor:
     if words * PER_WORD != cols:
         v = torch.nn.functional.pad(v, (0, words * PER_WORD - cols))
     v = v.reshape(rows, words, PER_WORD)
-    shifts = torch.arange(0, 32, 4, dtype=torch.int64)
+    shifts = torch.arange(0, 32, 4, dtype=torch.int64, device=codes.device)
     packed = (v << shifts).sum(dim=-1)  # < 2**32, fits int64
     # reinterpret as signed int32 (two's complement), as compressed-tensors stores it
     packed = torch.where(packed >= 2**31, packed - 2**32, packed)
@@ -41,6 +41,6 @@ def unpack_int4(packed: torch.Tensor, cols: int) -> torch.Tensor:
     if words * PER_WORD < cols:
         raise ValueError(f"{words} words cannot hold {cols} int4 values")
     p = packed.to(torch.int64) & 0xFFFFFFFF
-    shifts = torch.arange(0, 32, 4, dtype=torch.int64)
+    shifts = torch.arange(0, 32, 4, dtype=torch.int64, device=packed.device)
     v = (p.unsqueeze(-1) >> shifts) & 0xF
     return (v.reshape(rows, words * PER_WORD)[:, :cols] - OFFSET).to(torch.int8)
