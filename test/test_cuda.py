@@ -15,7 +15,6 @@ from torch import nn
 
 from omega_qvla_ros.quant import RECIPES, quantize
 from omega_qvla_ros.quant.context import denoising_step
-from omega_qvla_ros.quant.int4 import quantize_codes
 from omega_qvla_ros.tools.quant_suites import drift_inputs, stepped_forward
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -49,15 +48,9 @@ def run_paths(model: nn.Sequential, x: torch.Tensor, t: int) -> dict[str, torch.
 
 
 def activation_codes(model: nn.Sequential, x: torch.Tensor, t: int) -> torch.Tensor:
-    """The int4 activation codes the layer multiplies at step t (rotation, scale, round)."""
-    q = model[0]
+    """The int4 activation codes the layer multiplies at step t."""
     with torch.no_grad(), denoising_step(t, 10):
-        z = x.reshape(-1, q.in_features).float()
-        rot = q._rotation("input")
-        z = rot.apply(z) if rot is not None else z
-        if q.spec.channel_div:
-            z = z / q.input_channel_div
-        return quantize_codes(z, q.activation_scale(z))
+        return model[0].activation_codes(x)[0]
 
 
 @pytest.mark.parametrize("mode", ["dynamic", "per_step_factorized"])

@@ -248,19 +248,29 @@ class QuantLinear(nn.Module):
             return self._cached("step_mean", lambda: table.mean(dim=0))
         return table[row]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
+    def _rotated_input(self, x: torch.Tensor) -> torch.Tensor:
+        """x as [tokens, in] float, rotated and divided by the folded channel profile."""
         z = x.reshape(-1, self.in_features).float()
         rot_in = self._rotation("input")
         if rot_in is not None:
             z = rot_in.apply(z)
         if self.spec.channel_div:
             z = z / self.input_channel_div
+        return z
+
+    def activation_codes(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The int4 activation codes (float-valued) and their scale that the GEMM multiplies
+        for input x, in the current step context."""
+        z = self._rotated_input(x)
+        s = self.activation_scale(z)
+        return quantize_codes(z, s), s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
         if self.spec.act_mode == "none":
-            y = z @ self.dequantized_weight().t()
+            y = self._rotated_input(x) @ self.dequantized_weight().t()
         else:
-            s = self.activation_scale(z)
-            codes = quantize_codes(z, s)
+            codes, s = self.activation_codes(x)
             if self.uses_integer_path():
                 y = self._integer_gemm(codes) * s
             else:
