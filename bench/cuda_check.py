@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import re
@@ -27,6 +28,7 @@ sys.path.insert(0, str(REPO / "test"))
 import torch  # noqa: E402
 
 from omega_qvla_ros.tools.bench_quant import LATENCY_SHAPES, _median_ms, latency  # noqa: E402
+from omega_qvla_ros.tools.quant_suites import drift_inputs  # noqa: E402
 
 # published widths: Pi0.5 trunk MLP over an ~800-token prefix, its action expert, GR00T's
 # DiT feed-forward over 49 tokens, GR00T's Qwen3 trunk MLP
@@ -34,10 +36,10 @@ PUBLISHED_SHAPES = [(816, 2048, 16384), (50, 1024, 4096), (49, 1536, 6144), (300
 
 
 def agreement(device: str) -> list[dict]:
-    from test_cuda import SHAPES, activation_codes, integer_layer, run_paths  # noqa: E402
-    import copy
+    """Per shape and mode, over all ten steps: worst integer-vs-reference difference on the
+    device, worst difference from the CPU integer path, and activation codes that differ."""
+    from test_cuda import SHAPES, activation_codes, integer_layer, run_paths
 
-    from omega_qvla_ros.tools.quant_suites import drift_inputs
     rows = []
     for M, K, N in SHAPES:
         for mode in ("dynamic", "per_step_factorized"):

@@ -21,3 +21,26 @@ def test_bench_quant_quick_json():
         assert row["integer_vs_reference_max_rel_diff"] < 1e-5
         assert row["fp32_ms"] > 0 and row["integer_ms"] > 0
     assert "mean" in r["minilm"] or "skipped" in r["minilm"]
+
+
+def test_committed_cuda_results_render_and_agree():
+    """The lent GPU's JSON (bench/cuda_check.py) renders into the README table, and what it
+    recorded meets what test_cuda.py asserts (integer == reference on the GPU)."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("make_table", root / "bench" / "make_table.py")
+    mt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mt)
+    files = sorted((root / "bench" / "results").glob("quant_cuda_*.json"))
+    assert files, "no committed CUDA results"
+    for f in files:
+        r = json.loads(f.read_text())
+        assert r["pytest_test_cuda"]["returncode"] == 0
+        assert all(a["integer_vs_reference_max_rel"] < 1e-5 for a in r["agreement"])
+        assert sum(a["activation_codes_differing_from_cpu"] for a in r["agreement"]) <= 1e-4 * sum(
+            a["activation_codes"] for a in r["agreement"])
+        text = mt.cuda_section(f)
+        assert r["device"] in text
+        assert sum(line.startswith("| (") for line in text.splitlines()) == len(r["latency"])
