@@ -5,7 +5,10 @@
 2. the same agreement as numbers: max |integer − reference| / max |reference| per shape
    and activation mode;
 3. latency of the integer path vs the reference path vs fp32 and fp16 `nn.Linear`, as
-   ratios from one run (the issue's three shapes plus published widths).
+   ratios from one run (the issue's three shapes plus published widths);
+4. the node's runtime on the GPU: `Policy.from_pack(..., device)` + `infer()` for the shipped
+   packs and `omega_qvla_int` packs made here (synthetic calibration), the same observation
+   and noise on CPU and GPU: action difference (rad) and inference time.
 
     python bench/cuda_check.py --out bench/results     # writes quant_cuda_<gpu>.json
 """
@@ -18,6 +21,7 @@ import platform
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -62,6 +66,51 @@ def agreement(device: str) -> list[dict]:
     return rows
 
 
+def policy_check(device: str, repeats: int, workdir: Path) -> list[dict]:
+    import numpy as np
+
+    from test_cuda import observation_and_noise
+
+    from omega_qvla_ros.runtime.policy import Policy
+    from omega_qvla_ros.tools.cli import main as cli
+
+    packs = {"pi05 fp16": REPO / "models" / "pi05_small_aloha",
+             "pi05 omega_qvla (shipped)": REPO / "models" / "pi05_small_aloha_w4a4",
+             "gr00t fp16": REPO / "models" / "gr00t_small_aloha"}
+    for fam in ("pi05", "gr00t"):
+        out = workdir / f"{fam}_int"
+        assert cli(["quantize", "--family", fam, "--recipe", "omega_qvla_int", "--calib", "synthetic",
+                    "--out", str(out), "--json"]) == 0
+        packs[f"{fam} omega_qvla_int"] = out
+    fp_packs = {"pi05": packs["pi05 fp16"], "gr00t": packs["gr00t fp16"]}
+    rows = []
+    for label, path in packs.items():
+        pols = {d: Policy.from_pack(path, d) for d in ("cpu", device)}
+        raw, noise = observation_and_noise(pols["cpu"])
+        chunks = {d: pol.infer(raw, noise=noise).positions for d, pol in pols.items()}
+        ms = {}
+        for d, pol in pols.items():
+            ts = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                pol.infer(raw, noise=noise)
+                ts.append((time.perf_counter() - t0) * 1e3)
+            ms[d] = float(np.median(ts))
+        diff = np.abs(chunks[device] - chunks["cpu"])
+        row = {"pack": label, "recipe": pols["cpu"].recipe,
+               "integer_layers_on_device": pols[device].integer_layers(),
+               "max_abs_action_diff_rad": float(diff.max()), "mean_abs_action_diff_rad": float(diff.mean()),
+               "finite": bool(np.isfinite(chunks[device]).all()),
+               "infer_ms_cpu": ms["cpu"], f"infer_ms_{device.split(':')[0]}": ms[device]}
+        if row["recipe"] != "fp16":  # the pack's own quantization error on the CPU, for scale
+            fp = Policy.from_pack(fp_packs[label.split()[0]], "cpu")
+            q = np.abs(chunks["cpu"] - fp.infer(raw, noise=noise).positions)
+            row.update(w4a4_vs_fp_max_rad=float(q.max()), w4a4_vs_fp_mean_rad=float(q.mean()))
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
 def fp16_ms(shapes, device: str, repeats: int) -> list[float]:
     out = []
     for M, K, N in shapes:
@@ -82,6 +131,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--policy-repeats", type=int, default=10)
     args = ap.parse_args()
     t0 = time.time()
     name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.machine()
@@ -103,8 +153,10 @@ def main() -> int:
         "pytest_test_cuda": {"returncode": tests.returncode, "summary": summary},
         "agreement": agreement(args.device),
         "latency": lat,
-        "seconds": time.time() - t0,
     }
+    with tempfile.TemporaryDirectory() as tmp:
+        result["policy"] = policy_check(args.device, args.policy_repeats, Path(tmp))
+    result["seconds"] = time.time() - t0
     out = Path(args.out) / f"quant_cuda_{re.sub(r'[^A-Za-z0-9]+', '_', name).strip('_').lower()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -45,6 +45,20 @@ def cuda_section(path: Path) -> str:
         rows.append(f"| {tuple(x['shape'])} | {x['fp32_ms']:.3f} | {x['fp16_ms']:.3f} | {x['reference_ms']:.3f} | "
                     f"{x['integer_ms']:.3f} | {x['integer_speedup_vs_fp32']:.2f}× | "
                     f"{x['integer_speedup_vs_fp16']:.2f}× | {x['integer_speedup_vs_reference']:.2f}× |")
+    pol = r.get("policy") or []
+    if pol:
+        rows += ["", "The node's runtime on the GPU (`Policy.from_pack(pack, 'cuda')` + `infer()`, one random "
+                 "observation, same noise as on the CPU; W4A4 is discontinuous, so a 1e-7 input difference "
+                 "can flip an activation code and the flip travels on; the last column is the pack's own "
+                 "W4A4-vs-FP distance on the CPU, for scale):", "",
+                 "| pack | integer layers | GPU vs CPU max / mean (rad) | GPU ms | CPU ms (16 cores) "
+                 "| W4A4 vs FP max / mean (rad) |", "|---|---|---|---|---|---|"]
+        for p in pol:
+            q = (f"{p['w4a4_vs_fp_max_rad']:.3f} / {p['w4a4_vs_fp_mean_rad']:.3f}"
+                 if "w4a4_vs_fp_max_rad" in p else "")
+            rows.append(f"| {p['pack']} | {p['integer_layers_on_device']} | {p['max_abs_action_diff_rad']:.1e} / "
+                        f"{p['mean_abs_action_diff_rad']:.1e} | {p['infer_ms_cuda']:.0f} | {p['infer_ms_cpu']:.0f} "
+                        f"| {q} |")
     return "\n".join(rows)
 
 

@@ -41,6 +41,12 @@ def test_committed_cuda_results_render_and_agree():
         assert all(a["integer_vs_reference_max_rel"] < 1e-5 for a in r["agreement"])
         assert sum(a["activation_codes_differing_from_cpu"] for a in r["agreement"]) <= 1e-4 * sum(
             a["activation_codes"] for a in r["agreement"])
+        for p in r["policy"]:  # the node's runtime on the GPU, as test_cuda.py bounds it
+            assert p["finite"]
+            if p["recipe"] == "fp16":
+                assert p["max_abs_action_diff_rad"] < 1e-4
+            else:
+                assert p["mean_abs_action_diff_rad"] < 0.5 * p["w4a4_vs_fp_mean_rad"]
         text = mt.cuda_section(f)
         assert r["device"] in text
         assert sum(line.startswith("| (") for line in text.splitlines()) == len(r["latency"])
