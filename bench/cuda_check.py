@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import re
@@ -27,103 +26,35 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "test"))
 
 import torch  # noqa: E402
 
-from omega_qvla_ros.tools.bench_quant import LATENCY_SHAPES, _median_ms, latency  # noqa: E402
-from omega_qvla_ros.tools.quant_suites import drift_inputs  # noqa: E402
+from omega_qvla_ros.tools.bench_quant import LATENCY_SHAPES, latency  # noqa: E402
+from omega_qvla_ros.tools.device_check import LAYER_SHAPES, compare_layer, compare_policy  # noqa: E402
 
 # published widths: Pi0.5 trunk MLP over an ~800-token prefix, its action expert, GR00T's
 # DiT feed-forward over 49 tokens, GR00T's Qwen3 trunk MLP
 PUBLISHED_SHAPES = [(816, 2048, 16384), (50, 1024, 4096), (49, 1536, 6144), (300, 2048, 6144)]
 
 
-def agreement(device: str) -> list[dict]:
-    """Per shape and mode, over all ten steps: worst integer-vs-reference difference on the
-    device, worst difference from the CPU integer path, and activation codes that differ."""
-    from test_cuda import SHAPES, activation_codes, integer_layer, run_paths
-
-    rows = []
-    for M, K, N in SHAPES:
-        for mode in ("dynamic", "per_step_factorized"):
-            cpu = integer_layer(K, N, mode)
-            dev = copy.deepcopy(cpu).to(device)
-            x = drift_inputs(M, K, torch.Generator().manual_seed(5), steps=10)
-            worst_ref, worst_cpu, flips, codes = 0.0, 0.0, 0, 0
-            for t in range(10):
-                ref_cpu = run_paths(cpu, x[t], t)
-                y = run_paths(dev, x[t].to(device), t)
-                s = ref_cpu["reference"].abs().max()
-                worst_ref = max(worst_ref, float((y["integer"] - y["reference"]).abs().max() / s))
-                worst_cpu = max(worst_cpu, float((y["integer"].cpu() - ref_cpu["integer"]).abs().max() / s))
-                same = activation_codes(dev, x[t].to(device), t).cpu() == activation_codes(cpu, x[t], t)
-                flips, codes = flips + int((~same).sum()), codes + same.numel()
-            rows.append({"shape": [M, K, N], "mode": mode,
-                         "integer_vs_reference_max_rel": worst_ref,
-                         "integer_vs_cpu_integer_max_rel": worst_cpu,
-                         "activation_codes_differing_from_cpu": flips, "activation_codes": codes})
-    return rows
-
-
-def policy_check(device: str, repeats: int, workdir: Path) -> list[dict]:
-    import numpy as np
-
-    from test_cuda import observation_and_noise
-
-    from omega_qvla_ros.runtime.policy import Policy
+def policy_rows(device: str, repeats: int, workdir: Path) -> list[dict]:
+    """compare_policy for the shipped packs and an omega_qvla_int pack per family made here."""
     from omega_qvla_ros.tools.cli import main as cli
 
-    packs = {"pi05 fp16": REPO / "models" / "pi05_small_aloha",
-             "pi05 omega_qvla (shipped)": REPO / "models" / "pi05_small_aloha_w4a4",
-             "gr00t fp16": REPO / "models" / "gr00t_small_aloha"}
+    fp = {"pi05": REPO / "models" / "pi05_small_aloha", "gr00t": REPO / "models" / "gr00t_small_aloha"}
+    packs = {"pi05 fp16": (fp["pi05"], None),
+             "pi05 omega_qvla (shipped)": (REPO / "models" / "pi05_small_aloha_w4a4", fp["pi05"]),
+             "gr00t fp16": (fp["gr00t"], None)}
     for fam in ("pi05", "gr00t"):
         out = workdir / f"{fam}_int"
         assert cli(["quantize", "--family", fam, "--recipe", "omega_qvla_int", "--calib", "synthetic",
                     "--out", str(out), "--json"]) == 0
-        packs[f"{fam} omega_qvla_int"] = out
-    fp_packs = {"pi05": packs["pi05 fp16"], "gr00t": packs["gr00t fp16"]}
+        packs[f"{fam} omega_qvla_int"] = (out, fp[fam])
     rows = []
-    for label, path in packs.items():
-        pols = {d: Policy.from_pack(path, d) for d in ("cpu", device)}
-        raw, noise = observation_and_noise(pols["cpu"])
-        chunks = {d: pol.infer(raw, noise=noise).positions for d, pol in pols.items()}
-        ms = {}
-        for d, pol in pols.items():
-            ts = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                pol.infer(raw, noise=noise)
-                ts.append((time.perf_counter() - t0) * 1e3)
-            ms[d] = float(np.median(ts))
-        diff = np.abs(chunks[device] - chunks["cpu"])
-        row = {"pack": label, "recipe": pols["cpu"].recipe,
-               "integer_layers_on_device": pols[device].integer_layers(),
-               "max_abs_action_diff_rad": float(diff.max()), "mean_abs_action_diff_rad": float(diff.mean()),
-               "finite": bool(np.isfinite(chunks[device]).all()),
-               "infer_ms_cpu": ms["cpu"], f"infer_ms_{device.split(':')[0]}": ms[device]}
-        if row["recipe"] != "fp16":  # the pack's own quantization error on the CPU, for scale
-            fp = Policy.from_pack(fp_packs[label.split()[0]], "cpu")
-            q = np.abs(chunks["cpu"] - fp.infer(raw, noise=noise).positions)
-            row.update(w4a4_vs_fp_max_rad=float(q.max()), w4a4_vs_fp_mean_rad=float(q.mean()))
-        rows.append(row)
-        print(row, flush=True)
+    for label, (path, fp_path) in packs.items():
+        rows.append({"pack": label, **compare_policy(path, device, fp_path, repeats)})
+        print(rows[-1], flush=True)
     return rows
-
-
-def fp16_ms(shapes, device: str, repeats: int) -> list[float]:
-    out = []
-    for M, K, N in shapes:
-        lin = torch.nn.Linear(K, N).to(device).half()
-        x = torch.randn(M, K, device=device, dtype=torch.half)
-        sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-
-        def g():
-            lin(x)
-            sync()
-        with torch.no_grad():
-            out.append(_median_ms(g, repeats))
-    return out
 
 
 def main() -> int:
@@ -140,22 +71,19 @@ def main() -> int:
                            capture_output=True, text=True)
     summary = (tests.stdout.strip().splitlines() or ["(no output)"])[-1]
     print(tests.stdout[-3000:], tests.stderr[-2000:], flush=True)
-    shapes = LATENCY_SHAPES + PUBLISHED_SHAPES
-    lat = latency(shapes, repeats=args.repeats, device=args.device)
-    for row, h in zip(lat, fp16_ms(shapes, args.device, args.repeats)):
-        row["fp16_ms"] = h
-        row["integer_speedup_vs_fp16"] = h / row["integer_ms"]
+    lat = latency(LATENCY_SHAPES + PUBLISHED_SHAPES, repeats=args.repeats, device=args.device, fp16=True)
     result = {
         "benchmark": "quant_cuda",
         "device": name,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "pytest_test_cuda": {"returncode": tests.returncode, "summary": summary},
-        "agreement": agreement(args.device),
+        "agreement": [compare_layer(s, m, args.device) for s in LAYER_SHAPES
+                      for m in ("dynamic", "per_step_factorized")],
         "latency": lat,
     }
     with tempfile.TemporaryDirectory() as tmp:
-        result["policy"] = policy_check(args.device, args.policy_repeats, Path(tmp))
+        result["policy"] = policy_rows(args.device, args.policy_repeats, Path(tmp))
     result["seconds"] = time.time() - t0
     out = Path(args.out) / f"quant_cuda_{re.sub(r'[^A-Za-z0-9]+', '_', name).strip('_').lower()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,13 +19,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "test"))
-
-from test_cuda import observation_and_noise  # noqa: E402
 
 from omega_qvla_ros.quant.context import current_step, denoising_step  # noqa: E402
 from omega_qvla_ros.quant.qlinear import QuantLinear  # noqa: E402
 from omega_qvla_ros.runtime.policy import Policy  # noqa: E402
+from omega_qvla_ros.tools.device_check import random_observation  # noqa: E402
 
 TRACED = (QuantLinear, torch.nn.Linear, torch.nn.LayerNorm, torch.nn.Conv2d)
 
@@ -46,7 +44,7 @@ def traced_infer(pol: Policy, raw, noise) -> tuple[list, np.ndarray]:
 
 def main(path: str, device: str = "cuda", show: int = 25) -> None:
     pols = {d: Policy.from_pack(path, d) for d in ("cpu", device)}
-    raw, noise = observation_and_noise(pols["cpu"])
+    raw, noise = random_observation(pols["cpu"])
     (c_cpu, a_cpu), (c_dev, a_dev) = (traced_infer(pols[d], raw, noise) for d in ("cpu", device))
     print("action max |Δ| (rad):", float(np.abs(a_cpu - a_dev).max()), "calls:", len(c_cpu), len(c_dev))
     for (name, step, i1, o1), (name2, _, i2, o2) in zip(c_cpu, c_dev):

@@ -16,7 +16,8 @@ from omega_qvla_ros.quant import (RECIPES, PackChecksumError, PackMissingTensorE
 from omega_qvla_ros.quant.context import denoising_step
 from omega_qvla_ros.quant.int_gemm import fbgemm_available
 from omega_qvla_ros.quant.pack import sha256_file
-from omega_qvla_ros.tools.quant_suites import drift_inputs, stepped_forward
+from omega_qvla_ros.tools.device_check import integer_layer
+from omega_qvla_ros.tools.quant_suites import drift_inputs
 
 STEPS = 4
 
@@ -108,15 +109,10 @@ BACKENDS = ["exact", "int_mm"] + (["fbgemm"] if fbgemm_available() else [])
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", ["dynamic", "per_step_factorized"])
 def test_integer_path_equals_reference(backend, mode):
-    g = torch.Generator().manual_seed(3)
     n_in, n_out = 200, 136  # not multiples of 64; K padded for int_mm
-    lin = nn.Sequential(nn.Linear(n_in, n_out))
-    rec = RECIPES["omega_qvla_int"]
-    rec = rec.with_scopes(backbone=[r"^0$"]) if mode == "dynamic" else rec.with_scopes(action_head=[r"^0$"])
-    quantize(lin, rec, [drift_inputs(48, n_in, g, steps=10)], forward=stepped_forward())
-    q = lin[0]
+    q = integer_layer(n_in, n_out, mode)[0]
     assert q.spec.act_mode == mode and q.spec.group_size is None
-    x = drift_inputs(37, n_in, g, steps=10)
+    x = drift_inputs(37, n_in, torch.Generator().manual_seed(4), steps=10)
     for t in (0, 5, 9):
         with denoising_step(t, 10):
             q.path, q.backend = "reference", "auto"

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from omega_qvla_ros.tools.model_source import REPO, repo_relative
+from omega_qvla_ros.tools.model_source import REPO
 
 DEMO_BAG = REPO / "test" / "data" / "demo_bag"
 RECIPES = ["rtn", "smoothquant", "hadamard", "omega_qvla", "omega_qvla_pertoken", "omega_qvla_noperstep",
@@ -205,7 +205,7 @@ def run(model_spec: str | None = None, bag: str | Path = DEMO_BAG, recipes: list
 
 
 def format_text(r: dict) -> str:
-    src = repo_relative(r["model"]["source"])  # the README table should not carry this machine's paths
+    src = r["model"]["source"]  # repo-relative already (load_fp_model)
     lines = [f"model {src} on {Path(r['bag']).name} ({r['frames']['test']} test frames)",
              "", "| recipe | action rel-MSE vs FP | mean abs joint error vs FP (rad) | integer layers |",
              "|---|---|---|---|"]

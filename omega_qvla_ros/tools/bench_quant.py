@@ -110,7 +110,8 @@ def _minilm_error(recipes: list[str], quick: bool) -> dict[str, Any]:
             "per_layer": per_layer}
 
 
-def _median_ms(fn, repeats: int) -> float:
+def median_ms(fn, repeats: int) -> float:
+    """Median wall time of fn() in ms over `repeats` calls, after two warm-up calls."""
     fn()
     fn()
     ts = []
@@ -135,7 +136,9 @@ def integer_test_layer(n_in: int, n_out: int, seed: int = 0, path: str = "intege
     return lin, q
 
 
-def latency(shapes=LATENCY_SHAPES, repeats: int = 20, device: str = "cpu") -> list[dict]:
+def latency(shapes=LATENCY_SHAPES, repeats: int = 20, device: str = "cpu", fp16: bool = False) -> list[dict]:
+    """Per shape (M, K, N): fp32 nn.Linear vs the reference vs the integer path, and with
+    `fp16` an fp16 nn.Linear too (meaningful on a GPU; emulated and slow on these CPUs)."""
     rows = []
     dev = torch.device(device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
@@ -155,16 +158,21 @@ def latency(shapes=LATENCY_SHAPES, repeats: int = 20, device: str = "cpu") -> li
                     f(x)
                     sync()
                 return g
-            t_fp = _median_ms(run(lin), repeats)
-            t_ref = _median_ms(run(ref_q), repeats)
-            t_int = _median_ms(run(q), repeats)
-        rows.append({
-            "shape": [M, K, N], "fp32_ms": t_fp, "reference_ms": t_ref, "integer_ms": t_int,
-            "integer_speedup_vs_fp32": t_fp / t_int, "integer_speedup_vs_reference": t_ref / t_int,
-            "reference_speedup_vs_fp32": t_fp / t_ref,
-            "integer_vs_reference_max_rel_diff": float((y_int - y_ref).abs().max() / y_ref.abs().max()),
-            "backend": pick_backend(dev),
-        })
+            t_fp = median_ms(run(lin), repeats)
+            t_ref = median_ms(run(ref_q), repeats)
+            t_int = median_ms(run(q), repeats)
+            row = {
+                "shape": [M, K, N], "fp32_ms": t_fp, "reference_ms": t_ref, "integer_ms": t_int,
+                "integer_speedup_vs_fp32": t_fp / t_int, "integer_speedup_vs_reference": t_ref / t_int,
+                "reference_speedup_vs_fp32": t_fp / t_ref,
+                "integer_vs_reference_max_rel_diff": float((y_int - y_ref).abs().max() / y_ref.abs().max()),
+                "backend": pick_backend(dev),
+            }
+            if fp16:
+                lin_h, x_h = copy.deepcopy(lin).half(), x.half()
+                row["fp16_ms"] = median_ms(lambda: (lin_h(x_h), sync()), repeats)
+                row["integer_speedup_vs_fp16"] = row["fp16_ms"] / t_int
+        rows.append(row)
     return rows
 
 

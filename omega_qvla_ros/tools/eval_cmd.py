@@ -99,7 +99,7 @@ def evaluate(model_spec: str | None, seed: int, recipes: list[str], tasks: list[
         result[recipe] = {}
         for task in tasks:
             with AlohaSim(task, image_size=fp.config.vision.image_size, cameras=tuple(pol.cameras)) as sim:
-                runs = [run_policy_episode(pol, sim, first_seed + i, execute_horizon, replan_every=replan_every or None,
+                runs = [run_policy_episode(pol, sim, first_seed + i, execute_horizon, replan_every=replan_every,
                                            blend=blend, new_weight=blend_new_weight) for i in range(episodes)]
             ok = sum(r["success"] for r in runs)
             result[recipe][task] = {"episodes": episodes, "successes": ok, "success_rate": ok / episodes,
