@@ -34,3 +34,24 @@ def test_no_pickle_loading_anywhere():
         banned_calls = ("import " + "pickle", "pickle" + ".load", "torch" + ".load(", "weights_only=" + "False")
         for banned in banned_calls:
             assert banned not in text, (f, banned)
+
+
+def _project_imports(folder: str) -> set[tuple[str, str]]:
+    """(file, sub-package of omega_qvla_ros) for every absolute import of the project."""
+    out = set()
+    for f in (PKG / folder).rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                parts = node.module.split(".")
+                if parts[0] == "omega_qvla_ros" and len(parts) > 1:
+                    out.add((f.name, parts[1]))
+    return out
+
+
+def test_layers_point_one_way():
+    """quant/ knows no model family (nor anything above it); models/ knows no runtime,
+    node, simulator or tools; runtime/ knows no node, simulator or tools."""
+    allowed = {"quant": {"quant"}, "models": {"quant", "models"}, "runtime": {"quant", "models", "runtime"}}
+    for folder, ok in allowed.items():
+        bad = {(f, m) for f, m in _project_imports(folder) if m not in ok}
+        assert not bad, (folder, bad)

@@ -15,7 +15,7 @@ from omega_qvla_ros.models import build_model, model_info
 from omega_qvla_ros.models.calibrate import quantize_model, synthetic_observations
 from omega_qvla_ros.models.importer import (CheckpointMissingKeyError, CheckpointShapeError,
                                             import_checkpoint)
-from omega_qvla_ros.models.tokenizer import ByteTokenizer, load_tokenizer
+from omega_qvla_ros.models.tokenizer import ByteTokenizer, TokenizerFileError, load_tokenizer
 from omega_qvla_ros.quant import RECIPES, QuantLinear, load_pack, save_pack
 from omega_qvla_ros.quant.context import current_step
 
@@ -93,9 +93,10 @@ def test_full_configs_on_meta_match_published_sizes():
     assert abs(gemma / 2.51e9 - 1) < 0.02
     qwen = count(gr, "backbone.eagle_model.language_model.model.layers.")
     assert abs(qwen / (1.4e9 * 12 / 28) - 1) < 0.02
+    from omega_qvla_ros.models.calibrate import scoped_recipe
     from omega_qvla_ros.quant.quantize import select_targets
     for m, ref in ((pi, 2.29e9), (gr, 1.07e9)):
-        n = sum(lin.weight.numel() for lin, _s, _r in select_targets(m, RECIPES["omega_qvla"]).values())
+        n = sum(lin.weight.numel() for lin, _s, _r in select_targets(m, scoped_recipe(m, "omega_qvla")).values())
         assert abs(n / ref - 1) < 0.02
 
 
@@ -201,7 +202,10 @@ def test_byte_tokenizer_and_missing_tokenizer_file(tmp_path):
     assert ids.shape == (32,) and int(mask.sum()) == 1 + len("pick up the cube ü".encode())
     assert tok.decode(ids) == "pick up the cube ü"
     assert isinstance(load_tokenizer(None), ByteTokenizer)
-    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+    with pytest.raises(TokenizerFileError, match="nothing is downloaded"):
+        load_tokenizer(tmp_path / "tokenizer.json")
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(TokenizerFileError, match="not a readable tokenizer.json"):
         load_tokenizer(tmp_path / "tokenizer.json")
 
 

@@ -22,6 +22,14 @@ from omega_qvla_ros.tools.quant_suites import drift_inputs
 STEPS = 4
 
 
+SCOPES = {"backbone": [r"language_model\.layers\.\d+\.mlp\.(up|down)_proj$"],
+          "action_head": [r"transformer_blocks\.\d+\.ff\.net\.(0\.proj|2)$"]}
+
+
+def scoped(recipe: str):
+    return RECIPES[recipe].with_scopes(**SCOPES)
+
+
 class TinyVLA(nn.Module):
     """Two 'backbone' and two 'action head' linears, named like the real checkpoints."""
 
@@ -61,7 +69,7 @@ def quantized():
     out = {}
     for r in RECIPES:
         m = copy.deepcopy(fp)
-        quantize(m, r, batches(3, 0))
+        quantize(m, scoped(r), batches(3, 0))
         out[r] = m
     return fp, out
 

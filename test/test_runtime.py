@@ -96,13 +96,14 @@ def test_supervisor_rules():
 
 
 def test_preprocessing_checks():
-    spec = RobotSpec()
-    q = order_joints(spec, list(reversed(ALOHA_JOINTS)), np.arange(14.0)[::-1])
+    q = order_joints(ALOHA_JOINTS, list(reversed(ALOHA_JOINTS)), np.arange(14.0)[::-1])
     np.testing.assert_allclose(q, np.arange(14.0))
     with pytest.raises(ObservationError, match="lacks joints"):
-        order_joints(spec, ALOHA_JOINTS[:-1] + ["elbow_x"], np.zeros(14))
+        order_joints(ALOHA_JOINTS, ALOHA_JOINTS[:-1] + ["elbow_x"], np.zeros(14))
     with pytest.raises(ObservationError, match="non-finite"):
-        order_joints(spec, ALOHA_JOINTS, np.r_[np.zeros(13), np.nan])
+        order_joints(ALOHA_JOINTS, ALOHA_JOINTS, np.r_[np.zeros(13), np.nan])
+    with pytest.raises(ObservationError, match=r"more than once: \['left_waist'\]"):
+        order_joints(ALOHA_JOINTS, ALOHA_JOINTS + ["left_waist"], np.zeros(15))
     with pytest.raises(ObservationError, match="uint8"):
         check_image("cam_high", np.zeros((10, 10, 3), np.float32))
     with pytest.raises(ObservationError, match="H×W×3"):
@@ -111,14 +112,16 @@ def test_preprocessing_checks():
     out = resize_with_pad(img, 64)
     assert out.shape == (64, 64, 3)
     assert out[:16].max() == 0 and out[32, 32, 0] == 200  # letterboxed top/bottom
-    assert np.allclose(spec.denormalize(spec.normalize(np.arange(14) * 0.05)), np.arange(14) * 0.05)
 
 
 def test_data_range_normalisation_is_separate_from_the_limits():
-    """Normalising over the data's range: the data maps into [-1, 1] with margin, a joint
-    that never moves still gets a usable span, the limits (safety) stay untouched, and the
-    range survives to_dict/from_dict (the pack's manifest)."""
-    from omega_qvla_ros.runtime.robot import RobotSpec
+    """Normalising over the data's range (our small models' processor): the data maps
+    into [-1, 1] with margin, a joint that never moves still gets a usable span, the
+    limits (safety) stay apart, and the range survives the processor's to_dict/from_dict
+    (the pack's manifest)."""
+    import torch
+
+    from omega_qvla_ros.models.processor import Normalizer, ProcessorConfig, data_range_normalizer
 
     rng = np.random.default_rng(0)
     spec = RobotSpec()
@@ -126,17 +129,24 @@ def test_data_range_normalisation_is_separate_from_the_limits():
     q[:, 0] = rng.uniform(-0.3, 0.2, 1000)   # waist: a fraction of its ±π range
     q[:, 6] = rng.uniform(0.0, 1.0, 1000)    # gripper: its whole range
     q[:, 1] = -0.9                           # never moves
-    d = spec.with_data_range(q)
-    z = d.normalize(q)
+    d = data_range_normalizer(q, spec.lower, spec.upper)
+    z = d.normalize(torch.from_numpy(q)).numpy()
     assert np.all(np.abs(z[:, 0]) < 1.0) and np.abs(z[:, 0]).max() > 0.75
-    assert abs(d.norm_upper[1] - d.norm_lower[1] - 0.1) < 1e-9  # min_span
-    assert d.norm_lower[6] >= 0.0 and d.norm_upper[6] <= 1.0    # never beyond the limits
-    assert np.allclose(d.denormalize(z), q)
-    assert np.array_equal(d.lower, spec.lower) and np.array_equal(d.upper, spec.upper)
+    assert abs(d.high[1] - d.low[1] - 0.1) < 1e-9  # min_span
+    assert d.low[6] >= 0.0 and d.high[6] <= 1.0    # never beyond the limits
+    assert np.allclose(d.unnormalize(torch.from_numpy(z)).numpy(), q)
     # one radian of waist is ≈ 6× more normalised units than over the joint limits
-    assert d.normalize(np.eye(14))[0, 0] - d.normalize(np.zeros(14))[0] > 5 * (
-        spec.normalize(np.eye(14))[0, 0] - spec.normalize(np.zeros(14))[0])
-    back = RobotSpec.from_dict(d.to_dict())
-    assert np.array_equal(back.norm_lower, d.norm_lower) and np.array_equal(back.norm_upper, d.norm_upper)
-    with pytest.raises(ValueError):
-        RobotSpec(norm_lower=np.zeros(14), norm_upper=np.zeros(14))
+    limits = Normalizer("min_max", spec.lower, spec.upper, dtype="float64")
+    e = torch.from_numpy(np.eye(14))
+    assert float(d.normalize(e)[0, 0] - d.normalize(0 * e)[0, 0]) > 5 * float(
+        limits.normalize(e)[0, 0] - limits.normalize(0 * e)[0, 0])
+    pc = ProcessorConfig(["cam_high"], list(ALOHA_JOINTS), 96, 48, state_norm=d, action_norm=d)
+    back = ProcessorConfig.from_dict(pc.to_dict())
+    assert back.state_norm == d and back.action_norm == d
+    with pytest.raises(ValueError, match="lower bound above"):
+        Normalizer("min_max", [1.0], [0.0])
+    with pytest.raises(ValueError, match="covers 1 dims"):
+        ProcessorConfig(["cam_high"], list(ALOHA_JOINTS), 96, 48, state_norm=Normalizer("min_max", [0.0], [1.0]))
+    # legacy packs kept the range in extra.robot: RobotSpec reads them and drops it
+    legacy = {**spec.to_dict(), "norm_lower": d.low, "norm_upper": d.high}
+    assert RobotSpec.from_dict(legacy).to_dict() == spec.to_dict()

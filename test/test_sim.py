@@ -176,9 +176,10 @@ def test_train_resumes_from_checkpoint(short_episodes, tmp_path):
     # export: an fp16 pack with the data's normalisation, the cameras and the training record
     assert main(args + ["--export", str(tmp_path / "fp")]) == 0
     man = _json.loads((tmp_path / "fp" / "manifest.json").read_text())
-    robot, training = man["extra"]["robot"], man["extra"]["training"]
-    assert man["recipe"]["name"] == "fp16" and man["extra"]["cameras"] == ["cam_high", "cam_left_wrist"]
-    span = np.subtract(robot["norm_upper"], robot["norm_lower"])
+    robot, training, proc = man["extra"]["robot"], man["extra"]["training"], man["processor"]
+    assert man["recipe"]["name"] == "fp16" and proc["cameras"] == ["cam_high", "cam_left_wrist"]
+    assert proc["state_norm"] == proc["action_norm"] and proc["state_norm"]["mode"] == "min_max"
+    span = np.subtract(proc["state_norm"]["high"], proc["state_norm"]["low"])
     assert np.all(span < np.subtract(robot["upper"], robot["lower"]) + 1e-9) and span[0] < 1.0
     assert training["steps"] == 6 and training["data"]["episodes"] == 2 and len(training["commands"]) == 3
     # a resumed run with another normalisation (other data) is refused
@@ -259,13 +260,10 @@ def test_eval_json_shape_and_seeds(tmp_path):
 def test_closed_loop_runs_policy_through_the_runtime(tmp_path):
     """A (random) tiny policy drives the simulator through the scheduler and safety filter;
     chunks are requested every execute_horizon steps; the Wilson interval is right."""
-    from omega_qvla_ros.models import build_model
-    from omega_qvla_ros.runtime.policy import Policy
-    from omega_qvla_ros.runtime.robot import RobotSpec
     from omega_qvla_ros.sim.closed_loop import run_policy_episode, wilson_ci95
+    from omega_qvla_ros.tools.model_source import load_fp_model
 
-    m = build_model("pi05", "tiny").eval()
-    pol = Policy(m, {"recipe": {"name": "fp16"}, "extra": {}}, next(m.parameters()).device, robot=RobotSpec())
+    pol = load_fp_model("random:pi05:tiny").policy()
     with AlohaSim("transfer_cube", image_size=64, cameras=tuple(pol.cameras)) as sim:
         r = run_policy_episode(pol, sim, seed=3, execute_horizon=5, steps=20)
         q = sim.qpos()

@@ -1,29 +1,17 @@
-"""VLA model families in plain PyTorch (Pi0.5-style, GR00T-N1.5-style). Imports no ROS."""
+"""VLA model families in plain PyTorch (Pi0.5, GR00T N1.5). Imports no ROS.
+
+Every family is one sub-package registered in `registry` (see its docstring for how to
+add one); everything else asks the registry."""
 from __future__ import annotations
 
-import torch
 from torch import nn
 
-from omega_qvla_ros.quant.pack import register_family
-
 from .common import Observation, PrefixCache
-from .configs import FAMILIES, SIZES, config_from_dict, config_to_dict, get_config
-from .gr00t import Gr00tModel
-from .pi05 import Pi05Model
+from .configs import config_to_dict
+from .registry import (Family, build_model, families, family_names, family_of, get_family,
+                       load_families, register_family)
 
-MODEL_CLASSES = {"pi05": Pi05Model, "gr00t": Gr00tModel}
-
-
-def build_model(family: str, size: str | None = None, config=None, device: str | torch.device = "cpu",
-                seed: int = 0) -> nn.Module:
-    """Build a model from (family, size) or an explicit config. `device="meta"` allocates
-    nothing (use it for the full-size configs)."""
-    if family not in MODEL_CLASSES:
-        raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
-    cfg = config if config is not None else get_config(family, size)
-    torch.manual_seed(seed)
-    with torch.device(device):
-        return MODEL_CLASSES[family](cfg)
+load_families()
 
 
 def model_info(model: nn.Module, size: str | None = None) -> dict:
@@ -32,13 +20,9 @@ def model_info(model: nn.Module, size: str | None = None) -> dict:
     return {"family": cfg.family, "size": size, "config": config_to_dict(cfg)}
 
 
-def _from_manifest(info: dict) -> nn.Module:
-    cfg = config_from_dict(info["config"])
-    return build_model(cfg.family, config=cfg)
+def get_config(family: str, size: str):
+    return get_family(family).config(size)
 
 
-for _family in MODEL_CLASSES:
-    register_family(_family, _from_manifest)
-
-__all__ = ["Observation", "PrefixCache", "Pi05Model", "Gr00tModel", "build_model", "model_info",
-           "get_config", "SIZES", "FAMILIES"]
+__all__ = ["Observation", "PrefixCache", "Family", "build_model", "model_info", "get_config", "families",
+           "family_names", "family_of", "get_family", "register_family"]

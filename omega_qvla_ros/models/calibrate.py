@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from omega_qvla_ros.quant.quantize import quantize
-from omega_qvla_ros.quant.recipes import Recipe
+from omega_qvla_ros.quant.recipes import Recipe, get_recipe
 
 from .common import Observation
+from .registry import family_of
 from .tokenizer import ByteTokenizer
 
 INSTRUCTIONS = ["transfer the cube to the other arm", "insert the peg into the socket"]
@@ -43,7 +44,15 @@ def calibration_forward(seed: int = 0):
     return fwd
 
 
+def scoped_recipe(model: nn.Module, recipe: "str | Recipe") -> Recipe:
+    """`recipe` applied to the modules the model's family quantizes."""
+    sc = family_of(model).scopes
+    return get_recipe(recipe).with_scopes(backbone=list(sc.backbone), action_head=list(sc.action_head))
+
+
 def quantize_model(model: nn.Module, recipe: "str | Recipe", observations: Iterable[Observation],
                    progress: bool = False, seed: int = 0, **kw) -> nn.Module:
-    return quantize(model, recipe, list(observations), forward=calibration_forward(seed),
+    """Quantize a VLA in place with `recipe` on its family's scopes, calibrated by full
+    sampling runs over `observations`."""
+    return quantize(model, scoped_recipe(model, recipe), list(observations), forward=calibration_forward(seed),
                     progress=progress, seed=seed, **kw)

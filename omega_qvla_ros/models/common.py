@@ -94,8 +94,9 @@ class FlowMatchingVLA(nn.Module):
                             num_steps or c.num_steps, self.T_NOISE, 1.0 - self.T_NOISE)
 
     def loss(self, observation: Observation, actions: torch.Tensor, noise: torch.Tensor | None = None,
-             s: torch.Tensor | None = None) -> torch.Tensor:
-        """Flow-matching MSE at noise fractions s ~ Beta(1.5, 1) (more weight on noisy)."""
+             s: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
+        """Flow-matching MSE at noise fractions s ~ Beta(1.5, 1) (more weight on noisy);
+        reduction "none" gives the per-element loss [B, H, A] (LeRobot's PI05Pytorch.forward)."""
         B = actions.shape[0]
         noise = torch.randn_like(actions) if noise is None else noise
         if s is None:
@@ -103,4 +104,4 @@ class FlowMatchingVLA(nn.Module):
         x_t = s[:, None, None] * noise + (1 - s[:, None, None]) * actions
         t = s if self.T_NOISE == 1.0 else 1.0 - s
         target = (noise - actions) if self.T_NOISE == 1.0 else (actions - noise)
-        return F.mse_loss(self.denoise_step(x_t, t, self._prefix(observation)), target)
+        return F.mse_loss(self.denoise_step(x_t, t, self._prefix(observation)), target, reduction=reduction)

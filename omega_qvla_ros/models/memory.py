@@ -23,25 +23,18 @@ from torch import nn
 
 from omega_qvla_ros.quant.qlinear import LayerSpec, QuantLinear, storage_dtype
 from omega_qvla_ros.quant.quantize import layer_spec, select_targets
-from omega_qvla_ros.quant.recipes import Recipe, SideRecipe, get_recipe
+from omega_qvla_ros.quant.recipes import Recipe, SideRecipe
 
-from . import build_model
-
-PAPER = {
-    "gr00t": {"quantized_params": 1.07e9, "fp16_gib": 1.99, "w4a4_mib": 586, "reduction": 0.713},
-    "pi05": {"quantized_params": 2.29e9, "fp16_gib": 4.27, "w4a4_mib": 1.20 * 1024, "reduction": 0.720},
-}
-VISION = re.compile(r"(vision_tower|vision_model)\.")
-ACTION = re.compile(r"(gemma_expert|action_head|action_in_proj|action_out_proj|time_mlp_)")
-TRUNK = re.compile(r"language_model")
+from .calibrate import scoped_recipe
+from .registry import Scopes, build_model, get_family
 
 
-def component_of(name: str) -> str:
-    if VISION.search(name):
+def component_of(name: str, scopes: Scopes) -> str:
+    if re.search(scopes.vision, name):
         return "vision"
-    if ACTION.search(name):
+    if re.search(scopes.action_parts, name):
         return "action_head"
-    if TRUNK.search(name):
+    if re.search(scopes.trunk, name):
         return "trunk"
     return "other"
 
@@ -68,8 +61,9 @@ def stored_bytes(spec: LayerSpec) -> dict[str, int]:
 
 
 def memory_report(family: str, size: str, recipe: "str | Recipe" = "omega_qvla") -> dict:
-    recipe = get_recipe(recipe)
+    fam = get_family(family)
     model = build_model(family, size, device="meta")
+    recipe = scoped_recipe(model, recipe)
     cfg = model.config
     steps = cfg.num_steps
     targets = select_targets(model, recipe)
@@ -77,7 +71,7 @@ def memory_report(family: str, size: str, recipe: "str | Recipe" = "omega_qvla")
 
     params: dict[str, int] = {}
     for name, p in model.named_parameters():
-        c = component_of(name)
+        c = component_of(name, fam.scopes)
         params[c] = params.get(c, 0) + p.numel()
     total_params = sum(params.values())
 
@@ -92,7 +86,7 @@ def memory_report(family: str, size: str, recipe: "str | Recipe" = "omega_qvla")
 
     q_params, q_w4, q_parts = linear_bytes(targets.items())
     vis = {n: (m, "vision", vision_sr) for n, m in model.named_modules()
-           if type(m) is nn.Linear and VISION.search(n + ".") and vision_sr is not None}
+           if type(m) is nn.Linear and re.search(fam.scopes.vision, n + ".") and vision_sr is not None}
     v_params, v_w4, _ = linear_bytes(vis.items())
 
     def scope(p: int, w4: int) -> dict:
@@ -110,8 +104,8 @@ def memory_report(family: str, size: str, recipe: "str | Recipe" = "omega_qvla")
     out = {"family": family, "size": size, "recipe": recipe.name,
            "params": {"total": total_params, **params},
            "quantized_layers": len(targets), "scopes": scopes}
-    if size == "full" and family in PAPER:
-        p = PAPER[family]
+    if size == "full" and fam.paper:
+        p = fam.paper
         out["paper"] = {**p, "our_params_vs_paper": q_params / p["quantized_params"],
                         "our_reduction_minus_paper": scopes["quantized_linears"]["reduction"] - p["reduction"]}
     return out

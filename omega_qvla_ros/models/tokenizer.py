@@ -16,6 +16,7 @@ PAD, BOS, EOS = 0, 1, 2
 BYTE_OFFSET = 3
 STATE_OFFSET = BYTE_OFFSET + 256
 BYTE_VOCAB = STATE_OFFSET + 256  # 515; model vocabularies round up to 520
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "paligemma_tokenizer.model")
 
 
 class ByteTokenizer:
@@ -29,6 +30,8 @@ class ByteTokenizer:
         ids = ids + [PAD] * (max_len - len(ids))
         return torch.tensor(ids, dtype=torch.long), torch.tensor(mask)
 
+    pad_id = PAD
+
     def encode_batch(self, texts: list[str], max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         pairs = [self.encode(t, max_len) for t in texts]
         return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
@@ -38,39 +41,66 @@ class ByteTokenizer:
                      if BYTE_OFFSET <= int(i) < STATE_OFFSET).decode("utf-8", errors="replace")
 
 
+class TokenizerFileError(ValueError):
+    """A tokenizer file that is missing, unreadable or of an unknown kind."""
+
+
 class FileTokenizer:
-    """A real checkpoint's tokenizer from a local file."""
+    """A real checkpoint's tokenizer from a local file: `tokenizer.json` (Hugging Face
+    `tokenizers`; its post-processor adds the special tokens, e.g. PaliGemma's <bos>) or
+    a SentencePiece `.model` (<bos> + pieces, as openpi's PaligemmaTokenizer encodes).
+    Right padding with the tokenizer's pad id, truncation to max_len (as LeRobot's
+    TokenizerProcessorStep and openpi do)."""
 
     def __init__(self, path: str | Path) -> None:
         p = Path(path)
+        if p.is_dir():
+            for name in TOKENIZER_FILES:
+                if (p / name).is_file():
+                    p = p / name
+                    break
         if not p.is_file():
-            raise FileNotFoundError(f"tokenizer file {p} not found; real checkpoints need their "
-                                    "tokenizer.json or SentencePiece .model next to them "
-                                    "(nothing is downloaded)")
+            raise TokenizerFileError(
+                f"tokenizer file {p} not found: real checkpoints need their tokenizer.json or "
+                "SentencePiece tokenizer.model (e.g. PaliGemma's for Pi0.5); pass it with "
+                "--tokenizer PATH (nothing is downloaded)")
         self.path = p
         if p.suffix == ".json":
             try:
                 from tokenizers import Tokenizer
             except ImportError:
-                raise ImportError(f"{p} needs the `tokenizers` package (pip install tokenizers)") from None
-            self._tok = Tokenizer.from_file(str(p))
+                raise TokenizerFileError(f"{p} needs the `tokenizers` package (pip install tokenizers)") from None
+            try:
+                self._tok = Tokenizer.from_file(str(p))
+            except Exception as e:  # noqa: BLE001 - the library raises plain Exceptions
+                raise TokenizerFileError(f"{p}: not a readable tokenizer.json ({e})") from None
+            self._tok.no_padding()
+            self._tok.no_truncation()
             self._encode = lambda s: self._tok.encode(s).ids
             self.vocab_size = self._tok.get_vocab_size()
+            pad = self._tok.token_to_id("<pad>")
         elif p.suffix == ".model":
             try:
                 import sentencepiece as spm
             except ImportError:
-                raise ImportError(f"{p} needs the `sentencepiece` package") from None
-            self._tok = spm.SentencePieceProcessor(model_file=str(p))
+                raise TokenizerFileError(f"{p} needs the `sentencepiece` package (pip install sentencepiece)") from None
+            try:
+                self._tok = spm.SentencePieceProcessor(model_file=str(p))
+            except Exception as e:  # noqa: BLE001
+                raise TokenizerFileError(f"{p}: not a readable SentencePiece model ({e})") from None
             self._encode = lambda s: [self._tok.bos_id()] + self._tok.encode(s)
             self.vocab_size = self._tok.get_piece_size()
+            pad = self._tok.pad_id()
         else:
-            raise ValueError(f"unsupported tokenizer file {p} (expected tokenizer.json or .model)")
+            raise TokenizerFileError(f"unsupported tokenizer file {p} (expected tokenizer.json or a "
+                                     "SentencePiece .model)")
+        self.pad_id = pad if pad is not None and pad >= 0 else 0
 
     def encode(self, text: str, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         ids = list(self._encode(text))[:max_len]
         mask = [True] * len(ids) + [False] * (max_len - len(ids))
-        return torch.tensor(ids + [0] * (max_len - len(ids))), torch.tensor(mask)
+        return (torch.tensor(ids + [self.pad_id] * (max_len - len(ids)), dtype=torch.long),
+                torch.tensor(mask))
 
 
 def load_tokenizer(path: str | Path | None = None):

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .common import Observation
-from .tokenizer import ByteTokenizer
+from .processor import Processor
 
 
 @dataclass
@@ -35,45 +35,28 @@ class TrainConfig:
 
 
 class FrameSampler:
-    """Random training batches from an EpisodeDataset."""
+    """Random training batches from an EpisodeDataset, through the model's processor (the
+    same code that prepares observations on the robot). The dataset's joints are in the
+    processor's order (the simulator records the ALOHA joints in that order)."""
 
-    def __init__(self, dataset, model_config, robot, cameras: list[str], seed: int = 0) -> None:
-        self.ds, self.cfg, self.robot, self.cameras = dataset, model_config, robot, cameras
-        missing = [c for c in cameras if c not in dataset.cameras]
+    def __init__(self, dataset, processor: Processor, horizon: int, seed: int = 0) -> None:
+        self.ds, self.proc, self.horizon = dataset, processor, horizon
+        missing = [c for c in processor.cameras if c not in dataset.cameras]
         if missing:
             raise ValueError(f"dataset lacks cameras {missing} (has {dataset.cameras})")
         self.rng = np.random.default_rng(seed)
-        self.tok = ByteTokenizer()
-        self._tokens = {}
-
-    def _tokens_for(self, text: str):
-        if text not in self._tokens:
-            self._tokens[text] = self.tok.encode(text, self.cfg.max_tokens)
-        return self._tokens[text]
 
     def batch(self, n: int) -> tuple[Observation, torch.Tensor]:
-        import cv2
-
         rows = self.ds.image_rows
         if len(rows) == 0:
             raise ValueError("the dataset holds no camera images")
         idx = rows[self.rng.integers(0, len(rows), n)]
-        S = self.cfg.vision.image_size
-        imgs = []
-        for cam in self.cameras:
-            frames = self.ds.image(cam, idx)
-            if frames.shape[1] != S:
-                frames = np.stack([cv2.resize(f, (S, S), interpolation=cv2.INTER_AREA) for f in frames])
-            imgs.append(frames)
-        x = torch.from_numpy(np.stack(imgs, 1)).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
-        toks = [self._tokens_for(self.ds.episodes[int(self.ds.data["episode_index"][i])]["instruction"]) for i in idx]
-        tokens = torch.stack([t for t, _ in toks])
-        mask = torch.stack([m for _, m in toks])
-        state = torch.from_numpy(self.robot.normalize(self.ds.data["state"][idx])).float()
-        acts = np.stack([self.ds.action_chunk(int(i), self.cfg.action_horizon) for i in idx])
-        a = np.zeros((n, self.cfg.action_horizon, self.cfg.action_dim), np.float32)
-        a[:, :, : self.robot.dof] = self.robot.normalize(acts)
-        return Observation(x, tokens, mask, state), torch.from_numpy(a)
+        per_cam = {cam: self.ds.image(cam, idx) for cam in self.proc.cameras}
+        frames = [{cam: per_cam[cam][k] for cam in per_cam} for k in range(n)]
+        texts = [self.ds.episodes[int(self.ds.data["episode_index"][i])]["instruction"] for i in idx]
+        q = np.asarray(self.ds.data["state"][idx], dtype=np.float64)
+        acts = np.stack([self.ds.action_chunk(int(i), self.horizon) for i in idx])
+        return self.proc.batch(frames, texts, q), self.proc.action_targets(acts, q)
 
 
 def _lr(step: int, tc: TrainConfig) -> float:
@@ -107,6 +90,16 @@ def load_checkpoint(path: Path, model, opt) -> dict:
     return json.loads((path / "state.json").read_text())
 
 
+def _normalisation(d: dict):
+    """The state/action normalisation a training record holds (its processor's, or the
+    norm range older records kept in `robot`)."""
+    if "processor" in d:
+        n = d["processor"].get("state_norm") or {}
+        return n.get("low"), n.get("high")
+    r = d.get("robot") or {}
+    return r.get("norm_lower"), r.get("norm_upper")
+
+
 def train(model, sampler: FrameSampler, out_dir: str | Path, tc: TrainConfig, resume: bool = True,
           progress: bool = True, info: dict | None = None) -> dict:
     """Train (or resume) to `tc.steps`; `info` (normalisation, data, command) is stored
@@ -119,7 +112,7 @@ def train(model, sampler: FrameSampler, out_dir: str | Path, tc: TrainConfig, re
     if resume and (ck / "state.json").exists():
         state = load_checkpoint(ck, model, opt)
         state.setdefault("commands", [])
-        if info and "robot" in state and state["robot"] != info.get("robot"):
+        if info and _normalisation(state) != _normalisation(info):
             raise ValueError(f"{ck}: the checkpoint was trained with another joint normalisation "
                              "(different data?); use a new --out or --no-resume")
         sampler.rng = np.random.default_rng(tc.seed + state["step"])

@@ -2,8 +2,10 @@
 
 manifest.json holds the format name and version, the model family and config, the
 recipe, a LayerSpec per quantized layer, the name/shape/dtype of every tensor, a
-calibration summary, free-form `extra` data (e.g. normalisation statistics) and the
-size and sha256 of every file. `load_pack` checks, in this order, and raises the
+calibration summary, the processor that turns observations into model input (camera
+order, image handling, prompt, tokenizer, normalisation statistics; its tokenizer file,
+if any, is one of the pack's files), free-form `extra` data and the size and sha256 of
+every file. `load_pack` checks, in this order, and raises the
 specific PackError subclass naming the first mismatch: manifest readable → format
 and version → files present → file sizes (truncation) → sha256 → tensor names →
 shapes → dtypes → the model skeleton's own state_dict names and shapes.
@@ -14,6 +16,7 @@ import hashlib
 import importlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -99,8 +102,11 @@ def quantized_layers(model: nn.Module) -> dict[str, LayerSpec]:
 
 def save_pack(model: nn.Module, out_dir: str | os.PathLike, model_info: dict,
               recipe: dict | None = None, calibration: dict | None = None,
-              extra: dict | None = None, float_dtype: torch.dtype | None = None) -> Path:
+              extra: dict | None = None, float_dtype: torch.dtype | None = None,
+              processor: dict | None = None, assets: dict[str, str | os.PathLike] | None = None) -> Path:
     """Write `model` (FP or quantized) as a pack. `model_info` = {"family", "config", …}.
+    `processor`: the processor config (a dict); `assets`: {name in the pack: source file}
+    copied beside the weights and checksummed like them (e.g. a tokenizer file).
 
     Quantization state is stored compactly (qlinear.storage_dtype: int32 packed codes,
     fp16 scales/rotations/tables, int16 permutations); it is already held at that
@@ -124,6 +130,14 @@ def save_pack(model: nn.Module, out_dir: str | os.PathLike, model_info: dict,
             v = v.to(float_dtype)
         tensors[k] = v.contiguous()
     save_file(tensors, str(out / WEIGHTS), metadata={"format": FORMAT})
+    files = {WEIGHTS: {"bytes": (out / WEIGHTS).stat().st_size, "sha256": sha256_file(out / WEIGHTS)}}
+    for name, src in (assets or {}).items():
+        if Path(name).name != name or name in (WEIGHTS, MANIFEST):
+            raise ValueError(f"asset name {name!r}: a plain file name other than {WEIGHTS}/{MANIFEST}")
+        dst = out / name
+        if Path(src).resolve() != dst.resolve():
+            shutil.copyfile(src, dst)
+        files[name] = {"bytes": dst.stat().st_size, "sha256": sha256_file(dst)}
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -133,9 +147,10 @@ def save_pack(model: nn.Module, out_dir: str | os.PathLike, model_info: dict,
         "tensors": {k: {"shape": list(v.shape), "dtype": _dtype_name(v)} for k, v in tensors.items()},
         "calibration": calibration or {},
         "extra": extra or {},
-        "files": {WEIGHTS: {"bytes": (out / WEIGHTS).stat().st_size,
-                            "sha256": sha256_file(out / WEIGHTS)}},
+        "files": files,
     }
+    if processor is not None:
+        manifest["processor"] = processor
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
     return out
 

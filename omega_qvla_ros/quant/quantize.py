@@ -59,8 +59,14 @@ def quantize(model: nn.Module, recipe: "str | Recipe", calibration_batches: Iter
     report per layer (weight error, path) is left in `model.quantization_report`.
     """
     recipe = get_recipe(recipe)
+    if recipe.backbone is not None or recipe.action_head is not None:
+        if not recipe.scoped:
+            raise ValueError(f"recipe {recipe.name!r} names no modules: give it scopes with "
+                             "Recipe.with_scopes(backbone=[...], action_head=[...]) or quantize through "
+                             "omega_qvla_ros.models.calibrate.quantize_model (the family's scopes)")
     targets = select_targets(model, recipe)
-    model.quantization_report = {"recipe": recipe.name, "layers": {}, "calibration": {}}
+    model.quantization_report = {"recipe": recipe.name, "recipe_dict": recipe.to_dict(), "layers": {},
+                                 "calibration": {}}
     if not targets:
         return model
     rotations = {

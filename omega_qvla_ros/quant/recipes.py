@@ -3,8 +3,9 @@
 A recipe has one `SideRecipe` per side of a VLA — the VLM backbone and the action
 head (DiT / action expert) — each naming its modules by regular expressions on the
 module's qualified name (re.search), so `quantize()` works on any nn.Module. The
-default patterns follow the public checkpoints' names (openpi / LeRobot `pi05`,
-Isaac-GR00T N1.5); `Recipe.with_scopes` swaps them for another model.
+recipes here carry no module names: the quantization core knows no model family.
+`Recipe.with_scopes` gives a recipe its modules (each model family declares its own
+scopes; `models.calibrate.quantize_model` applies them).
 
 Which recipes execute as integer GEMMs: only `omega_qvla_int` (per-output-channel
 weight scales; dynamic per-token activations in the backbone, per-step factorized
@@ -32,18 +33,10 @@ from dataclasses import dataclass, field
 WEIGHT_SOLVERS = ("rtn", "gptq", "gptq_blocklocal")
 RECIPE_ACT_MODES = ("none", "dynamic", "static", "per_step", "per_step_mean", "per_step_factorized")
 
-BACKBONE_PATTERNS = [
-    r"language_model\.(model\.)?layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)$",
-]
-ACTION_HEAD_PATTERNS = [
-    r"gemma_expert\.model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)$",
-    r"transformer_blocks\.\d+\.(attn1\.(to_q|to_k|to_v|to_out\.0)|ff\.net\.(0\.proj|2))$",
-]
-
 
 @dataclass
 class SideRecipe:
-    include: list[str]
+    include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
     rotation: str = "none"
     out_rotation: bool = False
@@ -89,9 +82,14 @@ class Recipe:
                 return side, sr
         return None
 
+    @property
+    def scoped(self) -> bool:
+        """True when some side names the modules it quantizes."""
+        return any(sr.include for _side, sr in self.sides())
+
     def with_scopes(self, backbone: list[str] | None = None,
                     action_head: list[str] | None = None) -> "Recipe":
-        """Same recipe with other module-name patterns (for models named differently)."""
+        """The recipe applied to the modules these patterns name (per side)."""
         bb = self.backbone and dataclasses.replace(self.backbone, include=list(backbone or []))
         ah = self.action_head and dataclasses.replace(self.action_head, include=list(action_head or []))
         return dataclasses.replace(self, backbone=bb, action_head=ah)
@@ -108,11 +106,11 @@ class Recipe:
 
 
 def _bb(**kw) -> SideRecipe:
-    return SideRecipe(include=list(BACKBONE_PATTERNS), **kw)
+    return SideRecipe(**kw)
 
 
 def _ah(**kw) -> SideRecipe:
-    return SideRecipe(include=list(ACTION_HEAD_PATTERNS), **kw)
+    return SideRecipe(**kw)
 
 
 def _omega(name: str, desc: str, rotation: str = "omega", out_rotation: bool = True,

@@ -104,14 +104,17 @@ class PolicyNode(Node):
             from omega_qvla_ros.runtime.policy import Policy
             if not p("pack_path"):
                 raise ValueError("parameter pack_path is empty: point it at a model pack directory")
-            policy = Policy.from_pack(p("pack_path"), device=p("device"),
-                                      cameras=list(p("camera_names")), control_dt=self.dt)
+            policy = Policy.from_pack(p("pack_path"), device=p("device"), control_dt=self.dt)
         self.policy = policy
-        # the pack's joint normalisation stays (the model was trained with it); the node's
-        # own limits drive the safety filter. Both must name the same joints.
-        if list(policy.robot.joint_names) != list(self.robot.joint_names):
-            raise ValueError(f"pack joints {policy.robot.joint_names} differ from joint_names "
+        # the pack's processor keeps its normalisation (the model was trained with it); the
+        # node's own limits drive the safety filter. Both must name the same joints.
+        if list(policy.processor.joint_names) != list(self.robot.joint_names):
+            raise ValueError(f"pack joints {policy.processor.joint_names} differ from joint_names "
                              f"{self.robot.joint_names}")
+        unknown = [c for c in policy.cameras if c not in self.robot.cameras]
+        if len(unknown) == len(policy.cameras):
+            raise ValueError(f"none of the model's cameras {policy.cameras} is in camera_names "
+                             f"{self.robot.cameras}")
         self.policy.control_dt = self.dt
         self.supervisor = Supervisor(mode=p("mode"), dry_run=bool(p("dry_run")),
                                      stale_after=float(p("stale_timeout_s")),
@@ -208,7 +211,7 @@ class PolicyNode(Node):
 
     def _on_joints(self, msg: JointState) -> None:
         try:
-            q = order_joints(self.robot, list(msg.name), np.array(msg.position))
+            q = order_joints(self.robot.joint_names, list(msg.name), np.array(msg.position))
         except ObservationError as e:
             with self.lock:
                 self.input_fault["joints"] = str(e)
@@ -219,7 +222,7 @@ class PolicyNode(Node):
 
     def _on_teleop(self, msg: JointState) -> None:
         try:
-            q = order_joints(self.robot, list(msg.name), np.array(msg.position))
+            q = order_joints(self.robot.joint_names, list(msg.name), np.array(msg.position))
         except ObservationError as e:
             with self.lock:
                 self.input_fault["teleop"] = f"teleop: {e}"
@@ -331,7 +334,7 @@ class PolicyNode(Node):
     def _tick(self) -> None:
         now = self.now()
         with self.lock:
-            cams = [self.images.get(c) for c in self.robot.cameras[: len(self.policy.cameras)]]
+            cams = [self.images.get(c) for c in self.policy.cameras if c in self.robot.cameras]
             cam_age = None if any(c is None for c in cams) else max(now - c.t for c in cams)
             joint_age, teleop_age = self._age(self.joints, now), self._age(self.teleop, now)
             pending, self.pending = self.pending, None

@@ -1,4 +1,4 @@
-"""Policy: a loaded pack plus preprocessing, returning action chunks in joint units."""
+"""Policy: a loaded pack (model + processor) returning action chunks in joint units."""
 from __future__ import annotations
 
 import time
@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from omega_qvla_ros.models import Observation  # noqa: F401  (registers model families)
-from omega_qvla_ros.models.tokenizer import load_tokenizer
+from omega_qvla_ros.models.processor import Processor, processor_from_manifest
 from omega_qvla_ros.quant.pack import load_pack
 from omega_qvla_ros.quant.qlinear import QuantLinear
 
-from .preprocess import RawObservation, to_model_observation
+from .preprocess import RawObservation
 from .robot import RobotSpec
 from .scheduler import ActionChunk
 
@@ -26,35 +25,52 @@ def pick_device(device: str = "auto") -> torch.device:
     return d
 
 
+def default_robot_for(processor: Processor, extra: dict | None = None) -> RobotSpec:
+    """Joint limits for the processor's joints: the pack's recorded robot when it names
+    them, the ALOHA defaults when they are ALOHA's, else unbounded (the node's YAML
+    limits then apply)."""
+    for cand in ([RobotSpec.from_dict(extra["robot"])] if extra and "robot" in extra else []) + [RobotSpec()]:
+        try:
+            return cand.limits_for(processor.joint_names)
+        except ValueError:
+            continue
+    n = processor.dof
+    return RobotSpec(processor.joint_names, np.full(n, -np.inf), np.full(n, np.inf), np.full(n, np.inf),
+                     processor.cameras)
+
+
 class Policy:
-    def __init__(self, model, manifest: dict, device: torch.device, robot: RobotSpec | None = None,
-                 cameras: list[str] | None = None, control_dt: float = 0.02,
-                 tokenizer_path: str | None = None) -> None:
-        self.model, self.manifest, self.device = model, manifest, device
-        extra = manifest.get("extra", {})
-        # joint order and normalisation the model was trained with (from the pack)
-        self.robot = robot or (RobotSpec.from_dict(extra["robot"]) if "robot" in extra else RobotSpec())
+    """model + processor. `robot` carries the joint limits the safety filter applies
+    (default: see default_robot_for); its joints must be the processor's."""
+
+    def __init__(self, model, processor: Processor, device: torch.device | str = "cpu",
+                 robot: RobotSpec | None = None, recipe: str = "fp16", control_dt: float = 0.02,
+                 manifest: dict | None = None) -> None:
+        self.model, self.processor = model, processor
+        self.device = torch.device(device)
+        self.manifest = manifest or {}
+        self.recipe = recipe
+        self.robot = robot or default_robot_for(processor, self.manifest.get("extra"))
+        if list(self.robot.joint_names) != processor.joint_names:
+            raise ValueError(f"robot joints {self.robot.joint_names} differ from the model's "
+                             f"{processor.joint_names}")
         cfg = model.config
-        # the cameras the model was trained on (pack) when the robot has them, else the
-        # first of the configured ones
-        trained = list(extra.get("cameras") or [])
-        if trained and (cameras is None or all(c in cameras for c in trained)):
-            self.cameras = trained[: cfg.cameras]
-        else:
-            self.cameras = list(cameras or self.robot.cameras)[: cfg.cameras]
-        if len(self.cameras) < cfg.cameras:
-            raise ValueError(f"the model takes {cfg.cameras} cameras, {len(self.cameras)} configured")
-        if self.robot.dof > cfg.action_dim:
-            raise ValueError(f"robot has {self.robot.dof} joints, the model outputs {cfg.action_dim}")
-        self.tokenizer = load_tokenizer(tokenizer_path)
+        if processor.num_cameras != cfg.cameras:
+            raise ValueError(f"the model takes {cfg.cameras} cameras, its processor gives {processor.num_cameras}")
         self.control_dt = control_dt
-        self.recipe = (manifest.get("recipe") or {}).get("name", "unknown")
 
     @classmethod
-    def from_pack(cls, path: str | Path, device: str = "auto", **kw) -> "Policy":
+    def from_pack(cls, path: str | Path, device: str = "auto", robot: RobotSpec | None = None,
+                  control_dt: float = 0.02) -> "Policy":
         dev = pick_device(device)
         model, manifest = load_pack(path, device=dev)
-        return cls(model, manifest, dev, **kw)
+        proc = processor_from_manifest(manifest, path, RobotSpec().to_dict(), model.config)
+        return cls(model, proc, dev, robot=robot, recipe=(manifest.get("recipe") or {}).get("name", "unknown"),
+                   control_dt=control_dt, manifest=manifest)
+
+    @property
+    def cameras(self) -> list[str]:
+        return self.processor.cameras
 
     @property
     def horizon(self) -> int:
@@ -65,14 +81,13 @@ class Policy:
 
     def infer(self, raw: RawObservation, noise: torch.Tensor | None = None,
               num_steps: int | None = None) -> ActionChunk:
-        """Action chunk in joint units for `raw` (raises ObservationError on bad input)."""
-        cfg = self.model.config
-        obs, _ = to_model_observation(raw, self.robot, self.cameras, cfg.vision.image_size,
-                                      self.tokenizer, cfg.max_tokens)
+        """Action chunk in joint units for `raw` (raises ObservationError on bad input).
+        `noise` [1, horizon, action_dim] fixes the flow's starting point, as LeRobot's
+        predict_action_chunk(batch, noise=...) does, so runs can be compared."""
+        obs, q = self.processor.observation(raw)
         t0 = time.perf_counter()
         with torch.inference_mode():
             a = self.model.sample_actions(obs.to(self.device), num_steps=num_steps,
                                           noise=None if noise is None else noise.to(self.device))
-        a = a[0, :, : self.robot.dof].float().cpu().numpy().astype(np.float64)
-        return ActionChunk(self.robot.denormalize(a), raw.stamp, self.control_dt,
-                           time.perf_counter() - t0)
+        positions = self.processor.actions(a.float().cpu(), q)[0]
+        return ActionChunk(positions, raw.stamp, self.control_dt, time.perf_counter() - t0)

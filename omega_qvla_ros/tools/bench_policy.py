@@ -113,18 +113,17 @@ def run(model_spec: str | None = None, bag: str | Path = DEMO_BAG, recipes: list
     from omega_qvla_ros.models.calibrate import quantize_model
     from omega_qvla_ros.quant.pack import save_pack
     from omega_qvla_ros.quant.qlinear import QuantLinear
-    from omega_qvla_ros.quant.recipes import RECIPES as ALL
     from omega_qvla_ros.tools.model_cmds import bag_observations
     from omega_qvla_ros.tools.model_source import load_fp_model
 
     recipes = recipes or RECIPES
     src = load_fp_model(model_spec, seed)
     fp, cfg = src.model, src.model.config
-    calib = bag_observations(bag, fp, 4, robot=src.robot, cameras=src.cameras)
-    test = bag_observations(bag, fp, 8, batch=1, offset=17, robot=src.robot, cameras=src.cameras)
+    calib = bag_observations(bag, src.processor, 4)
+    test = bag_observations(bag, src.processor, 8, batch=1, offset=17)
     noise = _noise(cfg, len(test), seed + 7)
-    dof = src.robot.dof
-    span = torch.tensor((src.robot.norm_upper - src.robot.norm_lower) / 2, dtype=torch.float32)
+    dof = src.processor.dof
+    joint_units = src.processor.actions  # normalised model output -> joint units
     with torch.inference_mode():
         refs = [fp.sample_actions(o, noise=n)[..., :dof] for o, n in zip(test, noise)]
     out: dict = {"benchmark": "policy", "model": src.description, "bag": str(bag),
@@ -138,7 +137,7 @@ def run(model_spec: str | None = None, bag: str | Path = DEMO_BAG, recipes: list
         with torch.inference_mode():
             outs = [m.sample_actions(o, noise=n)[..., :dof] for o, n in zip(test, noise)]
         rel = float(np.mean([((a - b) ** 2).mean() / (b ** 2).mean() for a, b in zip(outs, refs)]))
-        rad = float(np.mean([((a - b).abs() * span).mean() for a, b in zip(outs, refs)]))
+        rad = float(np.mean([np.abs(joint_units(a) - joint_units(b)).mean() for a, b in zip(outs, refs)]))
         out["action_error"][r] = {"rel_mse_vs_fp": rel, "mean_abs_joint_error_rad": rad,
                                   "integer_layers": sum(1 for q in m.modules() if isinstance(q, QuantLinear)
                                                         and q.uses_integer_path())}
@@ -191,7 +190,7 @@ def run(model_spec: str | None = None, bag: str | Path = DEMO_BAG, recipes: list
         for r in ("omega_qvla", "omega_qvla_int"):
             if r in models:
                 packs[r] = save_pack(models[r], os.path.join(tmp, r), model_info(models[r], src.size),
-                                     recipe=ALL[r].to_dict())
+                                     recipe=models[r].quantization_report["recipe_dict"], **src.pack_extras())
         mem = {"fp32": _peak_rss(None, model_spec, "auto", obs_file)}
         if "omega_qvla" in packs:
             mem["omega_qvla_reference"] = _peak_rss(str(packs["omega_qvla"]), None, "reference", obs_file)

@@ -90,10 +90,10 @@ def random_observation(policy) -> tuple:
     from omega_qvla_ros.runtime.preprocess import RawObservation
 
     rng = np.random.default_rng(0)
-    robot = policy.robot
+    proc = policy.processor
+    mid = proc.config.state_norm.unnormalize(torch.zeros(proc.dof, dtype=torch.float64)).double().numpy()
     raw = RawObservation({c: rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for c in policy.cameras},
-                         list(robot.joint_names), (robot.norm_lower + robot.norm_upper) / 2,
-                         "transfer the cube", 0.0)
+                         proc.joint_names, mid, "transfer the cube", 0.0)
     cfg = policy.model.config
     return raw, torch.randn(1, cfg.action_horizon, cfg.action_dim, generator=torch.Generator().manual_seed(1))
 

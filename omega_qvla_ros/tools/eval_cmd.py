@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def calibration_observations(policy, tasks, episodes: int, frames: int, seed: int = CALIB_SEED):
     """Observations from scripted-expert episodes (seeds disjoint from training and eval)."""
-    from omega_qvla_ros.runtime.preprocess import RawObservation, to_model_observation
+    from omega_qvla_ros.runtime.preprocess import RawObservation
     from omega_qvla_ros.sim.aloha import INSTRUCTIONS, JOINT_NAMES, AlohaSim
     from omega_qvla_ros.sim.expert import EPISODE_STEPS, run_expert_episode
 
@@ -63,8 +63,7 @@ def calibration_observations(policy, tasks, episodes: int, frames: int, seed: in
                     if t in picks:
                         raw = RawObservation(obs.images, list(JOINT_NAMES), obs.qpos.astype("float64"),
                                              INSTRUCTIONS[_task], t * 0.02)
-                        out.append(to_model_observation(raw, policy.robot, policy.cameras, cfg.vision.image_size,
-                                                        policy.tokenizer, cfg.max_tokens)[0])
+                        out.append(policy.processor.observation(raw)[0])
                 run_expert_episode(sim, seed + e, on_step=grab, render_every=every)
     return out
 
@@ -79,7 +78,6 @@ def evaluate(model_spec: str | None, seed: int, recipes: list[str], tasks: list[
     import torch
 
     from omega_qvla_ros.models.calibrate import quantize_model
-    from omega_qvla_ros.runtime.policy import Policy
     from omega_qvla_ros.sim.aloha import AlohaSim
     from omega_qvla_ros.sim.closed_loop import run_policy_episode, wilson_ci95
     from omega_qvla_ros.tools.model_source import load_fp_model
@@ -88,14 +86,12 @@ def evaluate(model_spec: str | None, seed: int, recipes: list[str], tasks: list[
         torch.set_num_threads(threads)
     src = load_fp_model(model_spec, seed)
     fp = src.model
-    manifest = {"recipe": {"name": "fp16"}, "extra": {}}
-    base = Policy(fp, manifest, torch.device("cpu"), robot=src.robot, cameras=src.cameras)
+    base = src.policy()
     calib = calibration_observations(base, calib_tasks, calib_episodes, calib_frames)
     result: dict = {}
     for recipe in recipes:
         m = fp if recipe == "fp16" else quantize_model(copy.deepcopy(fp), recipe, calib, seed=seed)
-        pol = Policy(m, {"recipe": {"name": recipe}, "extra": {}}, base.device, robot=src.robot,
-                     cameras=src.cameras)
+        pol = src.policy(m, recipe)
         result[recipe] = {}
         for task in tasks:
             with AlohaSim(task, image_size=fp.config.vision.image_size, cameras=tuple(pol.cameras)) as sim:

@@ -1,7 +1,8 @@
 """Where the tools get their floating-point model from: an FP pack (the shipped default
-under models/, or one `omega-qvla train --export` wrote), or `random:<family>:<size>`
-for plumbing checks. A pack carries what the model was trained with — config, joint
-normalisation and camera list — so every tool normalises as training did."""
+under models/, one `omega-qvla train --export` wrote, or an imported checkpoint), or
+`random:<family>:<size>` for plumbing checks. A pack carries its processor — cameras,
+image handling, prompt, tokenizer, normalisation — so every tool prepares observations
+exactly as training did."""
 from __future__ import annotations
 
 import argparse
@@ -9,8 +10,15 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SHIPPED = {"pi05": "pi05_small_aloha", "gr00t": "gr00t_small_aloha"}  # trained FP pack per family
-DEFAULT_MODEL = SHIPPED["pi05"]
+def shipped_packs() -> dict[str, str]:
+    """Trained FP pack under models/ per family (from the family registry)."""
+    from omega_qvla_ros.models import families
+
+    return {n: f.shipped for n, f in sorted(families().items()) if f.shipped}
+
+
+DEFAULT_FAMILY = "pi05"
+DEFAULT_MODEL = "pi05_small_aloha"  # the shipped default (the pi05 family's shipped pack)
 REPO = Path(__file__).resolve().parents[2]  # the checkout (or site-packages when installed)
 
 
@@ -42,18 +50,40 @@ def model_spec(model: str | None, family: str | None) -> str | None:
     """--model wins; else --family names that family's shipped pack; else the default."""
     if model or not family:
         return model
-    if family not in SHIPPED:
-        raise SystemExit(f"--family {family!r}: no shipped model; known: {sorted(SHIPPED)}")
-    return os.fspath(default_model_dir(SHIPPED[family]))
+    shipped = shipped_packs()
+    if family not in shipped:
+        raise SystemExit(f"--family {family!r}: no shipped model; known: {sorted(shipped)}")
+    return os.fspath(default_model_dir(shipped[family]))
 
 
 @dataclass
 class FPModel:
     model: object  # nn.Module in eval mode
-    robot: object  # RobotSpec with the model's normalisation
-    cameras: list[str]
+    processor: object  # models.processor.Processor
+    robot: object  # RobotSpec: the joint limits (the processor's joints)
     description: dict = field(default_factory=dict)  # family, size, source (for reports)
     size: str | None = None
+    manifest: dict = field(default_factory=dict)
+    root: Path | None = None  # the pack folder (assets such as the tokenizer live there)
+
+    @property
+    def cameras(self) -> list[str]:
+        return self.processor.cameras
+
+    def policy(self, model=None, recipe: str = "fp16"):
+        """A runtime Policy of this model (or of `model`, e.g. a quantized copy)."""
+        from omega_qvla_ros.runtime.policy import Policy
+
+        return Policy(model or self.model, self.processor, "cpu", robot=self.robot, recipe=recipe,
+                      manifest=self.manifest)
+
+    def pack_extras(self) -> dict:
+        """save_pack keyword arguments that carry the processor (and its tokenizer file)
+        and the robot limits into a pack derived from this model."""
+        tok = self.processor.config.tokenizer
+        assets = {tok: self.root / tok} if tok != "byte" and self.root is not None else {}
+        return {"processor": self.processor.to_dict(), "assets": assets,
+                "extra": {"robot": self.robot.to_dict(), "cameras": self.cameras, "fp_model": self.description}}
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -64,14 +94,19 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_family_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--family", choices=sorted(SHIPPED),
-                   help="use this family's shipped model (" + ", ".join(f"models/{v}" for v in SHIPPED.values())
+    shipped = shipped_packs()
+    p.add_argument("--family", choices=sorted(shipped),
+                   help="use this family's shipped model (" + ", ".join(f"models/{v}" for v in shipped.values())
                         + ") instead of --model")
 
 
 def load_fp_model(spec: str | None, seed: int = 0) -> FPModel:
-    """Load the model named by `spec` (see add_model_args) on the CPU, in eval mode."""
+    """Load the model named by `spec` (see add_model_args) on the CPU, in eval mode.
+    A bad spec or pack ends the command with one line (SystemExit)."""
     from omega_qvla_ros.models import build_model
+    from omega_qvla_ros.models.processor import Processor, legacy_processor_config, processor_from_manifest
+    from omega_qvla_ros.quant.pack import PackError, load_pack
+    from omega_qvla_ros.runtime.policy import default_robot_for
     from omega_qvla_ros.runtime.robot import RobotSpec
 
     if spec and spec.startswith("random:"):
@@ -79,23 +114,27 @@ def load_fp_model(spec: str | None, seed: int = 0) -> FPModel:
         if len(parts) != 3:
             raise SystemExit(f"--model {spec!r}: expected random:<family>:<size>")
         _, family, size = parts
-        model = build_model(family, size, seed=seed).eval()
-        robot = RobotSpec()
-        return FPModel(model, robot, robot.cameras[: model.config.cameras],
+        try:
+            model = build_model(family, size, seed=seed).eval()
+        except ValueError as e:
+            raise SystemExit(f"--model {spec!r}: {e}") from None
+        proc = Processor(legacy_processor_config(model.config, {}, RobotSpec().to_dict()),
+                         action_width=model.config.action_dim)
+        return FPModel(model, proc, default_robot_for(proc),
                        {"family": family, "size": size, "source": f"random init (seed {seed})"}, size)
-    from omega_qvla_ros.quant.pack import load_pack
-
     path = Path(spec) if spec else default_model_dir()
     if not (path / "manifest.json").exists():
         hint = "" if spec else " (the shipped default is missing: is this a complete checkout?)"
         raise SystemExit(f"no model pack at {path}{hint}")
-    model, manifest = load_pack(path)
+    try:
+        model, manifest = load_pack(path)
+        proc = processor_from_manifest(manifest, path, RobotSpec().to_dict(), model.config)
+    except (PackError, ValueError, OSError) as e:
+        raise SystemExit(f"{path}: {e}") from None
     if (manifest.get("recipe") or {}).get("name", "fp16") != "fp16":
         raise SystemExit(f"{path} is a {manifest['recipe']['name']} pack; tools start from an FP pack")
     model = model.float()
-    extra = manifest.get("extra", {})
-    robot = RobotSpec.from_dict(extra["robot"]) if "robot" in extra else RobotSpec()
-    cams = list(extra.get("cameras") or robot.cameras[: model.config.cameras])
     info = manifest["model"]
-    return FPModel(model, robot, cams, {"family": info["family"], "size": info.get("size"),
-                                        "source": repo_relative(path)}, info.get("size"))
+    return FPModel(model, proc, default_robot_for(proc, manifest.get("extra")),
+                   {"family": info["family"], "size": info.get("size"), "source": repo_relative(path)},
+                   info.get("size"), manifest, path)

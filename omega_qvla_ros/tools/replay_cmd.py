@@ -41,11 +41,10 @@ def offline(args, frames, src) -> dict:
     import torch
 
     from omega_qvla_ros.models.calibrate import quantize_model
-    from omega_qvla_ros.runtime.policy import Policy
     from omega_qvla_ros.tools.model_cmds import bag_observations
 
     fp, robot = src.model, src.robot
-    calib = bag_observations(args.bag, fp, args.calib_batches, offset=3, robot=robot, cameras=src.cameras)
+    calib = bag_observations(args.bag, src.processor, args.calib_batches, offset=3)
     cfg = fp.config
     H = min(args.execute_horizon, cfg.action_horizon)
     noises = [torch.randn(1, cfg.action_horizon, cfg.action_dim, generator=torch.Generator().manual_seed(i))
@@ -53,8 +52,7 @@ def offline(args, frames, src) -> dict:
     chunks, lat = {}, {}
     for recipe in [r for r in args.compare.split(",") if r]:
         m = fp if recipe == "fp16" else quantize_model(copy.deepcopy(fp), recipe, calib)
-        pol = Policy(m, {"recipe": {"name": recipe}, "extra": {}}, torch.device("cpu"), robot=robot,
-                     cameras=src.cameras)
+        pol = src.policy(m, recipe)
         out, ts = [], []
         for f, n in zip(frames, noises):
             c = pol.infer(f.observation, noise=n)

@@ -35,28 +35,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _checkpoint_robot(ck, data_robot):
-    """The joint normalisation a checkpoint was trained with; the data's must not reach
-    far outside it (normalised values would leave the range the model has seen)."""
+def _checkpoint_normalizer(ck, data_norm):
+    """The joint normalisation a checkpoint was trained with; the data's range must not
+    reach far outside it (normalised values would leave the range the model has seen)."""
     import json
 
     import numpy as np
 
-    from omega_qvla_ros.runtime.robot import RobotSpec
+    from omega_qvla_ros.models.processor import Normalizer
 
     state_file = ck / "state.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
-    if "robot" not in state:
+    if "processor" in state:
+        norm = Normalizer(**state["processor"]["state_norm"])
+    elif "norm_lower" in (state.get("robot") or {}):
+        norm = Normalizer("min_max", state["robot"]["norm_lower"], state["robot"]["norm_upper"], dtype="float64")
+    else:
         raise SystemExit(f"--keep-normalisation: no checkpoint with a normalisation at {ck}")
-    robot = RobotSpec.from_dict(state["robot"])
-    span = robot.norm_upper - robot.norm_lower
-    out = np.maximum(robot.norm_lower - data_robot.norm_lower, data_robot.norm_upper - robot.norm_upper)
+    lo, hi = np.array(norm.low), np.array(norm.high)
+    dlo, dhi = np.array(data_norm.low), np.array(data_norm.high)
+    span = hi - lo
+    out = np.maximum(lo - dlo, dhi - hi)
     if np.any(out > 0.25 * span):
         j = int(np.argmax(out / span))
-        raise SystemExit(f"--keep-normalisation: joint {j} of the data spans "
-                         f"[{data_robot.norm_lower[j]:.3f}, {data_robot.norm_upper[j]:.3f}], far outside "
-                         f"the checkpoint's [{robot.norm_lower[j]:.3f}, {robot.norm_upper[j]:.3f}]")
-    return robot
+        raise SystemExit(f"--keep-normalisation: joint {j} of the data spans [{dlo[j]:.3f}, {dhi[j]:.3f}], "
+                         f"far outside the checkpoint's [{lo[j]:.3f}, {hi[j]:.3f}]")
+    return norm
 
 
 def _prepare_vision(model, args, fresh: bool) -> dict:
@@ -94,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from omega_qvla_ros.models import build_model
+    from omega_qvla_ros.models.processor import Processor, ProcessorConfig, data_range_normalizer
     from omega_qvla_ros.models.training import FrameSampler, TrainConfig, train
     from omega_qvla_ros.runtime.robot import RobotSpec
     from omega_qvla_ros.sim.record import EpisodeDataset
@@ -110,13 +115,17 @@ def run(args: argparse.Namespace) -> int:
     ds = EpisodeDataset(shards, only_success=not args.include_failed)
     model = build_model(args.family, args.size, seed=args.seed)
     # normalise state and actions over the range the joints take in the data (both together)
-    robot = RobotSpec().with_data_range(np.concatenate([ds.data["state"], ds.data["actions"]]))
+    robot = RobotSpec()
+    norm = data_range_normalizer(np.concatenate([ds.data["state"], ds.data["actions"]]), robot.lower, robot.upper)
     if args.keep_normalisation:
-        robot = _checkpoint_robot(Path(args.out) / "checkpoint", robot)
+        norm = _checkpoint_normalizer(Path(args.out) / "checkpoint", norm)
     cams = robot.cameras[: model.config.cameras]
+    cfg = model.config
+    proc = ProcessorConfig(cameras=cams, joint_names=list(robot.joint_names), image_size=cfg.vision.image_size,
+                           max_tokens=cfg.max_tokens, state_norm=norm, action_norm=norm, state_clip=1.5)
     fresh = args.no_resume or not (Path(args.out) / "checkpoint" / "state.json").exists()
     vision = _prepare_vision(model, args, fresh)
-    sampler = FrameSampler(ds, model.config, robot, cams, seed=args.seed)
+    sampler = FrameSampler(ds, Processor(proc, action_width=cfg.action_dim), cfg.action_horizon, seed=args.seed)
     tc = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
                      checkpoint_every=args.checkpoint_every)
     seeds: dict[str, list[int]] = {}
@@ -128,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
     if vision:
         data_info["vision"] = vision
     state = train(model, sampler, args.out, tc, resume=not args.no_resume, progress=not args.json,
-                  info={"robot": robot.to_dict(), "data": data_info, "command": " ".join(sys.argv)})
+                  info={"processor": proc.to_dict(), "robot": robot.to_dict(), "data": data_info,
+                        "command": " ".join(sys.argv)})
     summary = {"out": args.out, "step": state["step"], "frames": len(ds), "episodes": len(ds.episodes),
                "final_loss": state["losses"][-1][1] if state["losses"] else None,
                "seconds": state.get("seconds"), "checkpoint": str(Path(args.out) / "checkpoint")}
@@ -141,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
                     "seconds": state.get("seconds"), "losses": state["losses"], "data": data_info,
                     "commands": state.get("commands", [])}
         save_pack(model, args.export, model_info(model, args.size), recipe=RECIPES["fp16"].to_dict(),
-                  extra={"robot": robot.to_dict(), "cameras": cams, "training": training},
+                  processor=proc.to_dict(), extra={"robot": robot.to_dict(), "cameras": cams, "training": training},
                   float_dtype=torch.float16)
         summary["export"] = args.export
     emit(summary, args.json, f"trained to step {summary['step']} on {summary['frames']} frames "

@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import FlowMatchingVLA, PrefixCache, fit_state, image_tokens, init_weights
-from .configs import DiTConfig, Gr00tConfig, LMConfig
-from .layers import AdaLayerNorm, DecoderLayer, FeedForward, VisionTower
+from ..common import FlowMatchingVLA, PrefixCache, fit_state, image_tokens, init_weights
+from ..configs import LMConfig
+from ..layers import AdaLayerNorm, DecoderLayer, FeedForward, VisionTower
+from .config import DiTConfig, Gr00tConfig
 
 TIME_BUCKETS = 1000
 

@@ -1,11 +1,14 @@
-"""Pi0.5-style VLA: SigLIP vision tower + Gemma trunk over the prefix (images,
-instruction, discretised state), and a narrower Gemma action expert that attends to
-the cached prefix keys/values and its own action tokens, conditioned on the flow
-time by adaptive RMSNorm. Flow matching, Euler steps from t = 1 (noise) to t = 0.
+"""Pi0.5 VLA: SigLIP vision tower + Gemma trunk over the prefix (images, prompt), and a
+narrower Gemma action expert that attends to the cached prefix keys/values and its own
+action tokens, conditioned on the flow time by adaptive RMSNorm. Flow matching, Euler
+steps from t = 1 (noise) to t = 0. Parameter names follow openpi's PyTorch model /
+LeRobot `pi05`, and with `state_encoding="prompt"` the computation is LeRobot's
+`PI05Pytorch` (tested against it in test_peer_lerobot.py).
 
-State (our choice, as Pi0.5 does): discrete tokens — each normalised state value in
-[-1, 1] becomes one of 256 bins appended after the instruction. Parameter names follow
-openpi's PyTorch model / LeRobot `pi05`.
+State, per `config.state_encoding`: "prompt" (LeRobot / openpi) — the processor writes
+the 256-bin discretised state into the prompt text and the network sees none;
+"tokens" (our small models) — each normalised state value becomes one of 256 bin
+tokens appended after the instruction.
 """
 from __future__ import annotations
 
@@ -15,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import FlowMatchingVLA, PrefixCache, fit_state, image_tokens, init_weights
-from .configs import LMConfig, Pi05Config
-from .layers import AdaptiveRMSNorm, Attention, DecoderLayer, GatedMLP, RMSNorm, VisionTower, sincos_embedding
-from .tokenizer import STATE_OFFSET
+from ..common import FlowMatchingVLA, PrefixCache, fit_state, image_tokens, init_weights
+from ..configs import LMConfig
+from ..layers import AdaptiveRMSNorm, Attention, DecoderLayer, GatedMLP, RMSNorm, VisionTower, sincos_embedding
+from ..tokenizer import STATE_OFFSET
+from .config import Pi05Config
 
 
 class GemmaModel(nn.Module):
@@ -130,12 +134,15 @@ class Pi05Model(FlowMatchingVLA):
         C, N = img.shape[1], img.shape[2]
         img_mask = (torch.ones(B, C, dtype=torch.bool, device=images.device) if image_mask is None
                     else image_mask.bool())
-        st = self.state_tokens(state)
         scale = math.sqrt(lm.embed_tokens.embedding_dim)
-        x = torch.cat([img.reshape(B, C * N, -1), lm.embed_tokens(tokens) * scale,
-                       lm.embed_tokens(st) * scale], dim=1)
-        mask = torch.cat([img_mask.repeat_interleave(N, dim=1), token_mask.bool(),
-                          torch.ones_like(st, dtype=torch.bool)], dim=1)
+        parts = [img.reshape(B, C * N, -1), lm.embed_tokens(tokens) * scale]
+        masks = [img_mask.repeat_interleave(N, dim=1), token_mask.bool()]
+        if self.config.state_encoding == "tokens":
+            st = self.state_tokens(state)
+            parts.append(lm.embed_tokens(st) * scale)
+            masks.append(torch.ones_like(st, dtype=torch.bool))
+        x = torch.cat(parts, dim=1)
+        mask = torch.cat(masks, dim=1)
         positions = (mask.long().cumsum(1) - 1).clamp_min(0)
         keys, values = [], []
         for layer in lm.layers:
