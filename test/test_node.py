@@ -18,7 +18,7 @@ from std_srvs.srv import SetBool, Trigger  # noqa: E402
 from omega_qvla_ros.ros.policy_node import PARAMETERS  # noqa: E402
 from omega_qvla_ros.runtime.robot import ALOHA_JOINTS, RobotSpec  # noqa: E402
 
-from node_harness import HOME, Harness  # noqa: E402
+from omega_qvla_ros.ros.rig import HOME, Harness  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -256,7 +256,7 @@ def test_executable_with_yaml_params_file(pack, tmp_path):
 
     from std_msgs.msg import String
 
-    from node_harness import LATCHED
+    from omega_qvla_ros.ros.rig import LATCHED
 
     proc = subprocess.Popen([sys.executable, "-m", "omega_qvla_ros.ros.policy_node", "--ros-args",
                              "--params-file", str(REPO / "config" / "aloha_bimanual.yaml"),

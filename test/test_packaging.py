@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-IGNORE = shutil.ignore_patterns(".venv", ".git", "build", "install", "log", "__pycache__",
+IGNORE = shutil.ignore_patterns(".venv", ".venv-*", ".git", "build", "install", "log", "__pycache__",
                                 "*.egg-info", ".pytest_cache", ".scratch", ".gl", ".whl")
 
 
@@ -22,7 +22,7 @@ def test_package_xml_format3():
     assert root.findtext("name") == "omega_qvla_ros"
     deps = {e.text for e in root.findall("exec_depend")}
     for need in ["rclpy", "sensor_msgs", "std_msgs", "trajectory_msgs", "diagnostic_msgs",
-                 "std_srvs", "cv_bridge", "launch", "launch_ros"]:
+                 "std_srvs", "launch", "launch_ros"]:
         assert need in deps, need
     assert root.find("export/build_type").text == "ament_python"
 

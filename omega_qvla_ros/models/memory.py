@@ -60,9 +60,10 @@ def stored_bytes(spec: LayerSpec) -> dict[str, int]:
     return out
 
 
-def memory_report(family: str, size: str, recipe: "str | Recipe" = "omega_qvla") -> dict:
+def memory_report(family: str, size: str | None, recipe: "str | Recipe" = "omega_qvla", config=None) -> dict:
+    """Static memory of a family at a size preset, or of an explicit `config`."""
     fam = get_family(family)
-    model = build_model(family, size, device="meta")
+    model = build_model(family, size, config=config, device="meta")
     recipe = scoped_recipe(model, recipe)
     cfg = model.config
     steps = cfg.num_steps

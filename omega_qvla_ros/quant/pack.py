@@ -168,10 +168,44 @@ def read_manifest(pack_dir: str | os.PathLike) -> dict:
     if m.get("format_version") != FORMAT_VERSION:
         raise PackVersionError(f"{path}: pack format version {m.get('format_version')!r}, "
                                f"this build reads version {FORMAT_VERSION}")
+    check_manifest(m, path)
+    return m
+
+
+def _is(x, kind) -> bool:
+    return isinstance(x, kind) and not (kind is int and isinstance(x, bool))
+
+
+def check_manifest(m: dict, path) -> None:
+    """Every field the loader reads, with its type; PackFormatError names the first bad one."""
+    def bad(what: str):
+        raise PackFormatError(f"{path}: manifest {what}")
+
     for key in ("model", "layers", "tensors", "files"):
         if key not in m:
-            raise PackFormatError(f"{path}: manifest lacks {key!r}")
-    return m
+            bad(f"lacks {key!r}")
+    model = m["model"]
+    if not _is(model, dict) or not _is(model.get("family"), str) or not _is(model.get("config"), dict):
+        bad("field 'model' needs a 'family' name and a 'config' object")
+    if not _is(m["layers"], dict) or not all(_is(v, dict) for v in m["layers"].values()):
+        bad("field 'layers' must map layer names to layer specs")
+    if not _is(m["tensors"], dict):
+        bad("field 'tensors' must map tensor names to their shape and dtype")
+    for k, meta in m["tensors"].items():
+        if (not _is(meta, dict) or not _is(meta.get("shape"), list) or not all(_is(d, int) and d >= 0
+                                                                               for d in meta["shape"])
+                or not _is(meta.get("dtype"), str)):
+            bad(f"entry for tensor {k!r} needs 'shape' (list of ints) and 'dtype'")
+    if not _is(m["files"], dict) or WEIGHTS not in m["files"]:
+        bad(f"field 'files' must list {WEIGHTS}")
+    for name, meta in m["files"].items():
+        if not _is(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            bad(f"lists a file outside the pack folder: {name!r}")
+        if not _is(meta, dict) or not _is(meta.get("bytes"), int) or not _is(meta.get("sha256"), str):
+            bad(f"entry for file {name!r} needs 'bytes' and 'sha256'")
+    for key in ("recipe", "processor", "calibration", "extra"):
+        if m.get(key) is not None and not _is(m[key], dict):
+            bad(f"field {key!r} must be an object")
 
 
 def verify_files(pack_dir: str | os.PathLike, manifest: dict) -> None:
@@ -195,7 +229,11 @@ def read_tensors(pack_dir: str | os.PathLike, manifest: dict, device: str = "cpu
     f = Path(pack_dir) / WEIGHTS
     expected = manifest["tensors"]
     out: dict[str, torch.Tensor] = {}
-    with safe_open(str(f), framework="pt", device=device) as st:
+    try:
+        handle = safe_open(str(f), framework="pt", device=device)
+    except Exception as e:  # noqa: BLE001 - SafetensorError or an OS error: not a safetensors file
+        raise PackFormatError(f"{f}: not a safetensors file ({type(e).__name__}: {e})") from None
+    with handle as st:
         names = set(st.keys())
         for k in expected:
             if k not in names:
@@ -219,7 +257,10 @@ def install_quant_layers(model: nn.Module, layers: dict[str, dict], path: str = 
                          backend: str = "auto") -> None:
     """Replace the named nn.Linear modules by empty QuantLinear of the recorded specs."""
     for name, spec_d in layers.items():
-        spec = LayerSpec.from_dict(spec_d)
+        try:
+            spec = LayerSpec.from_dict(spec_d)
+        except (ValueError, TypeError) as e:
+            raise PackFormatError(f"quantized layer {name!r}: bad layer spec ({e})") from None
         try:
             old = model.get_submodule(name)
         except AttributeError:
@@ -265,7 +306,10 @@ def load_pack(pack_dir: str | os.PathLike, build_model: ModelBuilder | None = No
         if family not in _FAMILIES:
             raise PackFormatError(f"unknown model family {family!r}; known: {sorted(_FAMILIES)}")
         build_model = _FAMILIES[family]
-    model = build_model(info)
+    try:
+        model = build_model(info)
+    except (ValueError, TypeError, KeyError) as e:
+        raise PackFormatError(f"{pack_dir}: the manifest's model config does not build: {e}") from None
     install_quant_layers(model, manifest["layers"], path=path, backend=backend)
     load_state_checked(model, tensors)
     return model.to(device).eval(), manifest

@@ -1,10 +1,11 @@
 """`policy_node`: the rclpy node around the runtime.
 
 Subscribes to cameras, joint states, instruction, teleop commands, operator heartbeat
-and e-stop; runs inference on a worker thread (the executor never waits for it); a
-fixed-rate timer schedules chunks, applies the safety filter, and publishes
-JointTrajectory commands — only when actuation is enabled (dry run by default).
-Diagnostics and status say what drives the arm and why.
+and e-stop; runs inference on worker threads (the executor never waits for them); a
+fixed-rate timer runs the shared controller (runtime/controller.py: time-aligned chunk
+schedule, supervisor, safety filter, fallback) and publishes JointTrajectory commands —
+only when actuation is enabled (dry run by default). Status and diagnostics say what
+drives the arm and why, per tick: "starved" (WARN) when the policy has no fresh action.
 """
 from __future__ import annotations
 
@@ -26,10 +27,9 @@ from std_msgs.msg import Bool, Float32MultiArray, MultiArrayDimension, String
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
+from omega_qvla_ros.runtime.controller import ControlConfig, Controller, Tick
 from omega_qvla_ros.runtime.preprocess import ObservationError, RawObservation, order_joints
 from omega_qvla_ros.runtime.robot import ALOHA_CAMERAS, ALOHA_JOINTS, RobotSpec
-from omega_qvla_ros.runtime.safety import SafetyFilter
-from omega_qvla_ros.runtime.scheduler import ChunkScheduler
 from omega_qvla_ros.runtime.supervisor import Inputs, Supervisor
 
 from .conversions import image_to_rgb, joint_trajectory
@@ -61,11 +61,15 @@ PARAMETERS: dict[str, object] = {
     "left_output_topic": "/left_arm_controller/joint_trajectory",
     "right_output_topic": "/right_arm_controller/joint_trajectory",
     "control_rate_hz": 50.0,
-    "execute_horizon": 25,
-    "refill_below": 10,
+    "replan_period_s": 0.5,
+    "request_margin_s": 0.1,
+    "max_inflight": 1,
+    "latency_prior_s": 0.5,
     "trajectory_points": 10,
-    "blend": "average",
+    "blend": "crossfade",
     "blend_new_weight": 0.7,
+    "blend_window_s": 0.2,
+    "joint_limit_tolerance": 0.1,
     "stale_timeout_s": 0.5,
     "heartbeat_timeout_s": 0.0,
     "inference_deadline_s": 2.0,
@@ -81,9 +85,21 @@ class Stamped:
     t: float
 
 
+@dataclass
+class Request:
+    """One observation sent to inference: the newest messages (decoded on the worker)."""
+
+    stamp: float  # observation time: the oldest of the inputs used
+    images: dict
+    joints: np.ndarray
+    instruction: str
+
+
 class PolicyNode(Node):
     def __init__(self, policy=None, parameter_overrides: list[Parameter] | None = None,
                  context=None) -> None:
+        self._stop = threading.Event()  # set before anything can fail: destroy_node needs it
+        self.workers: list[threading.Thread] = []
         super().__init__("omega_qvla_policy", parameter_overrides=parameter_overrides or [], context=context)
         for name, default in PARAMETERS.items():
             self.declare_parameter(name, default)
@@ -93,13 +109,15 @@ class PolicyNode(Node):
                                cameras=list(p("camera_names")))
         if len(p("camera_topics")) != len(p("camera_names")):
             raise ValueError("camera_topics and camera_names must have the same length")
-        self.dt = 1.0 / float(p("control_rate_hz"))
+        rate = float(p("control_rate_hz"))
+        if not rate > 0:
+            raise ValueError(f"control_rate_hz must be > 0, got {rate}")
+        self.dt = 1.0 / rate
         # static parameters read once (the tick runs at control rate)
         self._expected_size = (int(p("expected_image_width")), int(p("expected_image_height")))
-        self._refill_below = int(p("refill_below"))
-        self._traj_points = int(p("trajectory_points"))
         self._deadline = float(p("inference_deadline_s"))
         self._num_steps = int(p("num_steps")) or None
+        self._tolerance = float(p("joint_limit_tolerance"))
         if policy is None:
             from omega_qvla_ros.runtime.policy import Policy
             if not p("pack_path"):
@@ -111,17 +129,23 @@ class PolicyNode(Node):
         if list(policy.processor.joint_names) != list(self.robot.joint_names):
             raise ValueError(f"pack joints {policy.processor.joint_names} differ from joint_names "
                              f"{self.robot.joint_names}")
-        unknown = [c for c in policy.cameras if c not in self.robot.cameras]
-        if len(unknown) == len(policy.cameras):
+        # the model's cameras this robot has (the others are missing cameras to the model)
+        self.cameras = [c for c in policy.cameras if c in self.robot.cameras]
+        if not self.cameras:
             raise ValueError(f"none of the model's cameras {policy.cameras} is in camera_names "
                              f"{self.robot.cameras}")
         self.policy.control_dt = self.dt
-        self.supervisor = Supervisor(mode=p("mode"), dry_run=bool(p("dry_run")),
-                                     stale_after=float(p("stale_timeout_s")),
-                                     heartbeat_timeout=float(p("heartbeat_timeout_s")),
-                                     fallback_to_teleop=bool(p("fallback_to_teleop")))
-        self.scheduler = ChunkScheduler(self.dt, int(p("execute_horizon")), p("blend"), float(p("blend_new_weight")))
-        self.safety = SafetyFilter(self.robot)
+        supervisor = Supervisor(mode=p("mode"), dry_run=bool(p("dry_run")),
+                                stale_after=float(p("stale_timeout_s")),
+                                heartbeat_timeout=float(p("heartbeat_timeout_s")),
+                                fallback_to_teleop=bool(p("fallback_to_teleop")))
+        self.controller = Controller(self.robot, ControlConfig(
+            dt=self.dt, blend=p("blend"), blend_new_weight=float(p("blend_new_weight")),
+            blend_window_s=float(p("blend_window_s")), trajectory_points=int(p("trajectory_points")),
+            replan_period_s=float(p("replan_period_s")), request_margin_s=float(p("request_margin_s")),
+            max_inflight=int(p("max_inflight")), latency_prior_s=float(p("latency_prior_s")),
+            horizon=policy.horizon), supervisor)
+        self.supervisor = supervisor
         self.lock = threading.Lock()
         self.images: dict[str, Stamped] = {}
         self.joints: Stamped | None = None
@@ -129,16 +153,15 @@ class PolicyNode(Node):
         self.heartbeat: float | None = None
         self.instruction: str = p("instruction")
         self.input_fault: dict[str, str] = {}
-        self.policy_fault = ""
-        self.pending = None
-        self.last_command: np.ndarray | None = None
-        self.stats = {"chunks": 0, "skipped_actions": 0, "limit_clips": 0, "delta_clips": 0,
-                      "deadline_misses": 0, "inference_errors": 0, "published": 0, "dry_run_ticks": 0,
-                      "inference_ms": 0.0, "observation_age_ms": 0.0, "divergence_max": 0.0,
-                      "divergence_mean": 0.0}
+        self.results: list[tuple[float, object, str]] = []  # (obs stamp, chunk or None, fault)
+        self.stats = {"chunks": 0, "deadline_misses": 0, "inference_errors": 0, "published": 0, "dry_run_ticks": 0,
+                      "inference_ms": 0.0, "observation_age_ms": 0.0, "latency_estimate_ms": 0.0,
+                      "divergence_max": 0.0, "divergence_mean": 0.0}
         self.latencies: list[tuple[float, float]] = []  # (obs receipt time, first publish time)
+        self.tick_log: list[Tick] = []  # the recent ticks (for tests and diagnostics)
         self._last_status = None
-        self._decision = None
+        self._status_t = 0.0
+        self._tick: Tick | None = None
         self._first_point_pending: float | None = None
         # subscriptions
         for cam, topic in zip(p("camera_names"), p("camera_topics")):
@@ -170,17 +193,18 @@ class PolicyNode(Node):
         for mode in ("policy", "teleop", "shadow"):
             self.create_service(Trigger, f"~/mode/{mode}", lambda req, res, m=mode: self._srv_mode(m, res))
         self.add_on_set_parameters_callback(self._on_params)
-        # worker + timers
-        self._want = threading.Event()
-        self._stop = threading.Event()
-        self._busy = False
-        self.worker = threading.Thread(target=self._work, name="omega_qvla_inference", daemon=True)
-        self.worker.start()
-        self.create_timer(self.dt, self._tick)
+        # inference workers + timers
+        self._queue: list[Request] = []
+        self._work_ready = threading.Condition()
+        for i in range(self.controller.config.max_inflight):
+            w = threading.Thread(target=self._work, name=f"omega_qvla_inference_{i}", daemon=True)
+            w.start()
+            self.workers.append(w)
+        self.create_timer(self.dt, self._tick_cb)
         self.create_timer(1.0 / float(p("diagnostics_rate_hz")), self._publish_diagnostics)
         self.get_logger().info(
-            f"policy loaded (recipe {getattr(policy, 'recipe', '?')}, horizon {policy.horizon}); "
-            f"mode {self.supervisor.mode}, dry_run {self.supervisor.dry_run}")
+            f"policy loaded (recipe {getattr(policy, 'recipe', '?')}, horizon {policy.horizon}, cameras "
+            f"{self.cameras}); mode {self.supervisor.mode}, dry_run {self.supervisor.dry_run}")
 
     # ---------------------------------------------------------------- helpers
     def _p(self, name):
@@ -190,9 +214,14 @@ class PolicyNode(Node):
         return self.get_clock().now().nanoseconds * 1e-9
 
     def destroy_node(self):
+        """Stop the workers; safe on a node whose construction failed half way."""
         self._stop.set()
-        self._want.set()
-        self.worker.join(timeout=5)
+        cond = getattr(self, "_work_ready", None)
+        if cond is not None:
+            with cond:
+                cond.notify_all()
+        for w in self.workers:
+            w.join(timeout=5)
         return super().destroy_node()
 
     # ---------------------------------------------------------------- callbacks
@@ -209,12 +238,24 @@ class PolicyNode(Node):
             raise ValueError(f"size {rgb.shape[1]}×{rgb.shape[0]}, expected {w}×{h}")
         return rgb
 
+    def _joint_state(self, msg: JointState) -> np.ndarray:
+        """Positions in robot order; malformed or out-of-limit states raise ObservationError."""
+        q = order_joints(self.robot.joint_names, list(msg.name), np.asarray(msg.position, dtype=np.float64))
+        tol = self._tolerance
+        bad = [(n, v, lo, hi) for n, v, lo, hi in zip(self.robot.joint_names, q, self.robot.lower, self.robot.upper)
+               if v < lo - tol or v > hi + tol]
+        if bad:
+            n, v, lo, hi = bad[0]
+            raise ObservationError(f"joint state out of limits: {n}={v:.3f} (limits [{lo:.3f}, {hi:.3f}]"
+                                   + (f", +{len(bad) - 1} more joints)" if len(bad) > 1 else ")"))
+        return q
+
     def _on_joints(self, msg: JointState) -> None:
         try:
-            q = order_joints(self.robot.joint_names, list(msg.name), np.array(msg.position))
+            q = self._joint_state(msg)
         except ObservationError as e:
             with self.lock:
-                self.input_fault["joints"] = str(e)
+                self.input_fault["joints"] = f"joints: {e}"
             return
         with self.lock:
             self.joints = Stamped(q, self.now())
@@ -222,10 +263,11 @@ class PolicyNode(Node):
 
     def _on_teleop(self, msg: JointState) -> None:
         try:
-            q = order_joints(self.robot.joint_names, list(msg.name), np.array(msg.position))
+            q = self._joint_state(msg)
         except ObservationError as e:
             with self.lock:
                 self.input_fault["teleop"] = f"teleop: {e}"
+                self.teleop = None
             return
         with self.lock:
             self.teleop = Stamped(q, self.now())
@@ -251,7 +293,7 @@ class PolicyNode(Node):
 
     def _srv_reset_estop(self, req, res):
         self.supervisor.reset_estop()
-        self.scheduler.clear()
+        self.controller.reset()
         res.success, res.message = True, "e-stop reset"
         return res
 
@@ -271,131 +313,116 @@ class PolicyNode(Node):
                 self.supervisor.dry_run = bool(prm.value)
         return SetParametersResult(successful=True)
 
-    # ---------------------------------------------------------------- inference worker
-    def _snapshot(self) -> RawObservation | None:
+    # ---------------------------------------------------------------- inference workers
+    def _snapshot(self) -> Request | None:
+        """The newest inputs, if complete (called on the tick, under no lock)."""
         with self.lock:
-            if self.joints is None or not self.images:
+            if self.joints is None or not any(c in self.images for c in self.cameras):
                 return None
-            msgs = {c: s.value for c, s in self.images.items()}
-            stamp = min([self.joints.t] + [s.t for s in self.images.values()])
-            q = self.joints.value.copy()
+            msgs = {c: self.images[c] for c in self.cameras if c in self.images}
+            stamp = min([self.joints.t] + [s.t for s in msgs.values()])
+            return Request(stamp, {c: s.value for c, s in msgs.items()}, self.joints.value.copy(), self.instruction)
+
+    def _infer(self, req: Request) -> tuple[object, str]:
         imgs = {}
-        for cam, msg in msgs.items():
+        for cam, msg in req.images.items():
             try:
                 imgs[cam] = self._decode(cam, msg)
                 with self.lock:
                     self.input_fault.pop(cam, None)
             except ValueError as e:
+                reason = f"camera {cam}: {e}" if str(e) else f"camera {cam}: undecodable image"
                 with self.lock:
-                    self.input_fault[cam] = f"camera {cam}: {e}"
-        if len(imgs) < len(msgs):
-            return None
-        return RawObservation(imgs, list(self.robot.joint_names), q, self.instruction, stamp)
+                    self.input_fault[cam] = reason
+                return None, reason
+        raw = RawObservation(imgs, list(self.robot.joint_names), req.joints, req.instruction, req.stamp)
+        try:
+            chunk = self.policy.infer(raw, num_steps=self._num_steps)
+        except ObservationError as e:
+            return None, f"observation rejected: {e}"
+        except Exception as e:  # noqa: BLE001 - any failure must fall back, not kill the node
+            self.stats["inference_errors"] += 1
+            return None, f"inference error: {type(e).__name__}: {e}"
+        if not np.all(np.isfinite(chunk.positions)):
+            return None, "policy output has NaN/Inf"
+        if chunk.inference_s > self._deadline:
+            self.stats["deadline_misses"] += 1
+            return None, f"deadline miss ({1e3 * chunk.inference_s:.0f} ms > {1e3 * self._deadline:.0f} ms)"
+        chunk.stamp = req.stamp
+        return chunk, ""
 
     def _work(self) -> None:
         while not self._stop.is_set():
-            if not self._want.wait(timeout=0.1):
-                continue
-            self._want.clear()
-            if self._stop.is_set():
-                break
-            raw = self._snapshot()
-            if raw is None:
-                self._busy = False
-                continue
-            try:
-                chunk = self.policy.infer(raw, num_steps=self._num_steps)
-                if not np.all(np.isfinite(chunk.positions)):
-                    fault = "policy output has NaN/Inf"
-                    chunk = None
-                elif chunk.inference_s > self._deadline:
-                    fault = f"deadline miss ({1e3 * chunk.inference_s:.0f} ms > {1e3 * self._deadline:.0f} ms)"
-                    self.stats["deadline_misses"] += 1
-                    chunk = None
-                else:
-                    fault = ""
-            except Exception as e:  # noqa: BLE001 - any failure must fall back, not kill the node
-                chunk, fault = None, f"inference error: {type(e).__name__}: {e}"
-                self.stats["inference_errors"] += 1
+            with self._work_ready:
+                while not self._queue and not self._stop.is_set():
+                    self._work_ready.wait(timeout=0.1)
+                if self._stop.is_set():
+                    return
+                req = self._queue.pop(0)
+            chunk, fault = self._infer(req)
             with self.lock:
-                self.pending = (chunk, raw.stamp) if chunk is not None else None
-                self.policy_fault = fault
-            self._busy = False
+                self.results.append((req.stamp, chunk, fault))
 
     def _request_inference(self) -> None:
-        if not self._busy:
-            self._busy = True
-            self._want.set()
+        req = self._snapshot()
+        if req is None:
+            return
+        self.controller.request_sent(req.stamp)
+        with self._work_ready:
+            self._queue.append(req)
+            self._work_ready.notify()
 
     # ---------------------------------------------------------------- control tick
     def _age(self, s: Stamped | None, now: float) -> float | None:
         return None if s is None else now - s.t
 
-    def _tick(self) -> None:
+    def _tick_cb(self) -> None:
         now = self.now()
         with self.lock:
-            cams = [self.images.get(c) for c in self.policy.cameras if c in self.robot.cameras]
+            cams = [self.images.get(c) for c in self.cameras]
             cam_age = None if any(c is None for c in cams) else max(now - c.t for c in cams)
             joint_age, teleop_age = self._age(self.joints, now), self._age(self.teleop, now)
-            pending, self.pending = self.pending, None
-            policy_fault = self.policy_fault
-            input_fault = "; ".join(self.input_fault.values())
-        hb_age = None if self.heartbeat is None else now - self.heartbeat
-        if pending is not None:
-            chunk, obs_t = pending
-            self.stats["skipped_actions"] += self.scheduler.add(chunk, now)
+            results, self.results = self.results, []
+            # a malformed teleop stream takes the fallback away (self.teleop is None then); it
+            # does not stop the policy, so it is not a fault of the policy's inputs
+            input_fault = "; ".join(v for k, v in self.input_fault.items() if k != "teleop")
+            measured = None if self.joints is None else self.joints.value
+            teleop = None if self.teleop is None else self.teleop.value
+        ctl = self.controller
+        for stamp, chunk, fault in results:
+            if chunk is None:
+                ctl.inference_failed(stamp, fault)
+                continue
+            rec = ctl.add_chunk(chunk, now)
             self.stats["chunks"] += 1
             self.stats["inference_ms"] = 1e3 * chunk.inference_s
-            self.stats["observation_age_ms"] = 1e3 * (now - obs_t)
+            self.stats["observation_age_ms"] = 1e3 * rec.latency_s
             self._publish_chunk(chunk)
-            self._first_point_pending = obs_t
-        fault = policy_fault or input_fault
-        d = self.supervisor.decide(Inputs(now, cam_age, joint_age, teleop_age, hb_age, fault))
-        self._decision = d
-        if d.run_policy and self.scheduler.remaining(now) <= self._refill_below:
+            if rec.fresh:
+                self._first_point_pending = stamp
+        hb_age = None if self.heartbeat is None else now - self.heartbeat
+        tick = ctl.step(now, Inputs(now, cam_age, joint_age, teleop_age, hb_age), measured=measured,
+                        teleop=teleop, input_fault=input_fault)
+        self._tick = tick
+        self.tick_log.append(tick)
+        del self.tick_log[:-2000]
+        self.stats["latency_estimate_ms"] = 1e3 * ctl.latency.estimate
+        if tick.divergence is not None and self.supervisor.mode == "shadow":
+            self.stats["divergence_max"] = float(tick.divergence.max())
+            self.stats["divergence_mean"] = float(tick.divergence.mean())
+        if self.supervisor.mode in ("policy", "shadow") and not self.supervisor.estop and ctl.want_inference(now):
             self._request_inference()
-        start = self.last_command if self.last_command is not None else (
-            self.joints.value if self.joints is not None else None)
-        points, times = None, None
-        if d.source == "policy":
-            ts, ps = self.scheduler.window(now, self._traj_points)
-            if len(ts):
-                times, points = np.maximum(ts - now, 0.0) + self.dt, ps
-        elif d.source == "teleop" and self.teleop is not None:
-            times, points = np.array([self.dt]), self.teleop.value[None]
-        if self.supervisor.mode == "shadow" and self.teleop is not None:
-            cur = self.scheduler.current(now)
-            if cur is not None:
-                div = np.abs(cur - self.teleop.value)
-                self.stats["divergence_max"] = float(div.max())
-                self.stats["divergence_mean"] = float(div.mean())
-        if points is None:  # hold: the last command (or the measured position), never zeros
-            if start is None:
-                self._update_status(d)
-                return
-            times, points = np.array([self.dt]), np.asarray(start)[None]
-        if start is None:
-            start = points[0]
-        res = self.safety.filter(points, start)
-        if res.points is None:
-            with self.lock:
-                self.policy_fault = f"unsafe command rejected: {res.reason}"
-            res = self.safety.filter(np.asarray(start)[None], start)
-            times = np.array([self.dt])
-        self.stats["limit_clips"] += res.limit_clips
-        self.stats["delta_clips"] += res.delta_clips
-        times = np.maximum.accumulate(times + np.arange(len(times)) * 1e-6)  # strictly increasing
-        if d.actuate:
+        if tick.points is not None and tick.actuate:
             for pub, idx in self.cmd_pubs:
-                pub.publish(joint_trajectory([self.robot.joint_names[i] for i in idx], times, res.points[:, idx]))
-            self.last_command = res.points[0]
+                pub.publish(joint_trajectory([self.robot.joint_names[i] for i in idx], tick.times,
+                                             tick.points[:, idx]))
             self.stats["published"] += 1
-            if d.source == "policy" and getattr(self, "_first_point_pending", None) is not None:
+            if tick.source == "policy" and self._first_point_pending is not None:
                 self.latencies.append((self._first_point_pending, self.now()))
                 self._first_point_pending = None
-        else:
+        elif not tick.actuate:
             self.stats["dry_run_ticks"] += 1
-        self._update_status(d)
+        self._update_status()
 
     # ---------------------------------------------------------------- outputs
     def _publish_chunk(self, chunk) -> None:
@@ -407,24 +434,33 @@ class PolicyNode(Node):
         self.chunk_pub.publish(m)
 
     def status_dict(self) -> dict:
-        d = self._decision
-        return {"mode": self.supervisor.mode, "source": d.source if d else "none",
-                "actuating": bool(d and d.actuate), "dry_run": self.supervisor.dry_run,
-                "estop": self.supervisor.estop, "reason": d.reason if d else "starting"}
+        t = self._tick
+        return {"mode": self.supervisor.mode, "source": t.source if t else "none",
+                "state": t.state if t else "starting", "level": t.level if t else "warn",
+                "actuating": bool(t and t.actuate), "dry_run": self.supervisor.dry_run,
+                "estop": self.supervisor.estop, "reason": t.reason if t else "starting"}
 
-    def _update_status(self, d) -> None:
+    def _update_status(self) -> None:
+        """Publish the status when it changes: at once when what drives the arm changes,
+        at most twice a second when only the reason's numbers move (ages, latency)."""
         s = self.status_dict()
-        if s != self._last_status:
-            self._last_status = s
-            self.status_pub.publish(String(data=json.dumps(s)))
+        last = self._last_status
+        if s == last:
+            return
+        key = ("mode", "source", "state", "level", "actuating", "dry_run", "estop")
+        now = time.monotonic()
+        if last is not None and all(s[k] == last[k] for k in key) and now - self._status_t < 0.5:
+            return
+        self._last_status, self._status_t = s, now
+        self.status_pub.publish(String(data=json.dumps(s)))
 
     def _publish_diagnostics(self) -> None:
         s = self.status_dict()
         st = DiagnosticStatus(name="omega_qvla_policy", hardware_id="policy")
-        st.level = DiagnosticStatus.OK if not s["reason"] else (
-            DiagnosticStatus.ERROR if s["source"] == "hold" else DiagnosticStatus.WARN)
+        st.level = {"ok": DiagnosticStatus.OK, "warn": DiagnosticStatus.WARN}.get(s["level"], DiagnosticStatus.ERROR)
         st.message = s["reason"] or f"{s['source']} driving" + (" (dry run)" if s["dry_run"] else "")
-        vals = {**s, **self.stats, "recipe": getattr(self.policy, "recipe", "?")}
+        vals = {**s, **self.stats, **self.controller.stats, "recipe": getattr(self.policy, "recipe", "?"),
+                "teleop_fault": self.input_fault.get("teleop", "")}
         st.values = [KeyValue(key=k, value=str(v)) for k, v in vals.items()]
         arr = DiagnosticArray(status=[st])
         arr.header.stamp = self.get_clock().now().to_msg()
@@ -432,13 +468,19 @@ class PolicyNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the node; a node that cannot start logs one line and exits 1."""
     # inference runs thousands of short torch ops on the worker thread, each re-taking the
     # GIL; a short switch interval keeps executor threads from stalling it (convoy effect)
     sys.setswitchinterval(0.0005)
     rclpy.init(args=argv if argv is not None else sys.argv)
     node = None
+    code = 0
     try:
-        node = PolicyNode()
+        try:
+            node = PolicyNode()
+        except Exception as e:  # noqa: BLE001 - a bad pack / parameter: one clear line, exit 1
+            rclpy.logging.get_logger("omega_qvla_policy").error(f"cannot start: {type(e).__name__}: {e}")
+            return 1
         from rclpy.executors import MultiThreadedExecutor
         ex = MultiThreadedExecutor(num_threads=2)
         ex.add_node(node)
@@ -450,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
             node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
-    return 0
+    return code
 
 
 if __name__ == "__main__":

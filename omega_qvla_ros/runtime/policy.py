@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from omega_qvla_ros.models.processor import Processor, processor_from_manifest
-from omega_qvla_ros.quant.pack import load_pack
+from omega_qvla_ros.quant.pack import PackFormatError, load_pack
 from omega_qvla_ros.quant.qlinear import QuantLinear
 
 from .preprocess import RawObservation
@@ -64,7 +64,10 @@ class Policy:
                   control_dt: float = 0.02) -> "Policy":
         dev = pick_device(device)
         model, manifest = load_pack(path, device=dev)
-        proc = processor_from_manifest(manifest, path, RobotSpec().to_dict(), model.config)
+        try:
+            proc = processor_from_manifest(manifest, path, RobotSpec().to_dict(), model.config)
+        except (ValueError, TypeError, KeyError) as e:
+            raise PackFormatError(f"{path}: bad processor in the manifest ({type(e).__name__}: {e})") from None
         return cls(model, proc, dev, robot=robot, recipe=(manifest.get("recipe") or {}).get("name", "unknown"),
                    control_dt=control_dt, manifest=manifest)
 

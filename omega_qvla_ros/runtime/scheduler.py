@@ -1,14 +1,21 @@
-"""Action-chunk scheduling: chunks are anchored at their observation stamp; actions
-whose time passed while inference ran are skipped; overlapping chunks are blended
-(none: the new chunk replaces the rest of the old one; average: old·(1−w) + new·w);
-a fixed-rate consumer reads the timeline."""
+"""Time-aligned action timeline. Every action of a chunk has a time: its observation's
+stamp + i·dt. The timeline keeps the actions whose time is now or later, across whole
+chunks (never a window counted from the observation), and merges a new chunk where it
+overlaps the old one in time:
+
+- "none": the new chunk replaces the old from its first fresh action on;
+- "average": old·(1−w) + new·w on the overlap (LeRobot async inference's default);
+- "crossfade": the new chunk's weight ramps linearly from 0 at `now` to 1 at
+  now + window, so the command continues smoothly from what was being executed and the
+  fresher chunk takes over within `window` seconds (beyond it, the new chunk alone).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
-BLEND_MODES = ("none", "average")
+BLEND_MODES = ("none", "average", "crossfade")
 
 
 @dataclass
@@ -21,66 +28,83 @@ class ActionChunk:
     def time_of(self, i: int) -> float:
         return self.stamp + i * self.dt
 
+    @property
+    def end(self) -> float:
+        """The time of the chunk's last action."""
+        return self.time_of(len(self.positions) - 1)
+
 
 class ChunkScheduler:
-    def __init__(self, dt: float, execute_horizon: int, blend: str = "average", new_weight: float = 0.7) -> None:
+    def __init__(self, dt: float, blend: str = "crossfade", new_weight: float = 0.7,
+                 window_s: float = 0.2) -> None:
         if blend not in BLEND_MODES:
-            raise ValueError(f"blend must be one of {BLEND_MODES}")
+            raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
         if not 0 < new_weight <= 1:
             raise ValueError("new_weight must be in (0, 1]")
-        self.dt, self.execute_horizon, self.blend, self.w = dt, execute_horizon, blend, new_weight
-        self.times: list[float] = []
-        self.points: list[np.ndarray] = []
+        if dt <= 0 or window_s < 0:
+            raise ValueError("dt must be > 0 and the blend window >= 0")
+        self.dt, self.blend, self.w, self.window = dt, blend, new_weight, window_s
+        self.times = np.zeros(0)
+        self.points = np.zeros((0, 0))
 
     def clear(self) -> None:
-        self.times, self.points = [], []
+        self.times, self.points = np.zeros(0), np.zeros((0, 0))
 
-    def add(self, chunk: ActionChunk, now: float) -> int:
-        """Merge `chunk` into the timeline; returns how many of its actions were already
-        in the past (consumed while inference ran) and were skipped."""
-        n = min(len(chunk.positions), self.execute_horizon)
-        new = [(chunk.time_of(i), np.asarray(chunk.positions[i], dtype=np.float64)) for i in range(n)]
-        fresh = [(t, p) for t, p in new if t >= now - self.dt / 2]
-        skipped = len(new) - len(fresh)
-        self._drop_past(now)
-        if not fresh:
+    def _fresh(self, now: float) -> np.ndarray:
+        return self.times >= now - self.dt / 2
+
+    def add(self, chunk: ActionChunk, now: float, limit: int | None = None) -> int:
+        """Merge `chunk` (its first `limit` actions, all by default) into the timeline;
+        returns how many of them were already in the past and were skipped."""
+        pos = np.asarray(chunk.positions, dtype=np.float64)[:limit]
+        t = chunk.stamp + np.arange(len(pos)) * chunk.dt
+        fresh = t >= now - self.dt / 2
+        skipped = int((~fresh).sum())
+        t, pos = t[fresh], pos[fresh]
+        keep = self._fresh(now)
+        old_t, old_p = self.times[keep], self.points[keep] if len(self.points) else self.points
+        if not len(t):
+            self.times, self.points = old_t, old_p
             return skipped
-        if self.blend == "none" or not self.times:
-            keep = [i for i, t in enumerate(self.times) if t < fresh[0][0] - self.dt / 2]
-            self.times = [self.times[i] for i in keep] + [t for t, _ in fresh]
-            self.points = [self.points[i] for i in keep] + [p for _, p in fresh]
+        if self.blend == "none" or not len(old_t):
+            before = old_t < t[0] - self.dt / 2
+            self.times = np.concatenate([old_t[before], t])
+            self.points = np.concatenate([old_p[before], pos]) if before.any() else pos
             return skipped
-        merged_t, merged_p = list(self.times), list(self.points)
-        for t, p in fresh:
-            j = int(np.argmin([abs(t - mt) for mt in merged_t])) if merged_t else -1
-            if j >= 0 and abs(merged_t[j] - t) < self.dt / 2:
-                merged_p[j] = (1 - self.w) * merged_p[j] + self.w * p
-            else:
-                merged_t.append(t)
-                merged_p.append(p)
-        order = np.argsort(merged_t)
-        self.times = [merged_t[i] for i in order]
-        self.points = [merged_p[i] for i in order]
+        # match the new actions to old ones at the same time (within dt/2)
+        j = np.searchsorted(old_t, t)
+        merged = pos.copy()
+        for k, tk in enumerate(t):
+            for cand in (j[k] - 1, j[k]):
+                if 0 <= cand < len(old_t) and abs(old_t[cand] - tk) < self.dt / 2:
+                    if self.blend == "average":
+                        w = self.w
+                    else:
+                        w = 1.0 if self.window == 0 else min(1.0, max(0.0, (tk - now) / self.window))
+                    merged[k] = (1 - w) * old_p[cand] + w * pos[k]
+                    break
+        before = old_t < t[0] - self.dt / 2
+        after = old_t > t[-1] + self.dt / 2  # an old chunk reaching beyond the new one
+        self.times = np.concatenate([old_t[before], t, old_t[after]])
+        self.points = np.concatenate([old_p[before], merged, old_p[after]])
         return skipped
 
-    def _drop_past(self, now: float) -> None:
-        k = 0
-        while k < len(self.times) and self.times[k] < now - self.dt / 2:
-            k += 1
-        if k:
-            self.times, self.points = self.times[k:], self.points[k:]
-
-    def window(self, now: float, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Upcoming (times, positions) from `now` on (at most n)."""
-        self._drop_past(now)
-        ts = self.times[:n] if n else self.times
-        ps = self.points[:n] if n else self.points
-        return np.array(ts), (np.stack(ps) if ps else np.zeros((0, 0)))
+    def window_at(self, now: float, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Upcoming (times, positions) from `now` on (at most n); drops the past."""
+        keep = self._fresh(now)
+        if not keep.all():
+            self.times, self.points = self.times[keep], self.points[keep]
+        return self.times[:n], self.points[:n]
 
     def current(self, now: float) -> np.ndarray | None:
-        ts, ps = self.window(now, 1)
+        ts, ps = self.window_at(now, 1)
         return ps[0] if len(ts) else None
 
     def remaining(self, now: float) -> int:
-        self._drop_past(now)
-        return len(self.times)
+        return len(self.window_at(now)[0])
+
+    def covered_until(self, now: float) -> float:
+        """The end of the period the timeline's actions cover (its last action's time +
+        dt; −inf when empty)."""
+        ts, _ = self.window_at(now)
+        return float(ts[-1]) + self.dt if len(ts) else float("-inf")

@@ -1,7 +1,13 @@
-"""Closed-loop evaluation: the policy runtime (preprocessing, chunk scheduler, safety
-limits) drives the simulator. Inference is synchronous in sim time (the simulator
-waits for the policy, as openpi's ALOHA evaluation does), so results do not depend on
-this machine's speed; the chunk is executed open loop for `execute_horizon` steps."""
+"""Closed-loop evaluation: the robot's controller (runtime/controller.py — the same
+scheduling, supervision, safety filter and fallback the ROS node runs) drives the
+simulator with a policy.
+
+Time is simulated: the physics steps at the control rate whatever this machine's speed.
+With `latency_s` = 0 inference is synchronous (the simulator waits for the policy, as
+openpi's ALOHA evaluation does); with `latency_s` > 0 the chunk computed from the
+observation at time t is handed to the controller only at t + latency, while the arm
+keeps executing the timeline (or starves and holds) — success under a given inference
+latency. Cameras are rendered only for the observations the policy reads."""
 from __future__ import annotations
 
 import math
@@ -9,51 +15,69 @@ import math
 import numpy as np
 import torch
 
+from omega_qvla_ros.runtime.controller import ControlConfig, Controller
 from omega_qvla_ros.runtime.preprocess import RawObservation
-from omega_qvla_ros.runtime.safety import SafetyFilter
-from omega_qvla_ros.runtime.scheduler import ChunkScheduler
+from omega_qvla_ros.runtime.supervisor import Inputs, Supervisor
 
 from .aloha import DT, INSTRUCTIONS, JOINT_NAMES, AlohaSim
 from .expert import EPISODE_STEPS
 
 
+def episode_controller(policy, execute_horizon: int = 25, replan_every: int | None = None, blend: str = "none",
+                       new_weight: float = 0.7, latency_s: float = 0.0, max_inflight: int = 1,
+                       blend_window_s: float = 0.2) -> Controller:
+    """The controller an episode runs: chunks cut to `execute_horizon` actions, a new
+    observation every `replan_every` steps (default: execute_horizon) or when the
+    timeline would run out before the next chunk arrives."""
+    every = replan_every or execute_horizon
+    cfg = ControlConfig(dt=DT, blend=blend, blend_new_weight=new_weight, blend_window_s=blend_window_s,
+                        trajectory_points=1, replan_period_s=every * DT, request_margin_s=0.0,
+                        max_inflight=max_inflight, latency_prior_s=latency_s, chunk_limit=execute_horizon,
+                        horizon=policy.horizon)
+    return Controller(policy.robot, cfg, Supervisor(mode="policy", dry_run=False, stale_after=math.inf,
+                                                    fallback_to_teleop=False))
+
+
 def run_policy_episode(policy, sim: AlohaSim, seed: int, execute_horizon: int = 25,
                        steps: int = EPISODE_STEPS, noise_seed: int | None = None,
-                       replan_every: int | None = None, blend: str = "none", new_weight: float = 0.7) -> dict:
-    """One episode. A new chunk is inferred when the timeline runs out, or every
-    `replan_every` steps (< execute_horizon: chunks overlap and `blend` merges them, as
-    the node does when inference runs ahead of the timeline)."""
-    obs = sim.reset(seed)
-    sched = ChunkScheduler(DT, execute_horizon, blend=blend, new_weight=new_weight)
-    every = replan_every or execute_horizon
-    since = 0  # steps since the last inference
-
-    def due(now: float) -> bool:
-        return sched.remaining(now) == 0 or since >= every
-
-    safety = SafetyFilter(policy.robot)
+                       replan_every: int | None = None, blend: str = "none", new_weight: float = 0.7,
+                       latency_s: float = 0.0, max_inflight: int = 1) -> dict:
+    """One episode through the shared controller; returns success, reward level, chunks
+    and how many ticks the policy drove / starved."""
+    sim.reset(seed)
+    ctl = episode_controller(policy, execute_horizon, replan_every, blend, new_weight, latency_s, max_inflight)
     g = torch.Generator().manual_seed(seed if noise_seed is None else noise_seed)
     cfg = policy.model.config
-    last = obs.qpos.astype(np.float64)
+    pending: list[tuple[float, object]] = []  # (ready time, chunk)
     chunks = 0
     for t in range(steps):
         now = t * DT
-        if due(now):
-            since = 0
+        for item in [p for p in pending if p[0] <= now + 1e-9]:
+            pending.remove(item)
+            ctl.add_chunk(item[1], now)
+        if ctl.want_inference(now):
+            obs = sim.observe(render=True)
             raw = RawObservation(obs.images, list(JOINT_NAMES), obs.qpos.astype(np.float64),
                                  INSTRUCTIONS[sim.task], now)
             noise = torch.randn(1, cfg.action_horizon, cfg.action_dim, generator=g)
-            sched.add(policy.infer(raw, noise=noise), now)
+            chunk = policy.infer(raw, noise=noise)
+            chunk.stamp = now
+            ctl.request_sent(now)
             chunks += 1
-        target = sched.current(now)
-        res = safety.filter(target[None], last)
-        if res.points is None:  # never happens with a healthy model; hold if it does
-            res.points = last[None]
-        last = res.points[0]
-        # the cameras are rendered only for the observations the policy will read
-        since += 1
-        obs = sim.step(last, render=due(now + DT))
-    return {"success": sim.success, "max_reward": sim.max_reward_seen, "chunks": chunks}
+            if latency_s > 0:
+                pending.append((now + latency_s, chunk))
+            else:
+                ctl.add_chunk(chunk, now)
+        tick = ctl.step(now, Inputs(now, 0.0, 0.0, None, None), measured=sim.qpos())
+        if tick.points is None:  # nothing decided yet: keep the arm where it is
+            target = sim.qpos()
+        else:
+            target = tick.points[0]
+        sim.step(target, render=False)
+    s = ctl.stats
+    return {"success": sim.success, "max_reward": sim.max_reward_seen, "chunks": chunks,
+            "policy_ticks": s["policy_ticks"], "starved_ticks": s["starved_ticks"],
+            "useless_chunks": s["useless_chunks"]}
 
 
 def wilson_ci95(k: int, n: int) -> list[float]:

@@ -38,8 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--replan-every", type=int, default=0,
                    help="infer a new chunk every N steps (0: when the executed part runs out); "
                         "overlapping chunks are merged by --blend")
-    p.add_argument("--blend", choices=["none", "average"], default="none")
+    p.add_argument("--blend", choices=["none", "average", "crossfade"], default="none")
     p.add_argument("--blend-new-weight", type=float, default=0.7)
+    p.add_argument("--latency", type=float, default=0.0, metavar="SECONDS",
+                   help="simulated inference latency: a chunk reaches the controller this long after its "
+                        "observation while the arm keeps moving (0: synchronous, the simulator waits)")
+    p.add_argument("--max-inflight", type=int, default=1, help="inference requests in flight at once")
     p.add_argument("--workers", type=int, default=1, help="worker processes (tasks are split among them)")
     p.add_argument("--out", help="also write the JSON here")
     p.add_argument("--json", action="store_true")
@@ -71,7 +75,7 @@ def calibration_observations(policy, tasks, episodes: int, frames: int, seed: in
 def evaluate(model_spec: str | None, seed: int, recipes: list[str], tasks: list[str], calib_tasks: list[str],
              episodes: int, first_seed: int, calib_episodes: int, calib_frames: int, execute_horizon: int,
              replan_every: int = 0, blend: str = "none", blend_new_weight: float = 0.7,
-             threads: int = 0, log: bool = True) -> dict:
+             latency: float = 0.0, max_inflight: int = 1, threads: int = 0, log: bool = True) -> dict:
     """Success per recipe for `tasks` (calibration always from `calib_tasks`)."""
     import copy
 
@@ -96,11 +100,15 @@ def evaluate(model_spec: str | None, seed: int, recipes: list[str], tasks: list[
         for task in tasks:
             with AlohaSim(task, image_size=fp.config.vision.image_size, cameras=tuple(pol.cameras)) as sim:
                 runs = [run_policy_episode(pol, sim, first_seed + i, execute_horizon, replan_every=replan_every,
-                                           blend=blend, new_weight=blend_new_weight) for i in range(episodes)]
+                                           blend=blend, new_weight=blend_new_weight, latency_s=latency,
+                                           max_inflight=max_inflight) for i in range(episodes)]
             ok = sum(r["success"] for r in runs)
             result[recipe][task] = {"episodes": episodes, "successes": ok, "success_rate": ok / episodes,
                                     "ci95": wilson_ci95(ok, episodes),
-                                    "max_rewards": [int(r["max_reward"]) for r in runs]}
+                                    "max_rewards": [int(r["max_reward"]) for r in runs],
+                                    "starved_tick_share": float(sum(r["starved_ticks"] for r in runs)
+                                                                / max(1, sum(r["policy_ticks"] + r["starved_ticks"]
+                                                                             for r in runs)))}
             if log:
                 print(f"{recipe:22s} {task:14s} {ok}/{episodes}", file=sys.stderr, flush=True)
     return {"result": result, "calibration_observations": len(calib), "family": src.description["family"],
@@ -119,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
     common = dict(model_spec=spec, seed=args.seed, recipes=recipes, calib_tasks=tasks,
                   episodes=args.episodes, first_seed=args.first_seed, calib_episodes=args.calib_episodes,
                   calib_frames=args.calib_frames, execute_horizon=args.execute_horizon,
-                  replan_every=args.replan_every, blend=args.blend, blend_new_weight=args.blend_new_weight)
+                  replan_every=args.replan_every, blend=args.blend, blend_new_weight=args.blend_new_weight,
+                  latency=args.latency, max_inflight=args.max_inflight)
     workers = max(1, min(args.workers, len(tasks)))
     if workers == 1:
         parts = [evaluate(tasks=tasks, **common)]
@@ -143,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
         # a chunk shorter than --execute-horizon is executed whole
         "execute_horizon": min(args.execute_horizon, parts[0]["action_horizon"]),
         "replan_every": min(args.replan_every or args.execute_horizon, parts[0]["action_horizon"]),
-        "blend": args.blend, "seconds": time.time() - t0}
+        "blend": args.blend, "latency_s": args.latency, "max_inflight": args.max_inflight,
+        "seconds": time.time() - t0}
     if args.out:
         from pathlib import Path
 

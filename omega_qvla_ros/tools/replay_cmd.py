@@ -116,7 +116,7 @@ def live(args) -> dict:
     cmd = [sys.executable, "-m", "omega_qvla_ros.ros.policy_node", "--ros-args",
            "-p", f"pack_path:={args.pack}", "-p", "mode:=shadow", "-p", "dry_run:=true",
            "-p", f"camera_topics:={json.dumps(cams)}", "-p", f"camera_names:={json.dumps(names)}",
-           "-p", "execute_horizon:=1000", "-p", "inference_deadline_s:=5.0", "-p", "diagnostics_rate_hz:=10.0"]
+           "-p", "inference_deadline_s:=5.0", "-p", "diagnostics_rate_hz:=10.0"]
     # passive OpenMP waits: the node shares 2 cores with this process and its own threads
     node = subprocess.Popen(cmd, env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     ctx = rclpy.Context()
@@ -202,16 +202,22 @@ def run(args: argparse.Namespace) -> int:
     from omega_qvla_ros.models.memory import memory_report
     from omega_qvla_ros.sim.bag_read import read_frames
 
+    t0 = time.time()
+    if args.live and not args.pack:
+        raise SystemExit("omega-qvla replay: --live needs --pack (the W4A4 pack the node loads)")
+    src = load_fp_model(args.model, args.seed)
+    frames = read_frames(args.bag, src.cameras, every=args.every)  # BagError: one line, nothing written
+    if args.live:
+        from omega_qvla_ros.quant.pack import read_manifest, verify_files
+
+        verify_files(args.pack, read_manifest(args.pack))  # a bad pack fails here, not in the node
     report = Path(args.report)
     report.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    src = load_fp_model(args.model, args.seed)
-    frames = read_frames(args.bag, src.cameras, every=args.every)
     off = offline(args, frames, src)
     plots = _plots(report, off)
     result = {"bag": args.bag, "model": src.description,
               "offline": {k: v for k, v in off.items() if not k.startswith("_")}, "plots": plots}
-    mem = memory_report(src.description["family"], src.size or "small", "omega_qvla")["scopes"]["whole_model"]
+    mem = memory_report(src.description["family"], None, "omega_qvla", config=src.model.config)["scopes"]["whole_model"]
     result["memory_whole_model"] = {"fp16_mib": mem["fp16_bytes"] / 2**20, "w4a4_mib": mem["w4a4_bytes"] / 2**20,
                                     "reduction": mem["reduction"]}
     if args.live:

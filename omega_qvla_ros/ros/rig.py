@@ -1,8 +1,12 @@
-"""A real-rclpy harness around PolicyNode: test publishers and recorders on one
-executor spinning in a background thread (DDS on loopback, see conftest.py)."""
+"""A loopback rig around PolicyNode (real rclpy): publishers of synthetic robot inputs
+and recorders of everything the node says, on one executor spinning in a background
+thread. The tests and the node-scheduling benchmark drive the node through it. DDS must
+be on loopback before it is used (ros/dds.py; the tests' conftest and the benchmark set
+it)."""
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 
@@ -24,11 +28,14 @@ HOME = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0, 0.5] * 2)
 
 
 class Harness:
-    def __init__(self, pack: str, policy_wrapper=None, **params) -> None:
+    def __init__(self, pack: str, policy_wrapper=None, feed_hz: float = 30.0, **params) -> None:
+        self.feed_hz = feed_hz
+        # as policy_node.main() does: short GIL slices keep the executor threads responsive
+        # while the inference thread runs torch (all of this shares one process here)
+        sys.setswitchinterval(0.0005)
         self.ctx = rclpy.Context()
         rclpy.init(context=self.ctx)
         params.setdefault("control_rate_hz", 10.0)
-        params.setdefault("refill_below", 5)
         overrides = [Parameter("pack_path", value=str(pack))] + [Parameter(k, value=v) for k, v in params.items()]
         policy = None
         if policy_wrapper is not None:
@@ -90,7 +97,7 @@ class Harness:
                 self.pub_teleop.publish(JointState(name=list(ALOHA_JOINTS), position=[float(x) for x in self.teleop]))
             if self.feed_on["heartbeat"]:
                 self.pub_hb.publish(Bool(data=True))
-            time.sleep(1 / 30)
+            time.sleep(1 / self.feed_hz)
 
     def call(self, srv_type, name: str, request, timeout: float = 5.0):
         cli = self.io.create_client(srv_type, name)
