@@ -238,6 +238,7 @@ class ImportOptions:
     norm_stats: str | None = None  # openpi norm_stats.json
     vision_heads: int | None = None
     strict: bool = True
+    embodiment_id: int | None = None  # GR00T N1.5: row of its per-embodiment encoders (default: from the files, else 0)
 
 
 @dataclass

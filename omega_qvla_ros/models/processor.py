@@ -14,8 +14,10 @@ Pieces, each chosen by a config field:
   "openpi" (LeRobot/openpi: x/255 in float32, bilinear resize-with-pad, x·2 − 1).
 - state / action normalisation: `Normalizer` with LeRobot's MEAN_STD / MIN_MAX /
   QUANTILES arithmetic or openpi's (+1e-6 in the denominator), in a given precision.
-- prompt: "instruction" (the text as given) or "pi05" (`Task: {task}, State: {256-bin
-  state};\\nAction: `, the state discretised as openpi/LeRobot do).
+- prompt: "instruction" (the text as given), "pi05" (`Task: {task}, State: {256-bin
+  state};\\nAction: `, the state discretised as openpi/LeRobot do) or "gr00t_n15" (GR00T
+  N1.5's Eagle chat turn with IMG_CONTEXT placeholders per camera, left padded to the
+  batch's longest prompt).
 - tokenizer: the byte tokenizer of our small models, or a local tokenizer file carried
   in the pack (tokenizer.json through `tokenizers`, SentencePiece .model).
 - actions: the first len(joint_names) model outputs, unnormalised; optionally relative
@@ -39,7 +41,7 @@ from .tokenizer import ByteTokenizer, FileTokenizer
 NORM_MODES = ("identity", "min_max", "quantiles", "mean_std")
 NORM_CONVENTIONS = ("lerobot", "openpi")
 IMAGE_RESIZE = ("letterbox", "openpi")
-PROMPTS = ("instruction", "pi05")
+PROMPTS = ("instruction", "pi05", "gr00t_n15")
 STATE_BINS = 256
 
 
@@ -245,20 +247,38 @@ def pi05_prompt(task: str, normalized_state: np.ndarray) -> str:
     return f"Task: {clean}, State: {' '.join(map(str, bins))};\nAction: "
 
 
-class Processor:
-    """Applies a ProcessorConfig. `root` is the pack folder (where a tokenizer file lives)."""
+IMG_CONTEXT = "<IMG_CONTEXT>"  # Eagle's image placeholder token
 
-    def __init__(self, config: ProcessorConfig, root: str | Path | None = None, action_width: int | None = None
-                 ) -> None:
+
+def gr00t_n15_prompt(task: str, cameras: int, image_tokens: int) -> str:
+    """GR00T N1.5's prompt (LeRobot's GrootEagleEncodeStep + the Eagle processor's Qwen3 chat
+    template): one user turn holding every camera as `<image k><img>` + `image_tokens`
+    IMG_CONTEXT placeholders (the model writes the image features there) + `</img>`, then
+    the task as Python's str([task]) ("Perform the task." when empty), then the assistant
+    generation prompt."""
+    views = "".join(f"<image {k}><img>{IMG_CONTEXT * image_tokens}</img>" for k in range(1, cameras + 1))
+    return f"<|im_start|>user\n{views}{[task or 'Perform the task.']!s}<|im_end|>\n<|im_start|>assistant\n"
+
+
+class Processor:
+    """Applies a ProcessorConfig. `root` is the pack folder (where a tokenizer file lives).
+    `image_tokens`: placeholders per camera of the "gr00t_n15" prompt (the model's)."""
+
+    def __init__(self, config: ProcessorConfig, root: str | Path | None = None, action_width: int | None = None,
+                 image_tokens: int | None = None) -> None:
         self.config = config
         self.root = Path(root) if root is not None else None
         self.action_width = action_width  # the model's padded action width
+        self.image_tokens = image_tokens
+        left = config.prompt == "gr00t_n15"  # Eagle's tokenizer pads left with <|endoftext|>
+        side = "left" if left else "right"
         if config.tokenizer == "byte":
-            self.tokenizer = ByteTokenizer()
+            self.tokenizer = ByteTokenizer(padding_side=side)
         else:
             if self.root is None:
                 raise ValueError(f"processor tokenizer {config.tokenizer!r} needs the pack folder it lives in")
-            self.tokenizer = FileTokenizer(self.root / config.tokenizer)
+            self.tokenizer = FileTokenizer(self.root / config.tokenizer, padding_side=side,
+                                           pad_token="<|endoftext|>" if left else None)
 
     # ---------------------------------------------------------------- properties
     @property
@@ -340,12 +360,28 @@ class Processor:
     def prompts(self, instructions: Sequence[str], state: torch.Tensor) -> list[str]:
         if self.config.prompt == "instruction":
             return list(instructions)
+        if self.config.prompt == "gr00t_n15":
+            if not self.image_tokens:
+                raise ValueError("the gr00t_n15 prompt needs the model's image tokens per camera")
+            return [gr00t_n15_prompt(t, self.num_cameras, self.image_tokens) for t in instructions]
         s = state.detach().cpu().numpy()
         return [pi05_prompt(t, s[i]) for i, t in enumerate(instructions)]
 
     def tokens(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        pairs = [self.tokenizer.encode(t, self.config.max_tokens) for t in texts]
-        return torch.stack([p[0] for p in pairs]).long(), torch.stack([p[1] for p in pairs]).bool()
+        """[B, max_tokens] ids and mask; "gr00t_n15": left padded to the batch's longest
+        prompt (N1.5 attends to pads after its LLM, so padding must be what it would see),
+        and a prompt longer than max_tokens is refused (cutting it would cut image slots)."""
+        n15 = self.config.prompt == "gr00t_n15"
+        n = self.config.max_tokens + (1 if n15 else 0)
+        pairs = [self.tokenizer.encode(t, n) for t in texts]
+        ids, mask = torch.stack([p[0] for p in pairs]).long(), torch.stack([p[1] for p in pairs]).bool()
+        if n15:
+            longest = int(mask.sum(1).max())
+            if longest > self.config.max_tokens:
+                raise ObservationError(f"GR00T N1.5 prompt of {longest} tokens exceeds max_tokens "
+                                       f"{self.config.max_tokens} (instruction too long)")
+            ids, mask = ids[:, n - longest:], mask[:, n - longest:]
+        return ids, mask
 
     # ---------------------------------------------------------------- whole observations
     def batch(self, frames: Sequence[dict[str, np.ndarray | None]], instructions: Sequence[str],
@@ -433,4 +469,4 @@ def processor_from_manifest(manifest: dict, root: str | Path | None, default_rob
                          f"{cfg.cameras}")
     if len(pc.joint_names) > cfg.action_dim:
         raise ValueError(f"processor drives {len(pc.joint_names)} joints, the model outputs {cfg.action_dim}")
-    return Processor(pc, root, action_width=cfg.action_dim)
+    return Processor(pc, root, action_width=cfg.action_dim, image_tokens=getattr(cfg, "image_tokens_per_camera", None))

@@ -19,16 +19,34 @@ BYTE_VOCAB = STATE_OFFSET + 256  # 515; model vocabularies round up to 520
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "paligemma_tokenizer.model")
 
 
+PADDING_SIDES = ("right", "left")
+
+
+def pad_to(ids: list[int], max_len: int, pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids [max_len], mask [max_len]) of already truncated ids, padded on `side` (left:
+    decoder-only prompts that end where generation would start, e.g. GR00T N1.5's)."""
+    n = max_len - len(ids)
+    if side == "left":
+        return (torch.tensor([pad_id] * n + ids, dtype=torch.long), torch.tensor([False] * n + [True] * len(ids)))
+    return torch.tensor(ids + [pad_id] * n, dtype=torch.long), torch.tensor([True] * len(ids) + [False] * n)
+
+
+def _side(side: str) -> str:
+    if side not in PADDING_SIDES:
+        raise ValueError(f"padding side {side!r}; choose from {PADDING_SIDES}")
+    return side
+
+
 class ByteTokenizer:
     vocab_size = BYTE_VOCAB
 
+    def __init__(self, padding_side: str = "right") -> None:
+        self.padding_side = _side(padding_side)
+
     def encode(self, text: str, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(ids [max_len], mask [max_len]); BOS + bytes, truncated, right padded."""
+        """(ids [max_len], mask [max_len]); BOS + bytes, truncated, padded (right by default)."""
         ids = [BOS] + [b + BYTE_OFFSET for b in text.encode("utf-8")]
-        ids = ids[:max_len]
-        mask = [True] * len(ids) + [False] * (max_len - len(ids))
-        ids = ids + [PAD] * (max_len - len(ids))
-        return torch.tensor(ids, dtype=torch.long), torch.tensor(mask)
+        return pad_to(ids[:max_len], max_len, PAD, self.padding_side)
 
     pad_id = PAD
 
@@ -50,9 +68,11 @@ class FileTokenizer:
     `tokenizers`; its post-processor adds the special tokens, e.g. PaliGemma's <bos>) or
     a SentencePiece `.model` (<bos> + pieces, as openpi's PaligemmaTokenizer encodes).
     Right padding with the tokenizer's pad id, truncation to max_len (as LeRobot's
-    TokenizerProcessorStep and openpi do)."""
+    TokenizerProcessorStep and openpi do); `padding_side="left"` and `pad_token` (default
+    "<pad>") for prompts padded on the left, like Qwen3's with "<|endoftext|>"."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, padding_side: str = "right", pad_token: str | None = None) -> None:
+        self.padding_side = _side(padding_side)
         p = Path(path)
         if p.is_dir():
             for name in TOKENIZER_FILES:
@@ -78,7 +98,7 @@ class FileTokenizer:
             self._tok.no_truncation()
             self._encode = lambda s: self._tok.encode(s).ids
             self.vocab_size = self._tok.get_vocab_size()
-            pad = self._tok.token_to_id("<pad>")
+            pad = self._tok.token_to_id(pad_token or "<pad>")
         elif p.suffix == ".model":
             try:
                 import sentencepiece as spm
@@ -90,17 +110,14 @@ class FileTokenizer:
                 raise TokenizerFileError(f"{p}: not a readable SentencePiece model ({e})") from None
             self._encode = lambda s: [self._tok.bos_id()] + self._tok.encode(s)
             self.vocab_size = self._tok.get_piece_size()
-            pad = self._tok.pad_id()
+            pad = self._tok.pad_id() if pad_token is None else self._tok.piece_to_id(pad_token)
         else:
             raise TokenizerFileError(f"unsupported tokenizer file {p} (expected tokenizer.json or a "
                                      "SentencePiece .model)")
         self.pad_id = pad if pad is not None and pad >= 0 else 0
 
     def encode(self, text: str, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = list(self._encode(text))[:max_len]
-        mask = [True] * len(ids) + [False] * (max_len - len(ids))
-        return (torch.tensor(ids + [self.pad_id] * (max_len - len(ids)), dtype=torch.long),
-                torch.tensor(mask))
+        return pad_to(list(self._encode(text))[:max_len], max_len, self.pad_id, self.padding_side)
 
 
 def load_tokenizer(path: str | Path | None = None):
