@@ -1,17 +1,23 @@
 """Calibration capture: per-layer input Hessians and bounded activation samples.
 
 Forward pre-hooks on the target nn.Linear modules record, for each call:
-- H += xᵀx in float64 (only for layers whose solver needs a Hessian),
+- H += xᵀx (float64, or float32 for big layers when asked; only for layers whose solver
+  needs a Hessian),
 - per-channel max |x| (for SmoothQuant),
 - up to `tokens_per_call` random tokens, bucketed by the denoising step read from
   the step context (key None outside the denoising loop); each (layer, step) bucket
   keeps at most `tokens_per_bucket` tokens (random subsample), so memory stays
   bounded however many batches are fed.
+Every layer draws its random subsamples from its own generator (seeded by the seed and
+the layer's name), so a layer's statistics depend only on its own inputs, not on the
+order layers are called in: calibrating block by block gives the same result as one
+pass over the whole model.
 Everything is captured from the floating-point model before any layer is replaced.
 """
 from __future__ import annotations
 
 import contextlib
+import zlib
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -31,6 +37,8 @@ class LayerStats:
     absmax: torch.Tensor | None = None
     samples: dict[int | None, torch.Tensor] = field(default_factory=dict)
     steps_total: int | None = None
+    gen: torch.Generator | None = None
+    hessian_dtype: torch.dtype = torch.float64
 
     def normalized_hessian(self) -> torch.Tensor:
         if self.hessian is None or self.tokens == 0:
@@ -40,12 +48,16 @@ class LayerStats:
 
 class Calibrator:
     def __init__(self, modules: dict[str, tuple[nn.Linear, bool]], tokens_per_call: int = 1024,
-                 tokens_per_bucket: int = 8192, seed: int = 0) -> None:
+                 tokens_per_bucket: int = 8192, seed: int = 0,
+                 hessian_dtype: dict[str, torch.dtype] | None = None) -> None:
         self.modules = modules
         self.tokens_per_call = tokens_per_call
         self.tokens_per_bucket = tokens_per_bucket
-        self.gen = torch.Generator().manual_seed(seed)
-        self.stats = {name: LayerStats(m.in_features, hess) for name, (m, hess) in modules.items()}
+        dt = hessian_dtype or {}
+        self.stats = {name: LayerStats(m.in_features, hess,
+                                       gen=torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode())),
+                                       hessian_dtype=dt.get(name, torch.float64))
+                      for name, (m, hess) in modules.items()}
 
     def _record(self, name: str, x: torch.Tensor) -> None:
         st = self.stats[name]
@@ -53,9 +65,9 @@ class Calibrator:
         st.calls += 1
         st.tokens += x.shape[0]
         if st.want_hessian:
-            xd = x.double()
+            xd = x.to(st.hessian_dtype)
             h = xd.T @ xd
-            st.hessian = h if st.hessian is None else st.hessian + h
+            st.hessian = h if st.hessian is None else st.hessian.add_(h)
         amax = x.abs().amax(dim=0)
         st.absmax = amax if st.absmax is None else torch.maximum(st.absmax, amax)
         step = current_step()
@@ -63,11 +75,11 @@ class Calibrator:
         if step is not None:
             st.steps_total = step[1]
         if x.shape[0] > self.tokens_per_call:
-            x = x[torch.randperm(x.shape[0], generator=self.gen)[: self.tokens_per_call]]
+            x = x[torch.randperm(x.shape[0], generator=st.gen)[: self.tokens_per_call]]
         bucket = st.samples.get(key)
         bucket = x if bucket is None else torch.cat((bucket, x))
         if bucket.shape[0] > self.tokens_per_bucket:
-            keep = torch.randperm(bucket.shape[0], generator=self.gen)[: self.tokens_per_bucket]
+            keep = torch.randperm(bucket.shape[0], generator=st.gen)[: self.tokens_per_bucket]
             bucket = bucket[keep]
         st.samples[key] = bucket
 

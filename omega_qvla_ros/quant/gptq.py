@@ -7,8 +7,9 @@
   scales stay tied to original column positions.
 - `gptq_blocklocal`: the variant of the paper's code — every 128-column block solved
   alone against its own diagonal Hessian block (damping 0.05), no error carried.
-Both pick group scales with the MSE grid (int4.mse_grid_scales). All Hessian algebra
-runs in float64.
+Both pick group scales with the MSE grid (int4.mse_grid_scales). The Hessian algebra
+runs in the Hessian's dtype: float64 by default, float32 for the published sizes (a
+16384-wide Hessian is 2 GiB in float64; recipes choose with `hessian_dtype`).
 """
 from __future__ import annotations
 
@@ -31,8 +32,9 @@ def _inv_chol_upper(H: torch.Tensor, damp: float) -> torch.Tensor:
 
 
 def _prepare(W: torch.Tensor, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    W = W.detach().double().clone()
-    H = H.detach().double().clone()
+    dtype = H.dtype if H.dtype in (torch.float32, torch.float64) else torch.float64
+    W = W.detach().to(dtype).clone()
+    H = H.detach().to(dtype).clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
@@ -77,7 +79,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, group_size: int | None = 128
     if static:  # scales fixed up front on original column positions
         scales = mse_grid_scales(W, None if g == n else g)
     else:
-        scales = torch.zeros(out, -(-n // g), dtype=torch.float64, device=W.device)
+        scales = torch.zeros(out, -(-n // g), dtype=W.dtype, device=W.device)
     Wp = W[:, perm]
     Hp = H[perm][:, perm]
     Hinv = _inv_chol_upper(Hp, damp)
@@ -89,7 +91,7 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, group_size: int | None = 128
         if not static and orig % g == 0:
             # lazy group scale on the error-updated weights of this group
             cols = W1[:, i:i + g] if i + g <= W1.shape[1] else W1[:, i:]
-            scales[:, G] = mse_grid_scales(cols, None).squeeze(1).double()
+            scales[:, G] = mse_grid_scales(cols, None).squeeze(1).to(W.dtype)
         return scales[:, G]
 
     if not static:  # lazy blocks hold whole groups
@@ -106,7 +108,7 @@ def gptq_blocklocal(W: torch.Tensor, H: torch.Tensor, group_size: int | None = 1
     W, H = _prepare(W, H)
     out, n = W.shape
     g = n if group_size is None or group_size >= n else group_size
-    scales = mse_grid_scales(W, None if g == n else g).double()
+    scales = mse_grid_scales(W, None if g == n else g).to(W.dtype)
     Q = torch.zeros_like(W)
     for i1 in range(0, n, block):
         i2 = min(i1 + block, n)

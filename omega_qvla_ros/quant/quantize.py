@@ -64,26 +64,54 @@ def quantize(model: nn.Module, recipe: "str | Recipe", calibration_batches: Iter
             raise ValueError(f"recipe {recipe.name!r} names no modules: give it scopes with "
                              "Recipe.with_scopes(backbone=[...], action_head=[...]) or quantize through "
                              "omega_qvla_ros.models.calibrate.quantize_model (the family's scopes)")
+    start_report(model, recipe)
     targets = select_targets(model, recipe)
-    model.quantization_report = {"recipe": recipe.name, "recipe_dict": recipe.to_dict(), "layers": {},
-                                 "calibration": {}}
     if not targets:
         return model
+    batches = list(calibration_batches) if not isinstance(calibration_batches, list) else calibration_batches
+
+    def run() -> None:
+        for batch in _progress(batches, progress, "calibrate", len(batches)):
+            forward(model, batch)
+    quantize_targets(model, targets, run, progress=progress, path=path, backend=backend, seed=seed)
+    return model
+
+
+def start_report(model: nn.Module, recipe: Recipe) -> None:
+    model.quantization_report = {"recipe": recipe.name, "recipe_dict": recipe.to_dict(), "layers": {},
+                                 "calibration": {}}
+
+
+def quantize_targets(model: nn.Module, targets: dict[str, tuple[nn.Linear, str, SideRecipe]],
+                     run_calibration: Callable[[], Any], progress: bool = False, path: str = "auto",
+                     backend: str = "auto", seed: int = 0) -> None:
+    """Quantize the `targets` (name -> (linear, side, side recipe), from select_targets)
+    of `model` in place: rotations from their FP weights, one calibration run
+    (`run_calibration()` feeds the FP model; every target must be called), then each
+    layer solved and swapped for its QuantLinear. `quantize()` calls it once for the
+    whole model; the sequential pipeline calls it block by block (same statistics,
+    same codes: every step of it depends on a layer's own inputs only)."""
     rotations = {
-        name: stored_rotation(build_input_rotation(mod.weight, sr.rotation, seed=seed + i),
+        name: stored_rotation(build_input_rotation(mod.weight, sr.rotation, seed=seed + _layer_seed(name)),
                               sr.rotation_storage)
-        for i, (name, (mod, _side, sr)) in enumerate(targets.items())
+        for name, (mod, _side, sr) in targets.items()
     }
     cal = Calibrator({name: (mod, sr.weight_solver != "rtn") for name, (mod, _s, sr) in targets.items()},
-                     seed=seed)
-    batches = list(calibration_batches) if not isinstance(calibration_batches, list) else calibration_batches
+                     seed=seed, hessian_dtype={name: getattr(torch, sr.hessian_dtype)
+                                               for name, (_m, _s, sr) in targets.items()})
     was_training = model.training
     model.eval()
     with torch.no_grad(), cal.attach():
-        for batch in _progress(batches, progress, "calibrate", len(batches)):
-            forward(model, batch)
+        run_calibration()
     model.train(was_training)
-    model.quantization_report["calibration"] = cal.summary()
+    report = getattr(model, "quantization_report", None)
+    if report is None:
+        model.quantization_report = report = {"layers": {}, "calibration": {}}
+    summary = cal.summary()
+    prev = report.get("calibration") or {}
+    report["calibration"] = {**prev, **summary, "layers": prev.get("layers", 0) + summary["layers"],
+                             "calls": {**prev.get("calls", {}), **summary["calls"]},
+                             "steps_total": max(prev.get("steps_total", 0), summary["steps_total"])}
     with torch.no_grad():
         for name, (mod, side, sr) in _progress(targets.items(), progress, "quantize", len(targets)):
             st = cal.stats[name]
@@ -92,8 +120,16 @@ def quantize(model: nn.Module, recipe: "str | Recipe", calibration_batches: Iter
                                    "check the calibration batches and the forward function")
             q, info = build_quant_linear(mod, sr, side, rotations[name], st, path=path, backend=backend)
             model.set_submodule(name, q)
-            model.quantization_report["layers"][name] = info
-    return model
+            report["layers"][name] = info
+            cal.stats[name] = None  # free this layer's Hessian and samples now
+
+
+def _layer_seed(name: str) -> int:
+    """A per-layer offset for seeded rotations (random_hadamard), independent of the
+    order layers are visited in."""
+    import zlib
+
+    return zlib.crc32(name.encode()) % 100_000
 
 
 def _act_tables(sr: SideRecipe, st: LayerStats, rot: BlockRotation | None,
@@ -194,8 +230,7 @@ def build_quant_linear(linear: nn.Linear, sr: SideRecipe, side: str, rot: BlockR
     else:
         H = st.normalized_hessian()
         if rot is not None:
-            R = rot.dense()
-            H = R.T @ H @ R
+            H = rot.conjugate(H)  # Rᵀ H R block by block
         if div is not None:
             H = H / div[:, None] / div[None, :]
         if sr.weight_solver == "gptq":

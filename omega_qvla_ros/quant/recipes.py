@@ -50,6 +50,7 @@ class SideRecipe:
     quantile: float = 0.999
     rotation_storage: str = "int8"  # int8 blocks + per-block scale, or "fp16"
     profile_alpha: float = 0.5  # per_step_factorized: share of the channel profile folded into W
+    hessian_dtype: str = "float64"  # GPTQ Hessian algebra ("float32" for the published sizes)
 
     def __post_init__(self) -> None:
         if self.weight_solver not in WEIGHT_SOLVERS:
@@ -58,6 +59,8 @@ class SideRecipe:
             raise ValueError(f"unknown activation mode {self.act_mode!r}; choose from {RECIPE_ACT_MODES}")
         if self.bits != 4:
             raise ValueError("only 4-bit weights and activations are implemented")
+        if self.hessian_dtype not in ("float32", "float64"):
+            raise ValueError(f"hessian_dtype must be float32 or float64, got {self.hessian_dtype!r}")
 
     def matches(self, name: str) -> bool:
         return any(re.search(p, name) for p in self.include) and not any(

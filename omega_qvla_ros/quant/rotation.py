@@ -75,6 +75,12 @@ class BlockRotation:
         t = self.tail.t() if transpose else self.tail
         return torch.cat((out, x[..., m * B:] @ t.to(x.dtype)), dim=-1)
 
+    def conjugate(self, H: torch.Tensor) -> torch.Tensor:
+        """Rᵀ H R for a symmetric H [n, n], block by block (never a dense [n, n] R):
+        rows of H rotated, then the columns of the result."""
+        rot = self.to(dtype=H.dtype)
+        return rot.apply(rot.apply(H).transpose(0, 1).contiguous())
+
     def dense(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """The full [n, n] matrix R (rows of the identity, rotated)."""
         eye = torch.eye(self.size, dtype=dtype, device=self.blocks.device)
@@ -101,9 +107,12 @@ def zigzag_permutation(w: torch.Tensor) -> torch.Tensor:
 
 
 def _right_singular(wb: torch.Tensor) -> torch.Tensor:
-    """Eigenvectors of wbᵀ wb (columns), by descending eigenvalue."""
-    evals, evecs = torch.linalg.eigh(wb.T @ wb)
-    return evecs[:, torch.argsort(evals, descending=True)]
+    """Eigenvectors of wbᵀ wb (columns), by descending eigenvalue; wb [out, k] or a batch
+    [m, out, k] (one eigendecomposition per block, batched)."""
+    gram = wb.transpose(-1, -2) @ wb
+    evals, evecs = torch.linalg.eigh(gram)
+    order = torch.argsort(evals, dim=-1, descending=True)
+    return torch.gather(evecs, -1, order.unsqueeze(-2).expand_as(evecs))
 
 
 def _hadamard_or_identity(r: int, allow_identity: bool) -> torch.Tensor | None:
@@ -114,7 +123,8 @@ def _hadamard_or_identity(r: int, allow_identity: bool) -> torch.Tensor | None:
 
 def build_input_rotation(w: torch.Tensor, mode: RotationMode, block: int = BLOCK,
                          seed: int = 0) -> BlockRotation | None:
-    """Rotation of the input axis of weight w [out, in], from the weights only."""
+    """Rotation of the input axis of weight w [out, in], from the weights only. The
+    blocks are built in one batched eigendecomposition (float64, [m, 64, 64])."""
     if mode == "none":
         return None
     if mode not in ROTATION_MODES:
@@ -128,22 +138,22 @@ def build_input_rotation(w: torch.Tensor, mode: RotationMode, block: int = BLOCK
     gen = torch.Generator().manual_seed(seed)
 
     def make(cols: torch.Tensor, size: int) -> torch.Tensor:
+        """Rotation blocks for cols [k, out, size] → [k, size, size]."""
+        k = cols.shape[0]
         Hs = H if size == block else _hadamard_or_identity(size, allow_identity=True)
-        if mode == "omega":
+        if mode in ("omega", "svd"):
             U = _right_singular(cols)
-            return U @ Hs if Hs is not None else U
-        if mode == "svd":
-            return _right_singular(cols)
+            return U @ Hs if (mode == "omega" and Hs is not None) else U
         if Hs is None:
-            return torch.eye(size, dtype=torch.float64)
+            return torch.eye(size, dtype=torch.float64).expand(k, size, size).clone()
         if mode == "random_hadamard":
-            signs = torch.randint(0, 2, (size,), generator=gen).double() * 2 - 1
-            return signs[:, None] * Hs
-        return Hs
+            signs = torch.stack([torch.randint(0, 2, (size,), generator=gen).double() * 2 - 1 for _ in range(k)])
+            return signs[:, :, None] * Hs
+        return Hs.expand(k, size, size).clone()
 
-    blocks = [make(wp[:, b * block:(b + 1) * block], block) for b in range(m)]
-    blocks_t = torch.stack(blocks) if blocks else torch.zeros(0, block, block, dtype=torch.float64)
-    tail = make(wp[:, m * block:], r) if r else None
+    blocks_t = (make(wp[:, : m * block].reshape(w.shape[0], m, block).transpose(0, 1), block) if m
+                else torch.zeros(0, block, block, dtype=torch.float64))
+    tail = make(wp[:, m * block:][None], r)[0] if r else None
     return BlockRotation(perm, blocks_t, tail)
 
 
@@ -156,7 +166,7 @@ def build_output_rotation(w_rot: torch.Tensor, block: int = BLOCK) -> BlockRotat
     wt = w_rot.detach().double().cpu().T  # [in, out]: rows of W become columns
     out = wt.shape[1]
     m, r = divmod(out, block)
-    blocks = [_right_singular(wt[:, b * block:(b + 1) * block]) for b in range(m)]
+    blocks = [_right_singular(wt[:, b * block:(b + 1) * block]) for b in range(m)]  # ≤ 96 blocks
     blocks_t = torch.stack(blocks) if blocks else torch.zeros(0, block, block, dtype=torch.float64)
     tail = _right_singular(wt[:, m * block:]) if r else None
     return BlockRotation(None, blocks_t, tail)
