@@ -13,10 +13,10 @@ def test_bench_quant_quick_json():
     r = json.loads(out.stdout)
     for suite in ("gaussian", "outliers", "step_drift"):
         errs = r["error"][suite]
-        assert set(errs) >= {"rtn", "omega_qvla", "omega_qvla_int", "hadamard", "svd", "smoothquant"}
+        assert set(errs) >= {"rtn", "omega_qvla_paper", "omega_qvla_int", "hadamard", "svd", "smoothquant"}
         assert all(0 < v < 1 for v in errs.values()), (suite, errs)
     # per-step scaling pays off on the drifting suite
-    assert r["error"]["step_drift"]["omega_qvla"] < r["error"]["step_drift"]["omega_qvla_noperstep"]
+    assert r["error"]["step_drift"]["omega_qvla_paper"] < r["error"]["step_drift"]["omega_qvla_noperstep"]
     for row in r["latency"]:
         assert row["integer_vs_reference_max_rel_diff"] < 1e-5
         assert row["fp32_ms"] > 0 and row["integer_ms"] > 0

@@ -47,7 +47,7 @@ CASES = {
     "head_200": ("omega_qvla_int", "action_head", 200, 72),
     "g128_256": ("rtn", "backbone", 256, 40),
     "g128_200": ("rtn", "backbone", 200, 40),
-    "g128_1030": ("omega_qvla", "action_head", 1030, 72),
+    "g128_1030": ("omega_qvla_paper", "action_head", 1030, 72),
     "had_256": ("hadamard_fp16", "backbone", 256, 40),
 }
 RAGGED = {"g128_200", "g128_1030"}

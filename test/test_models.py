@@ -22,8 +22,8 @@ from omega_qvla_ros.quant.context import current_step
 FAMILIES = ["pi05", "gr00t"]
 ACTION_LAYER = {"pi05": "paligemma_with_expert.gemma_expert.model.layers.0.mlp.down_proj",
                 "gr00t": "action_head.model.transformer_blocks.1.attn1.to_q"}
-VISION = {"pi05": "paligemma_with_expert.paligemma.model.vision_tower",
-          "gr00t": "backbone.eagle_model.vision_model"}
+VISION = {"pi05": "paligemma_with_expert.paligemma.model.vision_tower.vision_model.embeddings",
+          "gr00t": "backbone.eagle_model.vision_model.vision_model.embeddings"}
 
 
 def _noise(m, B, seed=0):

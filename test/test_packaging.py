@@ -94,9 +94,11 @@ def test_shipped_packs_verify_and_the_launch_default_is_one():
     fp, fp_man = load_pack(REPO / "models" / "pi05_small_aloha")
     q, q_man = load_pack(REPO / "models" / "pi05_small_aloha_w4a4")
     assert fp_man["recipe"]["name"] == "fp16" and q_man["recipe"]["name"] == "omega_qvla"
-    assert q_man["extra"]["robot"] == fp_man["extra"]["robot"]
-    assert q_man["extra"]["cameras"] == fp_man["extra"]["cameras"] == ["cam_high"]
+    assert q_man["processor"] == fp_man["processor"]  # the training normalisation, cameras, prompt
+    assert q_man["processor"]["cameras"] == ["cam_high"]
     assert len(q_man["layers"]) == 42  # 3 trunk + 3 expert layers × 7 linears
+    assert all(s["act_mode"] in ("static_tensor", "per_step_factorized") and s["group_size"] is None
+               for s in q_man["layers"].values())  # integer-executable: every layer on int8 kernels
     size = sum(f.stat().st_size for f in (REPO / "models").rglob("*") if f.is_file())
     assert size < 32 * 2**20
 

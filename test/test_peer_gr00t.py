@@ -78,7 +78,7 @@ class Recorder:
         lm = em.language_model.model
         self.seen: dict[str, list] = {}
         self.handles = [
-            em.vision_model.register_forward_hook(self._keep("vision_last_hidden_state")),
+            em.vision_model.vision_model.post_layernorm.register_forward_hook(self._keep("vision_last_hidden_state")),
             em.mlp1.register_forward_hook(self._keep("vision_features")),
             lm.layers[-1].register_forward_hook(self._keep("llm_last_layer_out", lambda o: o[0])),
             lm.norm.register_forward_hook(self._keep("backbone_features")),

@@ -87,9 +87,9 @@ def test_every_recipe_quantizes_the_scoped_layers(quantized):
         assert torch.isfinite(y).all()
         err = float(((y - ref) ** 2).mean() / (ref ** 2).mean())
         assert err < (1e-12 if r == "fp16" else 0.2), (r, err)
-    sides = {mod.spec.side for mod in models["omega_qvla"].modules() if isinstance(mod, QuantLinear)}
+    sides = {mod.spec.side for mod in models["omega_qvla_paper"].modules() if isinstance(mod, QuantLinear)}
     assert sides == {"backbone", "action_head"}
-    head = models["omega_qvla"].transformer_blocks[0].ff.net[0].proj
+    head = models["omega_qvla_paper"].transformer_blocks[0].ff.net[0].proj
     assert head.spec.out_rotation and head.act_step_table.shape == (STEPS, 96)
 
 
@@ -99,12 +99,12 @@ def test_integer_recipe_runs_integer_end_to_end(quantized):
     assert layers and all(m.uses_integer_path() for m in layers)
     # per-input-channel step tables (head) and 128-column weight groups (in > 128) need
     # the reference path; a layer no wider than one group has per-channel scales anyway
-    for r in ("omega_qvla", "rtn", "smoothquant"):
+    for r in ("omega_qvla_paper", "rtn", "smoothquant"):
         for m in models[r].modules():
             if isinstance(m, QuantLinear):
                 blocked = m.spec.act_mode in ("static", "per_step") or m.in_features > 128
                 assert m.uses_integer_path() == (not blocked), (r, m)
-    q = models["omega_qvla"].transformer_blocks[0].ff.net[0].proj
+    q = models["omega_qvla_paper"].transformer_blocks[0].ff.net[0].proj
     q.path = "integer"
     with pytest.raises(ValueError, match="contraction axis"):
         q(torch.randn(2, 96))
@@ -138,12 +138,12 @@ def _save(model, d):
 def test_pack_roundtrip_identical_outputs(quantized, tmp_path):
     _, models = quantized
     x = batches(1, 7)[0]
-    for r in ("omega_qvla", "omega_qvla_int", "smoothquant", "fp16"):
+    for r in ("omega_qvla_paper", "omega_qvla_int", "smoothquant", "fp16"):
         d = _save(models[r], tmp_path / r)
         loaded, manifest = load_pack(d, build_model=lambda info: TinyVLA())
         assert torch.equal(loaded(x), models[r].eval()(x)), r
         assert manifest["files"]["model.safetensors"]["sha256"] == sha256_file(d / "model.safetensors")
-    tensors = load_file(str(tmp_path / "omega_qvla" / "model.safetensors"))
+    tensors = load_file(str(tmp_path / "omega_qvla_paper" / "model.safetensors"))
     packed = tensors["language_model.layers.0.mlp.up_proj.weight_packed"]
     assert packed.dtype == torch.int32 and packed.shape == (136, 12)
     assert "language_model.layers.0.mlp.up_proj.weight" not in tensors
@@ -152,7 +152,7 @@ def test_pack_roundtrip_identical_outputs(quantized, tmp_path):
 @pytest.fixture()
 def pack_dir(quantized, tmp_path):
     _, models = quantized
-    return _save(models["omega_qvla"], tmp_path / "pack")
+    return _save(models["omega_qvla_paper"], tmp_path / "pack")
 
 
 def _rewrite(d, mutate):

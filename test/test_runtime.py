@@ -20,29 +20,31 @@ def _chunk(stamp, start, n=50, slope=0.01):
 
 
 def test_scheduler_skips_actions_consumed_during_inference():
-    s = ChunkScheduler(DT, execute_horizon=25, blend="none")
-    skipped = s.add(_chunk(0.0, np.zeros(14)), now=0.2)  # 200 ms of inference: 10 actions gone
+    s = ChunkScheduler(DT, blend="none")
+    skipped = s.add(_chunk(0.0, np.zeros(14)), now=0.2, limit=25)  # 200 ms of inference: 10 actions gone
     assert skipped == 10
-    ts, ps = s.window(0.2)
+    ts, ps = s.window_at(0.2)
     assert len(ts) == 15 and ts[0] == pytest.approx(0.2)
     assert ps[0][0] == pytest.approx(0.10)  # the action planned for t = 0.2
+    s.add(_chunk(0.0, np.zeros(14)), now=0.2)  # the whole chunk (no limit): its tail too
+    assert len(s.window_at(0.2)[0]) == 40 and s.covered_until(0.2) == pytest.approx(1.0)
 
 
 def test_scheduler_fixed_rate_output():
-    s = ChunkScheduler(DT, execute_horizon=50)
+    s = ChunkScheduler(DT)
     s.add(_chunk(1.0, np.zeros(14)), now=1.0)
     seen = []
     for k in range(30):
         now = 1.0 + k * DT
         seen.append(s.current(now)[0])
     np.testing.assert_allclose(np.diff(seen), 0.01, atol=1e-9)  # one action per tick, none twice
-    ts, _ = s.window(1.0 + 30 * DT, 5)
+    ts, _ = s.window_at(1.0 + 30 * DT, 5)
     np.testing.assert_allclose(np.diff(ts), DT, atol=1e-9)
 
 
-@pytest.mark.parametrize("blend,bound", [("average", 0.0701), ("none", 0.1001)])
+@pytest.mark.parametrize("blend,bound", [("average", 0.0701), ("none", 0.1001), ("crossfade", 0.0101)])
 def test_blending_bounds_the_jump_at_chunk_boundaries(blend, bound):
-    s = ChunkScheduler(DT, execute_horizon=50, blend=blend, new_weight=0.7)
+    s = ChunkScheduler(DT, blend=blend, new_weight=0.7, window_s=0.2)
     s.add(_chunk(0.0, np.zeros(14), slope=0.0), now=0.0)
     s.add(_chunk(0.1, np.full(14, 0.1), slope=0.0), now=0.1)  # the new chunk disagrees by 0.1
     traj = [s.current(0.1 + k * DT)[0] for k in range(10)]
@@ -150,3 +152,25 @@ def test_data_range_normalisation_is_separate_from_the_limits():
     # legacy packs kept the range in extra.robot: RobotSpec reads them and drops it
     legacy = {**spec.to_dict(), "norm_lower": d.low, "norm_upper": d.high}
     assert RobotSpec.from_dict(legacy).to_dict() == spec.to_dict()
+
+
+def test_relative_actions_follow_lerobots_mask():
+    """LeRobot's use_relative_actions: actions are offsets from the observed state on every
+    joint but the excluded ones (a name token match); targets invert it."""
+    import torch
+
+    from omega_qvla_ros.models.pi05.checkpoint import relative_mask
+    from omega_qvla_ros.models.processor import Normalizer, Processor, ProcessorConfig
+
+    names = ["left_waist", "left_gripper", "right_elbow"]
+    mask = relative_mask(names, ["gripper"])
+    assert mask == [True, False, True]
+    norm = Normalizer("quantiles", [-1.0, 0.0, -2.0], [1.0, 1.0, 2.0])
+    proc = Processor(ProcessorConfig(["top"], names, 56, 16, state_norm=norm, action_norm=norm,
+                                     relative_actions=mask), action_width=4)
+    q = np.array([[0.5, 0.3, -1.0]])
+    model_out = torch.zeros(1, 2, 4)  # normalised 0 = the middle of each range
+    a = proc.actions(model_out, q)
+    np.testing.assert_allclose(a[0, 0], [0.0 + 0.5, 0.5, 0.0 - 1.0], atol=1e-6)
+    back = proc.action_targets(a, q)
+    assert back.shape == (1, 2, 4) and float(back.abs().max()) < 1e-6

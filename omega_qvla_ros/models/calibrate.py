@@ -34,6 +34,26 @@ def synthetic_observations(cfg, n: int, batch: int = 2, seed: int = 0) -> list[O
     return out
 
 
+def synthetic_batches(processor, n: int, batch: int = 2, seed: int = 0) -> list[Observation]:
+    """Random raw observations through a model's processor: uint8 images of every camera
+    at the model's image size, joint positions spread over the normalisation range,
+    the two instructions — well-formed input for any model (its own prompt format and
+    tokenizer), for calibrating random-init or imported models without recorded data."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    S = processor.config.image_size
+    out = []
+    for i in range(n):
+        frames = [{c: rng.integers(0, 256, (S, S, 3), dtype=np.uint8) for c in processor.cameras}
+                  for _ in range(batch)]
+        z = torch.from_numpy(rng.uniform(-0.9, 0.9, (batch, processor.dof)))
+        q = processor.config.state_norm.unnormalize(z).double().numpy()
+        texts = [INSTRUCTIONS[(i + b) % len(INSTRUCTIONS)] for b in range(batch)]
+        out.append(processor.batch(frames, texts, q))
+    return out
+
+
 def calibration_forward(seed: int = 0):
     """forward(model, observation) for quantize(): a full sampling run with fixed noise."""
     def fwd(model: nn.Module, obs: Observation):

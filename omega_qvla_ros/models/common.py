@@ -90,8 +90,13 @@ class FlowMatchingVLA(nn.Module):
         if noise is None:
             noise = torch.randn(observation.batch_size, c.action_horizon, c.action_dim,
                                 device=observation.images.device)
+        return self.sample_from_prefix(prefix, noise, num_steps)
+
+    def sample_from_prefix(self, prefix: PrefixCache, noise: torch.Tensor,
+                           num_steps: int | None = None) -> torch.Tensor:
+        """The denoising loop from a computed prefix (sample_actions' second half)."""
         return euler_sample(lambda x, t: self.denoise_step(x, t, prefix), noise,
-                            num_steps or c.num_steps, self.T_NOISE, 1.0 - self.T_NOISE)
+                            num_steps or self.config.num_steps, self.T_NOISE, 1.0 - self.T_NOISE)
 
     def loss(self, observation: Observation, actions: torch.Tensor, noise: torch.Tensor | None = None,
              s: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:

@@ -169,13 +169,12 @@ def _model_shapes(model: nn.Module) -> dict[str, tuple[tuple[int, ...], torch.dt
     return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict(keep_vars=True).items()}
 
 
-def import_tensors(model: nn.Module, source: CheckpointSource, strict: bool = True,
-                   aliases=ALIASES, ignored=IGNORED, tied: dict[str, str] | None = None,
-                   dtype: torch.dtype | None = None) -> ImportReport:
-    """Load `source` into `model` by name, checking every shape. The model may live on
-    the `meta` device (its tensors are then replaced, never allocated twice). `tied`:
-    model key -> checkpoint key to use when the model key itself is absent (tied
-    embeddings). With strict=True a model key missing from the checkpoint raises."""
+def plan_import(model: nn.Module, source: CheckpointSource, strict: bool = True, aliases=ALIASES,
+                ignored=IGNORED, tied: dict[str, str] | None = None) -> tuple[dict[str, str], ImportReport]:
+    """Which checkpoint tensor fills which model tensor ({model key: checkpoint key}),
+    every shape checked, without reading any tensor data. The model may be on `meta`.
+    `tied`: model key -> checkpoint key to use when the model key itself is absent
+    (tied embeddings). With strict=True a model key missing from the checkpoint raises."""
     own = _model_shapes(model)
     keys = set(own)
     report = ImportReport()
@@ -204,6 +203,16 @@ def import_tensors(model: nn.Module, source: CheckpointSource, strict: bool = Tr
         raise CheckpointMissingKeyError(
             f"{len(report.missing)} model tensor(s) not in the checkpoint {source.root}: first "
             f"{report.missing[0]!r}")
+    return chosen, report
+
+
+def import_tensors(model: nn.Module, source: CheckpointSource, strict: bool = True,
+                   aliases=ALIASES, ignored=IGNORED, tied: dict[str, str] | None = None,
+                   dtype: torch.dtype | None = None) -> ImportReport:
+    """Load `source` into `model` by name (see plan_import). The model may live on the
+    `meta` device (its tensors are then replaced, never allocated twice)."""
+    chosen, report = plan_import(model, source, strict, aliases, ignored, tied)
+    own = _model_shapes(model)
     state = {}
     for mk, ck in chosen.items():
         target = own[mk][1]
@@ -270,6 +279,60 @@ def detect_family(source: CheckpointSource, family: str | None = None):
     if len(hits) > 1:
         raise CheckpointFormatError(f"{source.root}: ambiguous checkpoint ({[d for _, d in hits]}); give --family")
     return hits[0]
+
+
+def _plan(src: CheckpointSource, options: ImportOptions, family: str | None, strict: bool):
+    """(Imported, chosen {model key: checkpoint key}, ImportReport, model on `meta`)."""
+    from .registry import build_model
+
+    fam, _desc = detect_family(src, family)
+    imp: Imported = fam.checkpoint.load(src, options)
+    model = build_model(fam.name, config=imp.config, device="meta")
+    chosen, report = plan_import(model, src, strict=strict, aliases=imp.aliases, ignored=imp.ignored,
+                                 tied=imp.tied)
+    return imp, chosen, report, model
+
+
+def import_to_pack(path: str | Path, out: str | Path, options: ImportOptions | None = None,
+                   family: str | None = None, float_dtype: torch.dtype | None = None,
+                   extra: dict | None = None):
+    """Stream a checkpoint into an FP pack: tensors go from the memory-mapped checkpoint to
+    pack shards one at a time (never the whole model in memory). Returns (Imported,
+    ImportReport, the model on `meta`)."""
+    from omega_qvla_ros.quant.pack import PackWriter
+    from omega_qvla_ros.quant.recipes import RECIPES
+
+    from . import model_info
+
+    options = options or ImportOptions()
+    src = open_checkpoint(path)
+    try:
+        imp, chosen, report, model = _plan(src, options, family, strict=True)
+        own = _model_shapes(model)
+        writer = PackWriter(out, float_dtype)
+        for mk in model.state_dict():
+            target = own[mk][1]
+            if float_dtype is not None and target.is_floating_point:
+                target = float_dtype
+            writer.add({mk: src.get(chosen[mk]).to(target)})
+    finally:
+        src.close()
+    assets = {imp.processor.tokenizer: imp.tokenizer_file} if imp.tokenizer_file else {}
+    writer.finish(model_info(model), recipe=RECIPES["fp16"].to_dict(), processor=imp.processor.to_dict(),
+                  assets=assets, extra={"imported_from": {"path": str(path), "kind": imp.kind, "notes": imp.notes},
+                                        **(extra or {})})
+    return imp, report, model
+
+
+def describe_checkpoint(path: str | Path, options: ImportOptions | None = None, family: str | None = None):
+    """(Imported, ImportReport, model on `meta`) without reading tensor data."""
+    options = options or ImportOptions()
+    src = open_checkpoint(path)
+    try:
+        imp, _chosen, report, model = _plan(src, options, family, strict=options.strict)
+    finally:
+        src.close()
+    return imp, report, model
 
 
 def load_checkpoint(path: str | Path, options: ImportOptions | None = None, family: str | None = None):

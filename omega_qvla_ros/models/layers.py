@@ -237,7 +237,7 @@ class SiglipEmbeddings(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = self.patch_embedding(pixels).flatten(2).transpose(1, 2)
-        return x + self.position_embedding.weight[None]
+        return x + self.position_embedding.weight[None].to(x.dtype)
 
 
 class SiglipEncoder(nn.Module):

@@ -42,7 +42,8 @@ def component_of(name: str, scopes: Scopes) -> str:
 def _spec(lin: nn.Linear, sr: SideRecipe, side: str, steps: int) -> LayerSpec:
     """The LayerSpec `quantize()` would produce for `lin` (steps: the sampler's count)."""
     return layer_spec(lin, sr, side, steps,
-                      channel_div=sr.smooth_alpha is not None or sr.act_mode == "per_step_factorized")
+                      channel_div=sr.smooth_alpha is not None or sr.act_mode in ("per_step_factorized",
+                                                                                  "static_folded"))
 
 
 def stored_bytes(spec: LayerSpec) -> dict[str, int]:

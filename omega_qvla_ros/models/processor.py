@@ -265,7 +265,7 @@ class Processor:
     `image_tokens`: placeholders per camera of the "gr00t_n15" prompt (the model's)."""
 
     def __init__(self, config: ProcessorConfig, root: str | Path | None = None, action_width: int | None = None,
-                 image_tokens: int | None = None) -> None:
+                 image_tokens: int | None = None, image_token_id: int | None = None) -> None:
         self.config = config
         self.root = Path(root) if root is not None else None
         self.action_width = action_width  # the model's padded action width
@@ -273,7 +273,10 @@ class Processor:
         left = config.prompt == "gr00t_n15"  # Eagle's tokenizer pads left with <|endoftext|>
         side = "left" if left else "right"
         if config.tokenizer == "byte":
-            self.tokenizer = ByteTokenizer(padding_side=side)
+            # a prompt with image placeholders and no tokenizer file (random-init plumbing):
+            # the placeholder string encodes to the model's image token id
+            special = {IMG_CONTEXT: image_token_id} if (left and image_token_id is not None) else None
+            self.tokenizer = ByteTokenizer(padding_side=side, special=special)
         else:
             if self.root is None:
                 raise ValueError(f"processor tokenizer {config.tokenizer!r} needs the pack folder it lives in")
@@ -450,7 +453,8 @@ def legacy_processor_config(model_config, extra: dict, default_robot: dict) -> P
     norm = Normalizer("min_max", lo, hi, dtype="float64")
     return ProcessorConfig(cameras=cams, joint_names=list(robot["joint_names"]),
                            image_size=model_config.vision.image_size, max_tokens=model_config.max_tokens,
-                           state_norm=norm, action_norm=norm, state_clip=1.5)
+                           state_norm=norm, action_norm=norm, state_clip=1.5,
+                           prompt=getattr(model_config, "default_prompt", "instruction"))
 
 
 def processor_from_manifest(manifest: dict, root: str | Path | None, default_robot: dict,
@@ -469,4 +473,12 @@ def processor_from_manifest(manifest: dict, root: str | Path | None, default_rob
                          f"{cfg.cameras}")
     if len(pc.joint_names) > cfg.action_dim:
         raise ValueError(f"processor drives {len(pc.joint_names)} joints, the model outputs {cfg.action_dim}")
-    return Processor(pc, root, action_width=cfg.action_dim, image_tokens=getattr(cfg, "image_tokens_per_camera", None))
+    return processor_for(pc, cfg, root)
+
+
+def processor_for(pc: ProcessorConfig, model_config, root: str | Path | None = None) -> Processor:
+    """A Processor for `pc` serving a model of `model_config` (action width, image
+    placeholders of prompts that have them)."""
+    return Processor(pc, root, action_width=model_config.action_dim,
+                     image_tokens=getattr(model_config, "image_tokens_per_camera", None),
+                     image_token_id=getattr(model_config, "image_token_id", None))

@@ -38,6 +38,7 @@ class Family:
     scopes: Scopes
     shipped: str | None = None  # FP pack under models/ used as this family's default
     checkpoint: Any = None  # module with detect(dir) -> str | None and load(...)
+    stages: Callable | None = None  # (model, observations, noise) -> iterator of sequential.Stage
     paper: dict = field(default_factory=dict)  # published W4A4 memory numbers
 
     def config(self, size: str):
@@ -58,7 +59,9 @@ def register_family(family: Family) -> Family:
     from omega_qvla_ros.quant.pack import register_family as register_pack_builder
 
     _FAMILIES[family.name] = family
-    register_pack_builder(family.name, lambda info, f=family: build_model(f.name, config=info["config"]))
+    # packs are loaded into a model built on the meta device (no random-init copy)
+    register_pack_builder(family.name, lambda info, f=family: build_model(f.name, config=info["config"],
+                                                                          device="meta"))
     return family
 
 

@@ -38,14 +38,29 @@ def _side(side: str) -> str:
 
 
 class ByteTokenizer:
+    """UTF-8 bytes as tokens. `special`: strings that encode to one given id each (e.g. a
+    model's image placeholder token), for prompts with placeholders and no tokenizer file."""
+
     vocab_size = BYTE_VOCAB
 
-    def __init__(self, padding_side: str = "right") -> None:
+    def __init__(self, padding_side: str = "right", special: dict[str, int] | None = None) -> None:
         self.padding_side = _side(padding_side)
+        self.special = dict(special or {})
+
+    def _bytes(self, text: str) -> list[int]:
+        return [b + BYTE_OFFSET for b in text.encode("utf-8")]
 
     def encode(self, text: str, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids [max_len], mask [max_len]); BOS + bytes, truncated, padded (right by default)."""
-        ids = [BOS] + [b + BYTE_OFFSET for b in text.encode("utf-8")]
+        ids = [BOS]
+        if self.special:
+            import re
+
+            pattern = "(" + "|".join(re.escape(k) for k in sorted(self.special, key=len, reverse=True)) + ")"
+            for part in re.split(pattern, text):
+                ids += [self.special[part]] if part in self.special else self._bytes(part)
+        else:
+            ids += self._bytes(text)
         return pad_to(ids[:max_len], max_len, PAD, self.padding_side)
 
     pad_id = PAD

@@ -45,6 +45,12 @@ class LayerStats:
             raise RuntimeError("no Hessian captured (layer never called during calibration?)")
         return self.hessian / self.tokens
 
+    def take_normalized_hessian(self) -> torch.Tensor:
+        """H / tokens, computed in place and handed over (the stats no longer hold it)."""
+        h = self.normalized_hessian() if self.hessian is None else self.hessian.div_(self.tokens)
+        self.hessian = None
+        return h
+
 
 class Calibrator:
     def __init__(self, modules: dict[str, tuple[nn.Linear, bool]], tokens_per_call: int = 1024,

@@ -43,7 +43,7 @@ the same name:
       identity); blocks of `block` channels, a tail of in_features % block.
 - input_channel_div: z = x̃ / input_channel_div (SmoothQuant-style divisor folded
   into the weights).
-- activations (mode "static", "per_step", "per_step_factorized"): a scale per input
+- activations (mode "static", "static_tensor", "per_step", "per_step_factorized"): a scale per input
   channel or per denoising step, not a compressed-tensors activation scheme; stock
   readers see these layers as weight-only. a = clamp(round(z / s), -8, 7) · s with
   s = act_scale [in] | act_step_table[t] [in] | act_step_scale[t] (scalar); t = the
@@ -64,7 +64,7 @@ CT_FORMAT = "pack-quantized"
 CT_VERSION = "0.20.1"  # the compressed-tensors version the layout is verified against
 EXTENSION_KEY = "omega_qvla"
 EXTENSION_VERSION = 1
-ACT_EXTENSION_MODES = ("static", "per_step", "per_step_factorized")
+ACT_EXTENSION_MODES = ("static", "static_tensor", "per_step", "per_step_factorized")
 
 _INT4 = {"num_bits": 4, "type": "int", "symmetric": True, "dynamic": False}
 
@@ -73,7 +73,8 @@ MATH = {
                       "(int8 codes · per-block scale, or fp16)",
     "input_channel_div": "z = x̃ / input_channel_div",
     "activations": "a = clamp(round(z / s), -8, 7) · s; dynamic s = max_j |z_j| / 7 per "
-                   "token; static s = act_scale; per_step s = act_step_table[t]; "
+                   "token; static s = act_scale (per channel); static_tensor s = act_scale (one "
+                   "value, after the channel divisor); per_step s = act_step_table[t]; "
                    "per_step_factorized s = act_step_scale[t]",
     "weights": "Ŵ = codes · weight_scale (expanded per group; the last group may be short)",
     "output": "y = (a Ŵᵀ) · blockdiag(Q)ᵀ + bias (output_rotation), else a Ŵᵀ + bias",
@@ -154,7 +155,7 @@ def activations(spec: dict) -> dict:
     if mode == "dynamic":
         out["scale"] = "max|z| / 7 per token (compressed-tensors: max|z| / 7.5)"
     elif mode in ACT_EXTENSION_MODES:
-        out["tensor"] = {"static": "act_scale", "per_step": "act_step_table",
+        out["tensor"] = {"static": "act_scale", "static_tensor": "act_scale", "per_step": "act_step_table",
                          "per_step_factorized": "act_step_scale"}[mode]
         out["steps"] = spec.get("steps", 0)
     return out

@@ -19,22 +19,28 @@ from .int4 import QMAX, QMIN, mse_grid_scales
 
 
 def _inv_chol_upper(H: torch.Tensor, damp: float) -> torch.Tensor:
-    H = H.clone()
-    n = H.shape[0]
-    H += damp * torch.mean(torch.diag(H)) * torch.eye(n, dtype=H.dtype, device=H.device)
+    """Upper Cholesky factor of H⁻¹ after damping. H is consumed (damped in place), and no
+    dense identity is built: a 16384-wide float32 Hessian is 1 GiB, so each [n, n] copy
+    counts."""
+    d = H.diagonal()
+    d.add_(damp * torch.mean(d))
     for _ in range(6):
         L, info = torch.linalg.cholesky_ex(H)
         if int(info) == 0:
             break
-        H += 0.1 * torch.mean(torch.diag(H)) * torch.eye(n, dtype=H.dtype, device=H.device)
+        d.add_(0.1 * torch.mean(d))
+    del H, d
     Hinv = torch.cholesky_inverse(L)
+    del L
     return torch.linalg.cholesky(Hinv, upper=True)
 
 
-def _prepare(W: torch.Tensor, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _prepare(W: torch.Tensor, H: torch.Tensor, copy: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     dtype = H.dtype if H.dtype in (torch.float32, torch.float64) else torch.float64
     W = W.detach().to(dtype).clone()
-    H = H.detach().to(dtype).clone()
+    H = H.detach().to(dtype)
+    if copy or H.data_ptr() == 0:
+        H = H.clone()
     dead = torch.diag(H) == 0
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
@@ -68,10 +74,11 @@ def _solve(W: torch.Tensor, Hinv: torch.Tensor, scale_of_col, block: int,
 
 
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, group_size: int | None = 128,
-                  damp: float = 0.01, block: int = 128, act_order: bool = False
+                  damp: float = 0.01, block: int = 128, act_order: bool = False, copy: bool = True
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Standard GPTQ. Returns (codes int8 [out, in], scales [out, G])."""
-    W, H = _prepare(W, H)
+    """Standard GPTQ. Returns (codes int8 [out, in], scales [out, G]). With copy=False
+    H is consumed (its memory reused)."""
+    W, H = _prepare(W, H, copy)
     out, n = W.shape
     g = n if group_size is None or group_size >= n else group_size
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(n, device=H.device)
@@ -80,9 +87,13 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, group_size: int | None = 128
         scales = mse_grid_scales(W, None if g == n else g)
     else:
         scales = torch.zeros(out, -(-n // g), dtype=W.dtype, device=W.device)
-    Wp = W[:, perm]
-    Hp = H[perm][:, perm]
-    Hinv = _inv_chol_upper(Hp, damp)
+    if act_order:
+        Wp = W[:, perm]
+        H = H[perm][:, perm]
+    else:
+        Wp = W
+    Hinv = _inv_chol_upper(H, damp)
+    del H
     block = max(block, 1)
 
     def scale_of_col(c: int, W1: torch.Tensor, i: int) -> torch.Tensor:
@@ -103,16 +114,16 @@ def gptq_quantize(W: torch.Tensor, H: torch.Tensor, group_size: int | None = 128
 
 
 def gptq_blocklocal(W: torch.Tensor, H: torch.Tensor, group_size: int | None = 128,
-                    damp: float = 0.05, block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+                    damp: float = 0.05, block: int = 128, copy: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """The paper's simplified GPTQ: each block alone, no cross-block error carry."""
-    W, H = _prepare(W, H)
+    W, H = _prepare(W, H, copy)
     out, n = W.shape
     g = n if group_size is None or group_size >= n else group_size
     scales = mse_grid_scales(W, None if g == n else g).to(W.dtype)
     Q = torch.zeros_like(W)
     for i1 in range(0, n, block):
         i2 = min(i1 + block, n)
-        Hinv = _inv_chol_upper(H[i1:i2, i1:i2], damp)
+        Hinv = _inv_chol_upper(H[i1:i2, i1:i2].clone(), damp)
         sub = W[:, i1:i2].clone()
         Q[:, i1:i2] = _solve(sub, Hinv, lambda c, W1, i: scales[:, (i1 + c) // g], i2 - i1,
                              carry=False)

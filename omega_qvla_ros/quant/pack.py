@@ -1,4 +1,10 @@
-"""Model packs: a directory with `model.safetensors` + `manifest.json`. Never pickle.
+"""Model packs: a directory with the weights in safetensors + `manifest.json`. Never pickle.
+
+Weights: `model.safetensors`, or for big models several shards
+`model-00001-of-0000N.safetensors` listed in `model.safetensors.index.json` (the Hugging
+Face layout). `PackWriter` streams a pack shard by shard, so the sequential quantizer
+never holds a whole model; `load_pack` builds the model on the `meta` device (no
+random-init copy) and fills it shard by shard from memory-mapped files.
 
 manifest.json holds the format name and version, the model family and config, the
 recipe, a LayerSpec per quantized layer, the name/shape/dtype of every tensor, a
@@ -28,9 +34,12 @@ from torch import nn
 from .qlinear import LayerSpec, QuantLinear, storage_dtype
 
 FORMAT = "omega-qvla-pack"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: weights may be sharded (each tensor names its file); 1 is read too
+READ_VERSIONS = (1, 2)
 WEIGHTS = "model.safetensors"
+INDEX = "model.safetensors.index.json"
 MANIFEST = "manifest.json"
+SHARD_BYTES = 1 << 30
 
 ModelBuilder = Callable[[dict], nn.Module]
 _FAMILIES: dict[str, ModelBuilder] = {}
@@ -100,59 +109,136 @@ def quantized_layers(model: nn.Module) -> dict[str, LayerSpec]:
     return {n: m.spec for n, m in model.named_modules() if isinstance(m, QuantLinear)}
 
 
-def save_pack(model: nn.Module, out_dir: str | os.PathLike, model_info: dict,
-              recipe: dict | None = None, calibration: dict | None = None,
-              extra: dict | None = None, float_dtype: torch.dtype | None = None,
-              processor: dict | None = None, assets: dict[str, str | os.PathLike] | None = None) -> Path:
-    """Write `model` (FP or quantized) as a pack. `model_info` = {"family", "config", …}.
-    `processor`: the processor config (a dict); `assets`: {name in the pack: source file}
-    copied beside the weights and checksummed like them (e.g. a tokenizer file).
-
-    Quantization state is stored compactly (qlinear.storage_dtype: int32 packed codes,
-    fp16 scales/rotations/tables, int16 permutations); it is already held at that
-    precision, so this is lossless. `float_dtype` (e.g. torch.float16) casts the
-    kept-in-float parts; None keeps their dtype.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    qnames = quantized_layers(model)
+def stored_state(module: nn.Module, prefix: str = "", float_dtype: torch.dtype | None = None
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """(tensors as a pack stores them, LayerSpec dicts of the QuantLinear layers) of
+    `module`, names prefixed with `prefix`. Quantization state goes to its storage
+    dtype (qlinear.storage_dtype: int32 packed codes, fp16 scales/rotations/tables,
+    int16 permutations) — it is already held at that precision, so this is lossless;
+    `float_dtype` casts the kept-in-float parts (None keeps their dtype)."""
+    qnames = quantized_layers(module)
     tensors: dict[str, torch.Tensor] = {}
-    for k, v in model.state_dict().items():
+    for k, v in module.state_dict().items():
         v = v.detach().cpu()
         owner, leaf = k.rsplit(".", 1) if "." in k else ("", k)
         if owner in qnames:
             stored = storage_dtype(leaf, v)
             if v.is_floating_point() and not torch.equal(v.to(stored).to(v.dtype), v):
-                raise ValueError(f"{k}: quantization state is not at its stored precision "
+                raise ValueError(f"{prefix + k}: quantization state is not at its stored precision "
                                  f"({stored}); build layers with QuantLinear.from_parts")
             v = v.to(stored)
         elif float_dtype is not None and v.is_floating_point():
             v = v.to(float_dtype)
-        tensors[k] = v.contiguous()
-    save_file(tensors, str(out / WEIGHTS), metadata={"format": FORMAT})
-    files = {WEIGHTS: {"bytes": (out / WEIGHTS).stat().st_size, "sha256": sha256_file(out / WEIGHTS)}}
-    for name, src in (assets or {}).items():
-        if Path(name).name != name or name in (WEIGHTS, MANIFEST):
-            raise ValueError(f"asset name {name!r}: a plain file name other than {WEIGHTS}/{MANIFEST}")
-        dst = out / name
-        if Path(src).resolve() != dst.resolve():
-            shutil.copyfile(src, dst)
-        files[name] = {"bytes": dst.stat().st_size, "sha256": sha256_file(dst)}
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "model": model_info,
-        "recipe": recipe,
-        "layers": {n: s.to_dict() for n, s in qnames.items()},
-        "tensors": {k: {"shape": list(v.shape), "dtype": _dtype_name(v)} for k, v in tensors.items()},
-        "calibration": calibration or {},
-        "extra": extra or {},
-        "files": files,
-    }
-    if processor is not None:
-        manifest["processor"] = processor
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    return out
+        tensors[prefix + k] = v.contiguous()
+    return tensors, {prefix + n: spec.to_dict() for n, spec in qnames.items()}
+
+
+class PackWriter:
+    """Writes a pack as it is produced: `add()` tensors (or `add_module()`) in any number
+    of calls, each shard flushed to disk once it holds `shard_bytes`; `finish()` names
+    the shards, writes the index and the manifest. Memory: one shard's worth."""
+
+    def __init__(self, out_dir: str | os.PathLike, float_dtype: torch.dtype | None = None,
+                 shard_bytes: int = SHARD_BYTES) -> None:
+        self.out = Path(out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.float_dtype, self.shard_bytes = float_dtype, shard_bytes
+        self.pending: dict[str, torch.Tensor] = {}
+        self.pending_bytes = 0
+        self.parts: list[tuple[Path, list[str]]] = []
+        self.meta: dict[str, dict] = {}
+        self.layers: dict[str, dict] = {}
+
+    def add_module(self, module: nn.Module, prefix: str = "") -> None:
+        tensors, layers = stored_state(module, prefix, self.float_dtype)
+        self.layers.update(layers)
+        self.add(tensors)
+
+    def add(self, tensors: dict[str, torch.Tensor]) -> None:
+        for k, v in tensors.items():
+            if k in self.meta or k in self.pending:
+                raise ValueError(f"tensor {k!r} written twice")
+            self.pending[k] = v.contiguous()
+            self.pending_bytes += v.numel() * v.element_size()
+            if self.pending_bytes >= self.shard_bytes:
+                self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        path = self.out / f".part-{len(self.parts):05d}.safetensors"
+        save_file(self.pending, str(path), metadata={"format": FORMAT})
+        for k, v in self.pending.items():
+            self.meta[k] = {"shape": list(v.shape), "dtype": _dtype_name(v)}
+        self.parts.append((path, list(self.pending)))
+        self.pending, self.pending_bytes = {}, 0
+
+    def finish(self, model_info: dict, recipe: dict | None = None, calibration: dict | None = None,
+               extra: dict | None = None, processor: dict | None = None,
+               assets: dict[str, str | os.PathLike] | None = None, ignore: list[str] | None = None) -> Path:
+        self.flush()
+        if not self.parts:  # a model without tensors still gets a (empty) weights file
+            save_file({}, str(self.out / WEIGHTS), metadata={"format": FORMAT})
+            names = [WEIGHTS]
+        elif len(self.parts) == 1:
+            os.replace(self.parts[0][0], self.out / WEIGHTS)
+            names = [WEIGHTS]
+        else:
+            names = [f"model-{i + 1:05d}-of-{len(self.parts):05d}.safetensors" for i in range(len(self.parts))]
+            for (path, _), name in zip(self.parts, names):
+                os.replace(path, self.out / name)
+        for (_, keys), name in zip(self.parts, names):
+            os.chmod(self.out / name, 0o644)
+            for k in keys:
+                self.meta[k]["file"] = name
+        files = {n: {"bytes": (self.out / n).stat().st_size, "sha256": sha256_file(self.out / n)} for n in names}
+        if len(names) > 1:
+            index = {"metadata": {"total_size": sum(f["bytes"] for f in files.values())},
+                     "weight_map": {k: m["file"] for k, m in sorted(self.meta.items())}}
+            (self.out / INDEX).write_text(json.dumps(index, indent=1, sort_keys=True))
+            files[INDEX] = {"bytes": (self.out / INDEX).stat().st_size, "sha256": sha256_file(self.out / INDEX)}
+        for name, src in (assets or {}).items():
+            if Path(name).name != name or name in (WEIGHTS, MANIFEST, INDEX) or name.startswith("model-"):
+                raise ValueError(f"asset name {name!r}: a plain file name other than the pack's own files")
+            dst = self.out / name
+            if Path(src).resolve() != dst.resolve():
+                shutil.copyfile(src, dst)
+            files[name] = {"bytes": dst.stat().st_size, "sha256": sha256_file(dst)}
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model": model_info,
+            "recipe": recipe,
+            "layers": self.layers,
+            "tensors": self.meta,
+            "calibration": calibration or {},
+            "extra": extra or {},
+            "files": files,
+        }
+        if processor is not None:
+            manifest["processor"] = processor
+        if self.layers:
+            from .ct_format import quantization_config
+
+            manifest["quantization_config"] = quantization_config(self.layers, recipe, ignore=ignore)
+        (self.out / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        return self.out
+
+
+def save_pack(model: nn.Module, out_dir: str | os.PathLike, model_info: dict,
+              recipe: dict | None = None, calibration: dict | None = None,
+              extra: dict | None = None, float_dtype: torch.dtype | None = None,
+              processor: dict | None = None, assets: dict[str, str | os.PathLike] | None = None,
+              shard_bytes: int = SHARD_BYTES) -> Path:
+    """Write `model` (FP or quantized) as a pack. `model_info` = {"family", "config", …}.
+    `processor`: the processor config (a dict); `assets`: {name in the pack: source file}
+    copied beside the weights and checksummed like them (e.g. a tokenizer file). The
+    quantized layers are also described as a compressed-tensors `quantization_config`
+    (quant/ct_format.py); unquantized linears are its ignore list."""
+    w = PackWriter(out_dir, float_dtype, shard_bytes)
+    w.add_module(model)
+    ignore = sorted(n for n, m in model.named_modules() if type(m) is nn.Linear)
+    return w.finish(model_info, recipe, calibration, extra, processor, assets, ignore=ignore)
 
 
 def read_manifest(pack_dir: str | os.PathLike) -> dict:
@@ -165,9 +251,9 @@ def read_manifest(pack_dir: str | os.PathLike) -> dict:
         raise PackFormatError(f"{path}: manifest is not valid JSON ({e})") from None
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise PackFormatError(f"{path}: not an {FORMAT} manifest (format={m.get('format') if isinstance(m, dict) else None!r})")
-    if m.get("format_version") != FORMAT_VERSION:
+    if m.get("format_version") not in READ_VERSIONS:
         raise PackVersionError(f"{path}: pack format version {m.get('format_version')!r}, "
-                               f"this build reads version {FORMAT_VERSION}")
+                               f"this build reads versions {', '.join(map(str, READ_VERSIONS))}")
     check_manifest(m, path)
     return m
 
@@ -191,13 +277,15 @@ def check_manifest(m: dict, path) -> None:
         bad("field 'layers' must map layer names to layer specs")
     if not _is(m["tensors"], dict):
         bad("field 'tensors' must map tensor names to their shape and dtype")
+    if not _is(m["files"], dict):
+        bad("field 'files' must map file names to their bytes and sha256")
     for k, meta in m["tensors"].items():
         if (not _is(meta, dict) or not _is(meta.get("shape"), list) or not all(_is(d, int) and d >= 0
                                                                                for d in meta["shape"])
                 or not _is(meta.get("dtype"), str)):
             bad(f"entry for tensor {k!r} needs 'shape' (list of ints) and 'dtype'")
-    if not _is(m["files"], dict) or WEIGHTS not in m["files"]:
-        bad(f"field 'files' must list {WEIGHTS}")
+        if meta.get("file", WEIGHTS) not in m["files"]:
+            bad(f"tensor {k!r} lives in {meta.get('file', WEIGHTS)!r}, which 'files' does not list")
     for name, meta in m["files"].items():
         if not _is(name, str) or Path(name).name != name or name in ("", ".", ".."):
             bad(f"lists a file outside the pack folder: {name!r}")
@@ -224,33 +312,48 @@ def verify_files(pack_dir: str | os.PathLike, manifest: dict) -> None:
                                     f"{meta['sha256'][:16]}… (corrupt or modified file)")
 
 
+def weight_files(manifest: dict) -> dict[str, list[str]]:
+    """Weights file -> the tensor names the manifest puts in it (v1: all in model.safetensors)."""
+    out: dict[str, list[str]] = {}
+    for k, meta in manifest["tensors"].items():
+        out.setdefault(meta.get("file", WEIGHTS), []).append(k)
+    return out
+
+
+def iter_tensors(pack_dir: str | os.PathLike, manifest: dict, device: str = "cpu"):
+    """(name, tensor) for every tensor of the pack, one shard at a time (memory-mapped),
+    checking names, shapes and dtypes against the manifest."""
+    expected = manifest["tensors"]
+    for fname, names in weight_files(manifest).items():
+        f = Path(pack_dir) / fname
+        try:
+            handle = safe_open(str(f), framework="pt", device=device)
+        except Exception as e:  # noqa: BLE001 - SafetensorError or an OS error: not a safetensors file
+            raise PackFormatError(f"{f}: not a safetensors file ({type(e).__name__}: {e})") from None
+        with handle as st:
+            present = set(st.keys())
+            for k in names:
+                if k not in present:
+                    raise PackMissingTensorError(f"{f}: tensor {k!r} listed in the manifest is missing")
+            extra = sorted(present - set(names))
+            if extra:
+                raise PackUnexpectedTensorError(f"{f}: tensor {extra[0]!r} is not in the manifest")
+            for k in names:
+                t = st.get_tensor(k)
+                meta = expected[k]
+                if list(t.shape) != list(meta["shape"]):
+                    raise PackShapeError(f"{f}: tensor {k!r} has shape {list(t.shape)}, "
+                                         f"manifest says {meta['shape']}")
+                if _dtype_name(t) != meta["dtype"]:
+                    raise PackDtypeError(f"{f}: tensor {k!r} has dtype {_dtype_name(t)}, "
+                                         f"manifest says {meta['dtype']}")
+                yield k, t
+
+
 def read_tensors(pack_dir: str | os.PathLike, manifest: dict, device: str = "cpu"
                  ) -> dict[str, torch.Tensor]:
-    f = Path(pack_dir) / WEIGHTS
-    expected = manifest["tensors"]
-    out: dict[str, torch.Tensor] = {}
-    try:
-        handle = safe_open(str(f), framework="pt", device=device)
-    except Exception as e:  # noqa: BLE001 - SafetensorError or an OS error: not a safetensors file
-        raise PackFormatError(f"{f}: not a safetensors file ({type(e).__name__}: {e})") from None
-    with handle as st:
-        names = set(st.keys())
-        for k in expected:
-            if k not in names:
-                raise PackMissingTensorError(f"{f}: tensor {k!r} listed in the manifest is missing")
-        for k in sorted(names):
-            if k not in expected:
-                raise PackUnexpectedTensorError(f"{f}: tensor {k!r} is not in the manifest")
-        for k, meta in expected.items():
-            t = st.get_tensor(k)
-            if list(t.shape) != list(meta["shape"]):
-                raise PackShapeError(f"{f}: tensor {k!r} has shape {list(t.shape)}, "
-                                     f"manifest says {meta['shape']}")
-            if _dtype_name(t) != meta["dtype"]:
-                raise PackDtypeError(f"{f}: tensor {k!r} has dtype {_dtype_name(t)}, "
-                                     f"manifest says {meta['dtype']}")
-            out[k] = t
-    return out
+    """Every tensor of a pack (checked); for small packs — `load_pack` streams instead."""
+    return dict(iter_tensors(pack_dir, manifest, device))
 
 
 def install_quant_layers(model: nn.Module, layers: dict[str, dict], path: str = "auto",
@@ -273,27 +376,68 @@ def install_quant_layers(model: nn.Module, layers: dict[str, dict], path: str = 
         model.set_submodule(name, QuantLinear(spec, path=path, backend=backend))
 
 
-def load_state_checked(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    own = model.state_dict()
-    for k, v in own.items():
-        if k not in tensors:
-            raise PackMissingTensorError(f"model expects tensor {k!r}, the pack has none")
-        if tuple(tensors[k].shape) != tuple(v.shape):
-            raise PackShapeError(f"tensor {k!r}: pack has shape {list(tensors[k].shape)}, "
-                                 f"model expects {list(v.shape)}")
-    for k in tensors:
+def assign_tensor(model: nn.Module, name: str, t: torch.Tensor) -> None:
+    """Put `t` in place of the parameter or buffer `name` (no copy into old storage)."""
+    owner, leaf = name.rsplit(".", 1) if "." in name else ("", name)
+    mod = model.get_submodule(owner)
+    if leaf in mod._parameters:
+        old = mod._parameters[leaf]
+        mod._parameters[leaf] = nn.Parameter(t.to(old.dtype), requires_grad=old.requires_grad)
+    else:
+        mod._buffers[leaf] = t.to(mod._buffers[leaf].dtype)
+
+
+def load_state_checked(model: nn.Module, tensors) -> None:
+    """Fill `model` (on any device, `meta` too) from (name, tensor) pairs: every model
+    tensor must come exactly once with its shape; tensors are assigned, not copied
+    into existing storage, so a `meta` model never holds a second copy."""
+    own = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+    seen: set[str] = set()
+    for k, t in (tensors.items() if isinstance(tensors, dict) else tensors):
         if k not in own:
             raise PackUnexpectedTensorError(f"pack tensor {k!r} has no place in the model")
-    model.load_state_dict({k: t.to(own[k].dtype) for k, t in tensors.items()}, strict=True)
+        if tuple(t.shape) != own[k]:
+            raise PackShapeError(f"tensor {k!r}: pack has shape {list(t.shape)}, model expects {list(own[k])}")
+        assign_tensor(model, k, t)
+        seen.add(k)
+    missing = sorted(set(own) - seen)
+    if missing:
+        raise PackMissingTensorError(f"model expects tensor {missing[0]!r}, the pack has none")
+    for m in model.modules():
+        if isinstance(m, QuantLinear):
+            m._cache.clear()
+
+
+def float_bytes(manifest: dict) -> int:
+    """Bytes of a pack's floating-point tensors outside its quantized layers."""
+    owners = set(manifest.get("layers") or {})
+    n = 0
+    for k, meta in manifest["tensors"].items():
+        if k.rsplit(".", 1)[0] in owners or meta["dtype"] not in ("float16", "bfloat16", "float32"):
+            continue
+        size = 1
+        for d in meta["shape"]:
+            size *= d
+        n += size * {"float16": 2, "bfloat16": 2, "float32": 4}[meta["dtype"]]
+    return n
 
 
 def load_pack(pack_dir: str | os.PathLike, build_model: ModelBuilder | None = None,
-              device: str | torch.device = "cpu", path: str = "auto", backend: str = "auto"
-              ) -> tuple[nn.Module, dict]:
-    """Verify and load a pack; returns (model in eval mode on `device`, manifest)."""
+              device: str | torch.device = "cpu", path: str = "auto", backend: str = "auto",
+              float_storage: str = "float32", integer_codes: str = "keep") -> tuple[nn.Module, dict]:
+    """Verify and load a pack; returns (model in eval mode on `device`, manifest). The
+    model is built on the `meta` device and filled shard by shard, so loading needs
+    about the weights' size, never a random-init model beside them; integer-kernel
+    caches are built here, not on the first inference.
+
+    Memory options (the runtime uses the lean ones, see runtime/policy.py):
+    `float_storage`: "float32" (the unquantized parts in float32), "stored" (large ones
+    stay at the pack's fp16/bf16 and are upcast per call, float_storage.py) or "auto"
+    ("stored" when they exceed 512 MiB). `integer_codes`: "drop" gives back a layer's
+    packed int4 codes once its integer kernel holds them (the model can then run, not
+    be saved again)."""
     manifest = read_manifest(pack_dir)
     verify_files(pack_dir, manifest)
-    tensors = read_tensors(pack_dir, manifest)
     info = manifest["model"]
     if build_model is None:
         family = info.get("family")
@@ -307,12 +451,32 @@ def load_pack(pack_dir: str | os.PathLike, build_model: ModelBuilder | None = No
             raise PackFormatError(f"unknown model family {family!r}; known: {sorted(_FAMILIES)}")
         build_model = _FAMILIES[family]
     try:
-        model = build_model(info)
+        with torch.device("meta"):
+            model = build_model(info)
     except (ValueError, TypeError, KeyError) as e:
         raise PackFormatError(f"{pack_dir}: the manifest's model config does not build: {e}") from None
-    install_quant_layers(model, manifest["layers"], path=path, backend=backend)
-    load_state_checked(model, tensors)
-    return model.to(device).eval(), manifest
+    with torch.device("meta"):
+        install_quant_layers(model, manifest["layers"], path=path, backend=backend)
+    if float_storage == "auto":
+        float_storage = "stored" if float_bytes(manifest) > (512 << 20) else "float32"
+    if float_storage == "stored":
+        from .float_storage import eligible, keep_half
+
+        by_dtype: dict[str, dict] = {}
+        for name, m in eligible(model).items():
+            dt = manifest["tensors"].get(f"{name}.weight", {}).get("dtype")
+            if dt in ("float16", "bfloat16"):
+                by_dtype.setdefault(dt, {})[name] = m
+        for dt, mods in by_dtype.items():
+            keep_half(model, getattr(torch, dt), modules=mods)
+    elif float_storage != "float32":
+        raise ValueError(f"float_storage must be float32, stored or auto, got {float_storage!r}")
+    load_state_checked(model, iter_tensors(pack_dir, manifest))
+    model = model.to(device).eval()
+    for m in model.modules():
+        if isinstance(m, QuantLinear):
+            m.prepare(release_codes=integer_codes == "drop")
+    return model, manifest
 
 
 def pack_bytes(pack_dir: str | os.PathLike) -> dict[str, Any]:

@@ -8,6 +8,8 @@ checkpoints unpack these words unchanged.
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 
 OFFSET = 8
@@ -34,13 +36,19 @@ def pack_int4(codes: torch.Tensor) -> torch.Tensor:
 
 
 def unpack_int4(packed: torch.Tensor, cols: int) -> torch.Tensor:
-    """int32 words [rows, W] -> int8 codes [rows, cols]."""
+    """int32 words [rows, W] -> int8 codes [rows, cols]. Works on the words' bytes (two
+    nibbles each, uint8 arithmetic): byte k of word w holds columns 8w+2k (low nibble)
+    and 8w+2k+1 (high nibble) on a little-endian host, which every supported CPU and GPU is."""
     if packed.dtype != torch.int32:
         raise TypeError(f"unpack_int4 expects int32 words, got {packed.dtype}")
     rows, words = packed.shape
     if words * PER_WORD < cols:
         raise ValueError(f"{words} words cannot hold {cols} int4 values")
-    p = packed.to(torch.int64) & 0xFFFFFFFF
-    shifts = torch.arange(0, 32, 4, dtype=torch.int64, device=packed.device)
-    v = (p.unsqueeze(-1) >> shifts) & 0xF
-    return (v.reshape(rows, words * PER_WORD)[:, :cols] - OFFSET).to(torch.int8)
+    if sys.byteorder != "little":  # pragma: no cover - big-endian hosts: the portable way
+        p = packed.to(torch.int64) & 0xFFFFFFFF
+        shifts = torch.arange(0, 32, 4, dtype=torch.int64, device=packed.device)
+        v = (p.unsqueeze(-1) >> shifts) & 0xF
+        return (v.reshape(rows, words * PER_WORD)[:, :cols] - OFFSET).to(torch.int8)
+    b = packed.contiguous().view(torch.uint8).reshape(rows, words * 4)
+    v = torch.stack((b & 0xF, b >> 4), dim=-1).reshape(rows, words * PER_WORD)[:, :cols]
+    return v.view(torch.int8) - OFFSET

@@ -14,7 +14,9 @@ Forward, for input x [..., in]:
 The integer path needs every scale off the contraction axis: per-output-channel
 weight scales (group_size None) and a per-token or per-tensor activation scale
 (modes "dynamic" and "per_step_factorized"). 128-group weight scales and the
-per-input-channel modes ("static", "per_step") run on the reference path only.
+per-input-channel modes ("static", "per_step") run on the reference path only; a static
+per-channel scale folded into the weights ("static_tensor": channel divisor + one static
+scale) is integer-executable.
 """
 from __future__ import annotations
 
@@ -47,8 +49,8 @@ def storage_dtype(name: str, t: torch.Tensor) -> torch.dtype:
     return t.dtype
 
 
-ACT_MODES = ("none", "dynamic", "static", "per_step", "per_step_factorized")
-INTEGER_ACT_MODES = ("dynamic", "per_step_factorized")
+ACT_MODES = ("none", "dynamic", "static", "static_tensor", "per_step", "per_step_factorized")
+INTEGER_ACT_MODES = ("dynamic", "static_tensor", "per_step_factorized")
 PATHS = ("auto", "reference", "integer")
 
 
@@ -117,6 +119,7 @@ class QuantLinear(nn.Module):
         self.in_features, self.out_features = spec.in_features, spec.out_features
         self.path = path
         self.backend = backend
+        self.cache_weights = False
         n, o = spec.in_features, spec.out_features
         f32 = torch.float32
         self.register_buffer("weight_packed", torch.zeros(o, -(-n // 8), dtype=torch.int32))
@@ -136,6 +139,8 @@ class QuantLinear(nn.Module):
             self.register_buffer("input_channel_div", torch.ones(n, dtype=f32))
         if spec.act_mode == "static":
             self.register_buffer("act_scale", torch.ones(n, dtype=f32))
+        elif spec.act_mode == "static_tensor":
+            self.register_buffer("act_scale", torch.ones(1, dtype=f32))
         elif spec.act_mode == "per_step":
             self.register_buffer("act_step_table", torch.ones(spec.steps, n, dtype=f32))
         elif spec.act_mode == "per_step_factorized":
@@ -194,6 +199,9 @@ class QuantLinear(nn.Module):
         return super()._load_from_state_dict(*args, **kwargs)
 
     def _apply(self, fn, recurse=True):
+        if getattr(self, "codes_released", False):
+            raise RuntimeError("this layer gave back its int4 codes at load (integer_codes='drop'): it "
+                               "cannot be moved or converted; load the pack again on the target device")
         self._cache.clear()
         return super()._apply(fn, recurse)
 
@@ -203,11 +211,39 @@ class QuantLinear(nn.Module):
         return self._cache[key]
 
     def weight_codes(self) -> torch.Tensor:
-        return self._cached("codes", lambda: unpack_int4(self.weight_packed, self.in_features))
+        """int8 codes [out, in], unpacked on every call (never cached: a model's worth of
+        unpacked codes would double its memory)."""
+        return unpack_int4(self.weight_packed, self.in_features)
 
     def dequantized_weight(self) -> torch.Tensor:
-        return self._cached("w", lambda: dequantize_weight(
-            self.weight_codes(), self.weight_scale, self.spec.group_size))
+        """The float weight the reference path multiplies, rebuilt on every call unless
+        `cache_weights` is set (a documented option: speed for memory)."""
+        if self.cache_weights:
+            return self._cached("w", lambda: dequantize_weight(
+                self.weight_codes(), self.weight_scale, self.spec.group_size))
+        return dequantize_weight(self.weight_codes(), self.weight_scale, self.spec.group_size)
+
+    def prepare(self, release_codes: bool = False) -> None:
+        """Build this layer's integer-kernel cache now (at load), not on the first call;
+        `release_codes` then gives back the packed int4 codes the kernel no longer needs
+        (the kernel's int8 copy replaces them: the layer runs, it cannot be saved)."""
+        if self.uses_integer_path() and self.weight_packed.device.type != "meta":
+            backend = int_gemm.pick_backend(self.weight_packed.device, self.backend)
+            if backend == "fbgemm":
+                self._fbgemm_weights()
+            elif backend == "int_mm":
+                self._int_mm_weights()
+            else:
+                return
+            if release_codes:
+                self.weight_packed = torch.empty_like(self.weight_packed, device="meta")
+                self.codes_released = True
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        if getattr(self, "codes_released", False):
+            raise RuntimeError("this layer gave back its int4 codes at load (integer_codes='drop'); "
+                               "load the pack again to save or inspect it")
+        return super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def _rotation(self, prefix: str) -> BlockRotation | None:
         def read(name):
@@ -240,7 +276,7 @@ class QuantLinear(nn.Module):
         mode = self.spec.act_mode
         if mode == "dynamic":
             return per_token_scales(z)
-        if mode == "static":
+        if mode in ("static", "static_tensor"):
             return self.act_scale
         row = step_row(current_step(), self.spec.steps)
         table = self.act_step_table if mode == "per_step" else self.act_step_scale
@@ -286,13 +322,18 @@ class QuantLinear(nn.Module):
         backend = int_gemm.pick_backend(codes.device, self.backend)
         w_scale = self.weight_scale[:, 0]
         if backend == "fbgemm":
-            packed = self._cached("fbgemm", lambda: int_gemm.prepack_fbgemm(
-                self.weight_codes(), w_scale))
-            return int_gemm.gemm_fbgemm(codes, packed)
+            return int_gemm.gemm_fbgemm(codes, self._fbgemm_weights())
         if backend == "int_mm":
-            wt = self._cached("wt_i8", lambda: self.weight_codes().t().contiguous())
-            return int_gemm.gemm_int_mm(codes, wt) * w_scale
+            return int_gemm.gemm_int_mm(codes, self._int_mm_weights()) * w_scale
         return int_gemm.gemm_exact(codes, self.weight_codes()) * w_scale
+
+    def _fbgemm_weights(self):
+        """fbgemm's prepacked int8 weights: the integer path's kernel cache (int8, one
+        byte per weight)."""
+        return self._cached("fbgemm", lambda: int_gemm.prepack_fbgemm(self.weight_codes(), self.weight_scale[:, 0]))
+
+    def _int_mm_weights(self) -> torch.Tensor:
+        return self._cached("wt_i8", lambda: self.weight_codes().t().contiguous())
 
     def extra_repr(self) -> str:
         s = self.spec

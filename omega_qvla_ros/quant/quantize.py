@@ -122,6 +122,22 @@ def quantize_targets(model: nn.Module, targets: dict[str, tuple[nn.Linear, str, 
             model.set_submodule(name, q)
             report["layers"][name] = info
             cal.stats[name] = None  # free this layer's Hessian and samples now
+            rotations[name] = None
+            release_freed_memory()
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc keeps freed chunks below its mmap
+    threshold — up to 32 MiB, a typical activation — in its arenas, so a long run's
+    resident memory would grow with every layer)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def _layer_seed(name: str) -> int:
@@ -149,7 +165,8 @@ def layer_spec(linear: nn.Linear, sr: SideRecipe, side: str, steps: int, channel
     return LayerSpec(
         in_features=linear.in_features, out_features=linear.out_features,
         bias=linear.bias is not None, group_size=sr.group_size, rotation=sr.rotation,
-        out_rotation=sr.out_rotation, act_mode={"per_step_mean": "per_step"}.get(sr.act_mode, sr.act_mode),
+        out_rotation=sr.out_rotation,
+        act_mode={"per_step_mean": "per_step", "static_folded": "static_tensor"}.get(sr.act_mode, sr.act_mode),
         steps=steps if sr.act_mode in PER_STEP_MODES else 0, channel_div=channel_div, side=side,
         rotation_storage=sr.rotation_storage)
 
@@ -220,6 +237,15 @@ def build_quant_linear(linear: nn.Linear, sr: SideRecipe, side: str, rot: BlockR
     elif act_mode == "static":
         z = all_x if div is None else all_x / div
         act_scale = (channel_quantile(z.abs(), sr.quantile) / QMAX).clamp_min(1e-6)
+    elif act_mode == "static_folded":
+        # the paper code's static per-channel scale s_j, made integer-executable: s^α is
+        # folded into the weights (x̃/s^α · s^α·W = x̃·W) before they are quantized, the
+        # rest is one static scale for the whole tensor (α = 1: exactly 1)
+        z = all_x if div is None else all_x / div
+        s_ch = (channel_quantile(z.abs(), sr.quantile) / QMAX).clamp_min(1e-6)
+        fold = s_ch ** sr.fold_alpha
+        div = fold if div is None else div * fold
+        act_scale = (s_ch / fold).amax().reshape(1)
     W_eff = Wt * div[None, :] if div is not None else Wt
     rot_out = (stored_rotation(build_output_rotation(W_eff), sr.rotation_storage)
                if sr.out_rotation else None)
@@ -228,15 +254,16 @@ def build_quant_linear(linear: nn.Linear, sr: SideRecipe, side: str, rot: BlockR
     if sr.weight_solver == "rtn":
         codes, scales = quantize_weight_rtn(W_store, gs)
     else:
-        H = st.normalized_hessian()
+        H = st.take_normalized_hessian()
         if rot is not None:
             H = rot.conjugate(H)  # Rᵀ H R block by block
         if div is not None:
-            H = H / div[:, None] / div[None, :]
+            H = H.div_(div[:, None].to(H.dtype)).div_(div[None, :].to(H.dtype))
         if sr.weight_solver == "gptq":
-            codes, scales = gptq_quantize(W_store, H, gs, damp=sr.damp, act_order=sr.act_order)
+            codes, scales = gptq_quantize(W_store, H, gs, damp=sr.damp, act_order=sr.act_order, copy=False)
         else:
-            codes, scales = gptq_blocklocal(W_store, H, gs)
+            codes, scales = gptq_blocklocal(W_store, H, gs, copy=False)
+        del H
     spec = layer_spec(linear, sr, side,
                       steps=(table.shape[0] if table is not None else
                              step_scale.shape[0] if step_scale is not None else 0),

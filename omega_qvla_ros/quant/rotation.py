@@ -75,11 +75,17 @@ class BlockRotation:
         t = self.tail.t() if transpose else self.tail
         return torch.cat((out, x[..., m * B:] @ t.to(x.dtype)), dim=-1)
 
-    def conjugate(self, H: torch.Tensor) -> torch.Tensor:
-        """Rᵀ H R for a symmetric H [n, n], block by block (never a dense [n, n] R):
-        rows of H rotated, then the columns of the result."""
+    def conjugate(self, H: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+        """Rᵀ H R for a symmetric H [n, n], computed in H's own storage (H is overwritten
+        and returned), block by block and `chunk` rows/columns at a time: never a dense
+        [n, n] R, never a second [n, n] array (a 16384-wide float32 Hessian is 1 GiB)."""
         rot = self.to(dtype=H.dtype)
-        return rot.apply(rot.apply(H).transpose(0, 1).contiguous())
+        n = H.shape[0]
+        for i in range(0, n, chunk):  # H ← H R, row chunk by row chunk
+            H[i:i + chunk] = rot.apply(H[i:i + chunk])
+        for j in range(0, n, chunk):  # H ← Rᵀ H, column chunk by column chunk
+            H[:, j:j + chunk] = rot.apply(H[:, j:j + chunk].t().contiguous()).t()
+        return H
 
     def dense(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """The full [n, n] matrix R (rows of the identity, rotated)."""

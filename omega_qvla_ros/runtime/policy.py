@@ -61,9 +61,14 @@ class Policy:
 
     @classmethod
     def from_pack(cls, path: str | Path, device: str = "auto", robot: RobotSpec | None = None,
-                  control_dt: float = 0.02) -> "Policy":
+                  control_dt: float = 0.02, lean: bool = True) -> "Policy":
+        """Load a pack to run it. `lean` (the default): large unquantized parts stay at
+        their stored half precision when they are big (> 512 MiB) and integer layers give
+        back their int4 codes once their kernels hold them — a W4A4 process then holds
+        about the pack's size plus activations."""
         dev = pick_device(device)
-        model, manifest = load_pack(path, device=dev)
+        model, manifest = load_pack(path, device=dev, float_storage="auto" if lean else "float32",
+                                    integer_codes="drop" if lean else "keep")
         try:
             proc = processor_from_manifest(manifest, path, RobotSpec().to_dict(), model.config)
         except (ValueError, TypeError, KeyError) as e:

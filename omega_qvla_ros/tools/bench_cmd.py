@@ -9,13 +9,20 @@ from omega_qvla_ros.tools.model_source import add_family_arg, model_spec
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="run a benchmark and print JSON")
-    p.add_argument("suite", choices=["quant", "models", "policy"], help="which benchmark")
+    p.add_argument("suite", choices=["quant", "models", "policy", "full", "stack"], help="which benchmark")
     p.add_argument("--model", default=None, help="policy benchmark: FP pack (default: the shipped model)")
     add_family_arg(p)  # policy benchmark
-    p.add_argument("--size", default="tiny", choices=["tiny", "small"], help="models benchmark: model size")
+    p.add_argument("--size", default=None, choices=["tiny", "small", "full"],
+                   help="models benchmark: model size (default tiny); full benchmark: size (default full)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     p.add_argument("--device", default="cpu", help="cpu or cuda (latency part)")
+    p.add_argument("--recipe", default="omega_qvla", help="full: the recipe")
+    p.add_argument("--work", default="build/bench_full", help="full: folder for the packs (several GiB)")
+    p.add_argument("--checkpoint", help="full: import this checkpoint instead of random weights")
+    p.add_argument("--calib-batches", type=int, default=2, help="full: calibration observations")
+    p.add_argument("--chunks", type=int, default=2, help="full: chunks timed per model (the fastest counts)")
+    p.add_argument("--out", help="also write the JSON here")
     p.set_defaults(func=run)
 
 
@@ -28,9 +35,28 @@ def run(args: argparse.Namespace) -> int:
         from omega_qvla_ros.tools import bench_policy as mod
 
         result = mod.run(model_spec=model_spec(args.model, args.family), repeats=3 if args.quick else 5)
+    elif args.suite == "stack":
+        from omega_qvla_ros.tools import bench_stack as mod
+
+        result = mod.run(recipe=args.recipe, repeats=2 if args.quick else 3)
+    elif args.suite == "full":
+        import sys
+
+        from omega_qvla_ros.tools import bench_full as mod
+
+        if not args.family:
+            raise SystemExit("bench full needs --family")
+        result = mod.run(args.family, args.work, recipe=args.recipe, checkpoint=args.checkpoint,
+                         calib_batches=args.calib_batches, chunks=args.chunks, size=args.size or "full",
+                         log=None if args.json else (lambda m: print(m, file=sys.stderr, flush=True)))
     else:
         from omega_qvla_ros.tools import bench_models as mod
 
-        result = mod.run(size=args.size)
+        result = mod.run(size=args.size or "tiny")
+    if args.out:
+        import json
+        from pathlib import Path
+
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     emit(result, args.json, mod.format_text(result))
     return 0

@@ -25,8 +25,8 @@ import torch
 from omega_qvla_ros.tools.model_source import REPO
 
 DEMO_BAG = REPO / "test" / "data" / "demo_bag"
-RECIPES = ["rtn", "smoothquant", "hadamard", "omega_qvla", "omega_qvla_pertoken", "omega_qvla_noperstep",
-           "omega_qvla_int"]
+RECIPES = ["rtn", "smoothquant", "hadamard", "omega_qvla", "omega_qvla_paper", "omega_qvla_pertoken",
+           "omega_qvla_noperstep", "omega_qvla_int"]
 
 
 def _noise(cfg, n: int, seed: int) -> list[torch.Tensor]:
@@ -141,14 +141,14 @@ def run(model_spec: str | None = None, bag: str | Path = DEMO_BAG, recipes: list
         out["action_error"][r] = {"rel_mse_vs_fp": rel, "mean_abs_joint_error_rad": rad,
                                   "integer_layers": sum(1 for q in m.modules() if isinstance(q, QuantLinear)
                                                         and q.uses_integer_path())}
-    # latency: FP32, omega_qvla (reference only: per-channel per-step table),
-    # omega_qvla_int on the reference path and on the integer path (identical weights)
+    # latency: FP32; the default omega_qvla on its integer path and (same weights) on the
+    # reference path; the paper's recipe (reference only: 128-groups, per-channel tables)
     variants = {"fp32": (fp, None)}
     if "omega_qvla" in models:
+        variants["omega_qvla_integer"] = (models["omega_qvla"], "auto")
         variants["omega_qvla_reference"] = (models["omega_qvla"], "reference")
-    if "omega_qvla_int" in models:
-        variants["omega_qvla_int_reference"] = (models["omega_qvla_int"], "reference")
-        variants["omega_qvla_int_integer"] = (models["omega_qvla_int"], "auto")
+    if "omega_qvla_paper" in models:
+        variants["omega_qvla_paper_reference"] = (models["omega_qvla_paper"], "reference")
     o, n = test[0], noise[0]
     samples: dict[str, list[dict]] = {k: [] for k in variants}
     for _ in range(repeats):
@@ -159,8 +159,8 @@ def run(model_spec: str | None = None, bag: str | Path = DEMO_BAG, recipes: list
             samples[k].append(_time_parts(m, o, n))
     lat = {k: {p: float(np.median([s[p] for s in v])) * 1e3 for p in v[0]} for k, v in samples.items()}
     # per layer (the quantized ones): microseconds per call, FP32 linear vs integer vs reference
-    if "omega_qvla_int" in models:
-        qm = models["omega_qvla_int"]
+    if "omega_qvla" in models:
+        qm = models["omega_qvla"]
         rows: dict[str, dict] = {}
         for label, m, path in (("fp32", fp, None), ("integer", qm, "auto"), ("reference", qm, "reference")):
             if path is not None:
@@ -187,15 +187,16 @@ def run(model_spec: str | None = None, bag: str | Path = DEMO_BAG, recipes: list
                    "token_mask": o.token_mask.to(torch.uint8).contiguous(), "state": o.state.contiguous(),
                    "noise": n.contiguous()}, obs_file)
         packs = {}
-        for r in ("omega_qvla", "omega_qvla_int"):
+        for r in ("omega_qvla", "omega_qvla_paper"):
             if r in models:
                 packs[r] = save_pack(models[r], os.path.join(tmp, r), model_info(models[r], src.size),
-                                     recipe=models[r].quantization_report["recipe_dict"], **src.pack_extras())
+                                     recipe=models[r].quantization_report["recipe_dict"], float_dtype=torch.float16,
+                                     **src.pack_extras())
         mem = {"fp32": _peak_rss(None, model_spec, "auto", obs_file)}
         if "omega_qvla" in packs:
-            mem["omega_qvla_reference"] = _peak_rss(str(packs["omega_qvla"]), None, "reference", obs_file)
-        if "omega_qvla_int" in packs:
-            mem["omega_qvla_int_integer"] = _peak_rss(str(packs["omega_qvla_int"]), None, "auto", obs_file)
+            mem["omega_qvla_integer"] = _peak_rss(str(packs["omega_qvla"]), None, "auto", obs_file)
+        if "omega_qvla_paper" in packs:
+            mem["omega_qvla_paper_reference"] = _peak_rss(str(packs["omega_qvla_paper"]), None, "reference", obs_file)
     out["peak_rss_mib"] = mem
     out["resident_weights_mib"] = {k: sum(t.numel() * t.element_size() for t in m.state_dict().values()) / 2**20
                                    for k, (m, _) in variants.items()}

@@ -31,7 +31,7 @@ from omega_qvla_ros.quant.rotation import build_input_rotation
 from omega_qvla_ros.tools.quant_suites import (OneLayer, drift_inputs, eval_stepped,
                                                outlier_inputs, rel_mse, scoped, stepped_forward)
 
-BENCH_RECIPES = ["rtn", "smoothquant", "hadamard", "svd", "omega_qvla", "omega_qvla_pertoken",
+BENCH_RECIPES = ["rtn", "smoothquant", "hadamard", "svd", "omega_qvla", "omega_qvla_paper", "omega_qvla_pertoken",
                  "omega_qvla_noperstep", "omega_qvla_int"]
 LATENCY_SHAPES = [(1, 2048, 2048), (50, 2048, 8192), (256, 1024, 4096)]
 

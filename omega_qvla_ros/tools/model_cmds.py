@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from omega_qvla_ros.quant.recipes import RECIPES
 from omega_qvla_ros.tools.cli import emit
@@ -38,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "from config.json)")
     p.add_argument("--norm-stats", help="openpi norm_stats.json (default: found under the checkpoint)")
     p.add_argument("--vision-heads", type=int, help="SigLIP attention heads, when the width is not the stock 1152")
+    p.add_argument("--embodiment-id", type=int, help="GR00T: the embodiment whose encoders/decoder to use "
+                   "(default: from the checkpoint's processor, else 0)")
     p.add_argument("--allow-missing", action="store_true", help="report missing tensors instead of failing "
                    "(no pack is written then)")
     p.add_argument("--float-dtype", choices=["float16", "bfloat16", "float32"], default="float32",
@@ -52,8 +55,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib", default="synthetic",
                    help="calibration source: 'synthetic' (random observations) or a rosbag2 path")
     p.add_argument("--calib-batches", type=int, default=4)
-    p.add_argument("--float-dtype", choices=["float16", "float32"], default="float16",
+    p.add_argument("--calib-batch", type=int, default=2, help="observations per calibration batch")
+    p.add_argument("--float-dtype", choices=["float16", "bfloat16", "float32"], default="float16",
                    help="storage of the parts kept in floating point")
+    p.add_argument("--pipeline", choices=["sequential", "memory"], default="sequential",
+                   help="sequential: block by block from the FP pack in bounded memory (the published sizes); "
+                        "memory: the whole model at once (same result)")
+    p.add_argument("--hessian-dtype", choices=["float32", "float64"],
+                   help="GPTQ Hessian precision (default: the recipe's, float64; float32 halves the memory of "
+                        "the published sizes' 16384-wide layers)")
     p.add_argument("--out", required=True, help="pack directory to write")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_quantize)
@@ -80,29 +90,29 @@ def run_import(args: argparse.Namespace) -> int:
     import torch
 
     from omega_qvla_ros.models import model_info
-    from omega_qvla_ros.models.importer import CheckpointImportError, ImportOptions, load_checkpoint
+    from omega_qvla_ros.models.importer import (CheckpointImportError, ImportOptions, describe_checkpoint,
+                                                import_to_pack)
     from omega_qvla_ros.models.tokenizer import TokenizerFileError
-    from omega_qvla_ros.quant.pack import save_pack
 
     def names(v):
         return [x.strip() for x in v.split(",") if x.strip()] if v else None
 
     opts = ImportOptions(tokenizer=args.tokenizer, joint_names=names(args.joint_names), cameras=names(args.cameras),
                          norm_stats=args.norm_stats, vision_heads=args.vision_heads,
+                         embodiment_id=args.embodiment_id,
                          strict=not args.allow_missing)
     try:
-        model, imp, rep = load_checkpoint(args.checkpoint, opts, family=args.family)
+        if args.out and not args.allow_missing:
+            imp, rep, model = import_to_pack(args.checkpoint, args.out, opts, family=args.family,
+                                             float_dtype=getattr(torch, args.float_dtype))
+        else:
+            imp, rep, model = describe_checkpoint(args.checkpoint, opts, family=args.family)
     except (CheckpointImportError, TokenizerFileError, ValueError) as e:
         print(f"import-checkpoint: {e}", file=sys.stderr)
         return 2
     d = {"kind": imp.kind, "family": model.config.family, "report": rep.to_dict(), "notes": imp.notes,
          "config": model_info(model)["config"], "processor": imp.processor.to_dict()}
-    if args.out and not rep.missing:
-        assets = {imp.processor.tokenizer: imp.tokenizer_file} if imp.tokenizer_file else {}
-        save_pack(model, args.out, model_info(model), recipe=RECIPES["fp16"].to_dict(),
-                  processor=imp.processor.to_dict(), assets=assets,
-                  extra={"imported_from": {"path": str(args.checkpoint), "kind": imp.kind, "notes": imp.notes}},
-                  float_dtype=getattr(torch, args.float_dtype))
+    if args.out and not rep.missing and not args.allow_missing:
         d["out"] = args.out
     c = model.config
     lines = [f"{imp.kind}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters, "
@@ -135,48 +145,126 @@ def bag_observations(bag, processor, batches: int, batch: int = 2, offset: int =
     return out
 
 
+def _calibration(args, processor, model_config):
+    """The calibration observations `--calib` names, through the model's processor."""
+    from pathlib import Path
+
+    from omega_qvla_ros.models.calibrate import synthetic_batches
+
+    if args.calib == "synthetic":
+        return synthetic_batches(processor, args.calib_batches, batch=args.calib_batch, seed=args.seed + 1)
+    if not Path(args.calib).exists():
+        raise SystemExit(f"calibration source {args.calib!r}: not 'synthetic' and no such bag")
+    try:
+        return bag_observations(args.calib, processor, args.calib_batches, batch=args.calib_batch)
+    except Exception as e:  # noqa: BLE001 - a bag's reader raises many kinds; one line for the user
+        raise SystemExit(f"calibration bag {args.calib}: {type(e).__name__}: {e}") from None
+
+
+def _with_hessian_dtype(recipe: str, dtype: str | None):
+    import dataclasses
+
+    from omega_qvla_ros.quant.recipes import get_recipe
+
+    r = get_recipe(recipe)
+    if dtype is None:
+        return r
+    side = {k: dataclasses.replace(v, hessian_dtype=dtype) if v is not None else None
+            for k, v in (("backbone", r.backbone), ("action_head", r.action_head))}
+    return dataclasses.replace(r, **side)
+
+
+class _Rounded:
+    """A weight source whose floats are rounded to the pack's float precision first (as
+    the all-in-memory path holds its float parts at their stored precision)."""
+
+    def __init__(self, source, dtype) -> None:
+        self.source, self.dtype = source, dtype
+
+    def get(self, name: str):
+        t = self.source.get(name)
+        return t.to(self.dtype).to(t.dtype) if t.is_floating_point() else t
+
+    def close(self) -> None:
+        self.source.close()
+
+
+def _quantize_sequential(args, path, fdt, recipe) -> tuple[dict, dict, int]:
+    """Stage by stage from an FP pack (memory: one stage); returns (report, description, integer layers)."""
+    import sys as _sys
+
+    from omega_qvla_ros.models import build_model, get_family, model_info
+    from omega_qvla_ros.models.processor import processor_from_manifest
+    from omega_qvla_ros.models.sequential import PackWeights, quantize_sequential
+    from omega_qvla_ros.quant.pack import PackWriter
+    from omega_qvla_ros.runtime.policy import default_robot_for
+    from omega_qvla_ros.runtime.robot import RobotSpec
+    from omega_qvla_ros.tools.model_source import repo_relative
+
+    source = PackWeights(path)
+    manifest = source.manifest
+    if (manifest.get("recipe") or {}).get("name", "fp16") != "fp16":
+        raise SystemExit(f"{path} is a {manifest['recipe']['name']} pack; quantize starts from an FP pack")
+    info = manifest["model"]
+    cfg = get_family(info["family"]).config_from_dict(info["config"])
+    proc = processor_from_manifest(manifest, path, RobotSpec().to_dict(), cfg)
+    model = build_model(info["family"], config=cfg, device="meta")
+    obs = _calibration(args, proc, cfg)
+    writer = PackWriter(args.out, fdt, shard_bytes=256 << 20)  # a pending shard is resident memory
+    log = None if args.json else (lambda m: print(m, file=_sys.stderr, flush=True))
+    seq = quantize_sequential(model, _Rounded(source, fdt), recipe, obs, writer=writer, seed=args.seed, log=log)
+    rep = model.quantization_report
+    description = {"family": info["family"], "size": info.get("size"), "source": repo_relative(path)}
+    tok = proc.config.tokenizer
+    robot = default_robot_for(proc, manifest.get("extra"))
+    writer.finish(model_info(model, info.get("size")), recipe=rep["recipe_dict"],
+                  calibration={**rep["calibration"], "source": args.calib, "batches": args.calib_batches,
+                               "pipeline": "sequential", "seconds": seq.seconds,
+                               "peak_rss_gib": seq.peak_rss_gib, "stages": seq.stages},
+                  processor=proc.to_dict(), assets={tok: Path(path) / tok} if tok != "byte" else {},
+                  extra={"robot": robot.to_dict(), "cameras": proc.cameras, "fp_model": description})
+    return rep, description, sum(1 for s in rep["layers"].values() if s["integer_path"])
+
+
 def run_quantize(args: argparse.Namespace) -> int:
     import torch
 
     from omega_qvla_ros.models import model_info
-    from omega_qvla_ros.models.calibrate import quantize_model, synthetic_observations
+    from omega_qvla_ros.models.calibrate import quantize_model
     from omega_qvla_ros.quant.pack import save_pack
     from omega_qvla_ros.quant.qlinear import QuantLinear
+    from omega_qvla_ros.tools.model_source import default_model_dir
 
-    if (args.model or "").startswith("random:") and args.model.endswith(":full"):
-        print("quantize: a random-init full-size model is a memory benchmark, not a pack to write; "
-              "use `omega-qvla memory --size full`", file=sys.stderr)
-        return 2
-    src = load_fp_model(model_spec(args.model, args.family), args.seed)
-    model = src.model
     fdt = getattr(torch, args.float_dtype)
-    with torch.no_grad():  # hold the float parts at their stored precision from the start
-        for p in model.parameters():
-            p.copy_(p.to(fdt).to(p.dtype))
-    if args.calib == "synthetic":
-        obs = synthetic_observations(model.config, args.calib_batches, seed=args.seed + 1)
+    recipe = _with_hessian_dtype(args.recipe, args.hessian_dtype)
+    spec = model_spec(args.model, args.family)
+    if not (spec or "").startswith("random:") and args.pipeline == "sequential":
+        path = Path(spec) if spec else default_model_dir()
+        if not (path / "manifest.json").exists():
+            raise SystemExit(f"no model pack at {path} (import a checkpoint first: omega-qvla import-checkpoint)")
+        rep, description, n_int = _quantize_sequential(args, path, fdt, recipe)
     else:
-        from pathlib import Path
-
-        if not Path(args.calib).exists():
-            print(f"calibration source {args.calib!r}: not 'synthetic' and no such bag", file=sys.stderr)
-            return 2
-        try:
-            obs = bag_observations(args.calib, src.processor, args.calib_batches)
-        except Exception as e:  # noqa: BLE001 - a bag's reader raises many kinds; one line for the user
-            print(f"calibration bag {args.calib}: {type(e).__name__}: {e}", file=sys.stderr)
-            return 2
-    quantize_model(model, args.recipe, obs, progress=not args.json, seed=args.seed)
-    rep = model.quantization_report
-    # the FP model's processor (and tokenizer file) and joint limits travel with the pack
-    save_pack(model, args.out, model_info(model, src.size), recipe=rep["recipe_dict"],
-              calibration={**rep["calibration"], "source": args.calib, "batches": args.calib_batches},
-              float_dtype=None, **src.pack_extras())
+        if (spec or "").endswith(":full"):
+            raise SystemExit("a random-init full-size model does not fit in memory here: write it as a pack "
+                             "(omega-qvla bench full does) and quantize that pack")
+        src = load_fp_model(spec, args.seed)
+        model = src.model
+        with torch.no_grad():  # hold the float parts at their stored precision from the start
+            for p in model.parameters():
+                p.copy_(p.to(fdt).to(p.dtype))
+        obs = _calibration(args, src.processor, model.config)
+        quantize_model(model, recipe, obs, progress=not args.json, seed=args.seed)
+        rep = model.quantization_report
+        # the FP model's processor (and tokenizer file) and joint limits travel with the pack
+        save_pack(model, args.out, model_info(model, src.size), recipe=rep["recipe_dict"],
+                  calibration={**rep["calibration"], "source": args.calib, "batches": args.calib_batches,
+                               "pipeline": "memory"},
+                  float_dtype=fdt, **src.pack_extras())
+        description = src.description
+        n_int = sum(1 for m in model.modules() if isinstance(m, QuantLinear) and m.uses_integer_path())
     layers = rep["layers"]
-    summary = {"out": args.out, "recipe": args.recipe, "model": src.description,
-               "quantized_layers": len(layers),
-               "integer_layers": sum(1 for m in model.modules() if isinstance(m, QuantLinear)
-                                     and m.uses_integer_path()),
+    summary = {"out": args.out, "recipe": args.recipe, "model": description,
+               "quantized_layers": len(layers), "integer_layers": n_int,
                "mean_weight_rel_mse": (sum(v["weight_rel_mse"] for v in layers.values()) / len(layers)
                                        if layers else 0.0),
                "worst_layers": sorted(((v["weight_rel_mse"], k) for k, v in layers.items()), reverse=True)[:5]}

@@ -104,7 +104,7 @@ def load_fp_model(spec: str | None, seed: int = 0) -> FPModel:
     """Load the model named by `spec` (see add_model_args) on the CPU, in eval mode.
     A bad spec or pack ends the command with one line (SystemExit)."""
     from omega_qvla_ros.models import build_model
-    from omega_qvla_ros.models.processor import Processor, legacy_processor_config, processor_from_manifest
+    from omega_qvla_ros.models.processor import legacy_processor_config, processor_for, processor_from_manifest
     from omega_qvla_ros.quant.pack import PackError, load_pack
     from omega_qvla_ros.runtime.policy import default_robot_for
     from omega_qvla_ros.runtime.robot import RobotSpec
@@ -118,8 +118,7 @@ def load_fp_model(spec: str | None, seed: int = 0) -> FPModel:
             model = build_model(family, size, seed=seed).eval()
         except ValueError as e:
             raise SystemExit(f"--model {spec!r}: {e}") from None
-        proc = Processor(legacy_processor_config(model.config, {}, RobotSpec().to_dict()),
-                         action_width=model.config.action_dim)
+        proc = processor_for(legacy_processor_config(model.config, {}, RobotSpec().to_dict()), model.config)
         return FPModel(model, proc, default_robot_for(proc),
                        {"family": family, "size": size, "source": f"random init (seed {seed})"}, size)
     path = Path(spec) if spec else default_model_dir()

@@ -26,6 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init-vision-from", metavar="PACK",
                    help="start a fresh run with the vision tower of this trained pack (either family; "
                         "the towers of the small sizes match), as GR00T/Pi0.5 start from a pretrained VLM")
+    p.add_argument("--init-from", metavar="PACK",
+                   help="start a fresh run from all the weights of this FP pack (same family and size) and "
+                        "keep its normalisation: fine-tuning a trained model on more data")
     p.add_argument("--freeze-vision", action="store_true",
                    help="do not train the vision tower (GR00T N1.5 keeps its VLM frozen)")
     p.add_argument("--include-failed", action="store_true", help="also train on unsuccessful episodes")
@@ -61,6 +64,41 @@ def _checkpoint_normalizer(ck, data_norm):
         raise SystemExit(f"--keep-normalisation: joint {j} of the data spans [{dlo[j]:.3f}, {dhi[j]:.3f}], "
                          f"far outside the checkpoint's [{lo[j]:.3f}, {hi[j]:.3f}]")
     return norm
+
+
+def _init_from_pack(model, pack: str, data_norm):
+    """Load every weight of an FP pack (same family and size) into `model`; returns the
+    pack's normalisation (the data's range must lie near it) and the pack path."""
+    import torch
+
+    from omega_qvla_ros.models.processor import Normalizer
+    from omega_qvla_ros.quant.pack import PackError, load_state_checked, read_manifest, read_tensors, verify_files
+
+    try:
+        manifest = read_manifest(pack)
+        verify_files(pack, manifest)
+        if manifest["recipe"]["name"] != "fp16":
+            raise SystemExit(f"--init-from {pack}: a quantized pack ({manifest['recipe']['name']}); give an FP pack")
+        load_state_checked(model, {k: v.to(torch.float32) for k, v in read_tensors(pack, manifest).items()})
+    except PackError as e:
+        raise SystemExit(f"--init-from {pack}: {e}") from None
+    proc = manifest.get("processor") or {}
+    robot = (manifest.get("extra") or {}).get("robot") or {}
+    if "state_norm" in proc:
+        norm = Normalizer(**proc["state_norm"])
+    elif "norm_lower" in robot:
+        norm = Normalizer("min_max", robot["norm_lower"], robot["norm_upper"], dtype="float64")
+    else:
+        raise SystemExit(f"--init-from {pack}: the pack records no normalisation")
+    import numpy as np
+
+    lo, hi, dlo, dhi = map(np.array, (norm.low, norm.high, data_norm.low, data_norm.high))
+    out = np.maximum(lo - dlo, dhi - hi)
+    if np.any(out > 0.25 * (hi - lo)):
+        j = int(np.argmax(out / (hi - lo)))
+        raise SystemExit(f"--init-from: joint {j} of the data spans [{dlo[j]:.3f}, {dhi[j]:.3f}], far outside "
+                         f"the pack's [{lo[j]:.3f}, {hi[j]:.3f}]")
+    return norm, str(pack)
 
 
 def _prepare_vision(model, args, fresh: bool) -> dict:
@@ -117,14 +155,19 @@ def run(args: argparse.Namespace) -> int:
     # normalise state and actions over the range the joints take in the data (both together)
     robot = RobotSpec()
     norm = data_range_normalizer(np.concatenate([ds.data["state"], ds.data["actions"]]), robot.lower, robot.upper)
-    if args.keep_normalisation:
+    fresh = args.no_resume or not (Path(args.out) / "checkpoint" / "state.json").exists()
+    init_from = None
+    if args.init_from and fresh:
+        norm, init_from = _init_from_pack(model, args.init_from, norm)
+    elif args.keep_normalisation or args.init_from:
         norm = _checkpoint_normalizer(Path(args.out) / "checkpoint", norm)
     cams = robot.cameras[: model.config.cameras]
     cfg = model.config
     proc = ProcessorConfig(cameras=cams, joint_names=list(robot.joint_names), image_size=cfg.vision.image_size,
                            max_tokens=cfg.max_tokens, state_norm=norm, action_norm=norm, state_clip=1.5)
-    fresh = args.no_resume or not (Path(args.out) / "checkpoint" / "state.json").exists()
     vision = _prepare_vision(model, args, fresh)
+    if init_from:
+        vision["init_from_pack"] = init_from
     sampler = FrameSampler(ds, Processor(proc, action_width=cfg.action_dim), cfg.action_horizon, seed=args.seed)
     tc = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
                      checkpoint_every=args.checkpoint_every)

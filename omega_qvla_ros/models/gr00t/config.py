@@ -72,6 +72,11 @@ class Gr00tConfig:
         return self.variant == "n15"
 
     @property
+    def default_prompt(self) -> str:
+        """The processor prompt this network expects (models/processor.py)."""
+        return "gr00t_n15" if self.n15 else "instruction"
+
+    @property
     def image_tokens_per_camera(self) -> int:
         """Tokens one camera adds to the prefix (n15: IMG_CONTEXT placeholders the prompt holds)."""
         n = (self.vision.image_size // self.vision.patch) ** 2

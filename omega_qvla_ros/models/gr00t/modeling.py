@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..common import FlowMatchingVLA, Observation, PrefixCache, fit_state, image_tokens, init_weights
+from ..common import FlowMatchingVLA, Observation, PrefixCache, fit_state, init_weights
 from ..configs import LMConfig
 from ..layers import AdaLayerNorm, DecoderLayer, FeedForward, RMSNorm, VisionTower
 from .config import DiTConfig, Gr00tConfig
@@ -266,11 +266,18 @@ class Gr00tModel(FlowMatchingVLA):
     def _embodiment(self, B: int, device) -> torch.Tensor:
         return torch.full((B,), self.config.embodiment_id, dtype=torch.long, device=device)
 
-    def _vision_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """Projected image tokens [B, C·n, D]. Ours: SigLIP patches, 2×2 pixel shuffle (4×
-        fewer tokens), MLP projector; N1.5: every SigLIP patch through one Linear."""
+    # The prefix in named steps (embed_prefix runs them in order; the sequential quantizer
+    # runs them block by block over all calibration batches, so both compute the same).
+    def vision_in(self, images: torch.Tensor) -> torch.Tensor:
+        """SigLIP patch + position embeddings of every camera image: [B·C, N, Dv]."""
+        return self.backbone.eagle_model.vision_model.vision_model.embeddings(images.flatten(0, 1))
+
+    def vision_out(self, h: torch.Tensor, batch: int) -> torch.Tensor:
+        """SigLIP's last layer output → projected image tokens [B, C·n, D]. Ours: 2×2 pixel
+        shuffle (4× fewer tokens), MLP projector; N1.5: every SigLIP patch through one Linear."""
         em = self.backbone.eagle_model
-        f = image_tokens(em.vision_model, images)  # [B, C, N, Dv]
+        f = em.vision_model.vision_model.post_layernorm(h)
+        f = f.view(batch, -1, *f.shape[1:])  # [B, C, N, Dv]
         B, C, N, D = f.shape
         if self.config.n15:
             return em.mlp1(f.reshape(B, C * N, D))
@@ -278,43 +285,56 @@ class Gr00tModel(FlowMatchingVLA):
         f = f.view(B * C, s // 2, 2, s // 2, 2, D).permute(0, 1, 3, 2, 4, 5).reshape(B, C * (s // 2) ** 2, 4 * D)
         return em.mlp1(f)
 
-    def _n15_embeddings(self, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """N1.5 / Eagle: the prompt's IMG_CONTEXT positions take the image tokens, camera
-        by camera in order (every camera, present or not: N1.5 has no camera mask)."""
+    def _vision_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        h = self.vision_in(images)
+        for layer in self.backbone.eagle_model.vision_model.vision_model.encoder.layers:
+            h = layer(h)
+        return self.vision_out(h, images.shape[0])
+
+    def prefix_in(self, img: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor,
+                  image_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(LLM input [B, P, D], valid mask [B, P], positions [B, P]). Ours: image tokens
+        then the prompt's embeddings; N1.5 / Eagle: the prompt's IMG_CONTEXT positions take
+        the image tokens, camera by camera in order (every camera, present or not: N1.5
+        has no camera mask)."""
         lm = self.backbone.eagle_model.language_model.model
-        img = self._vision_tokens(images)
-        slots = tokens == self.config.image_token_id
-        counts = slots.sum(1)
-        if bool((counts != img.shape[1]).any()):
-            raise ValueError(f"GR00T N1.5 prompt holds {counts.tolist()} image tokens (id "
-                             f"{self.config.image_token_id}) per sample; the images give {img.shape[1]} "
-                             "(use the processor's gr00t_n15 prompt)")
-        x = lm.embed_tokens(tokens)
-        x[slots] = img.reshape(-1, img.shape[-1]).to(x.dtype)
-        return x
+        B = img.shape[0]
+        if self.config.n15:
+            slots = tokens == self.config.image_token_id
+            counts = slots.sum(1)
+            if bool((counts != img.shape[1]).any()):
+                raise ValueError(f"GR00T N1.5 prompt holds {counts.tolist()} image tokens (id "
+                                 f"{self.config.image_token_id}) per sample; the images give {img.shape[1]} "
+                                 "(use the processor's gr00t_n15 prompt)")
+            x = lm.embed_tokens(tokens)
+            x[slots] = img.reshape(-1, img.shape[-1]).to(x.dtype)
+            mask = token_mask.bool()
+        else:
+            C = self.config.cameras
+            per_cam = img.shape[1] // C
+            img_mask = (torch.ones(B, C, dtype=torch.bool, device=img.device) if image_mask is None
+                        else image_mask.bool())
+            x = torch.cat([img, lm.embed_tokens(tokens)], dim=1)
+            mask = torch.cat([img_mask.repeat_interleave(per_cam, dim=1), token_mask.bool()], dim=1)
+        return x, mask, (mask.long().cumsum(1) - 1).clamp_min(0)
+
+    def prefix_out(self, x: torch.Tensor, mask: torch.Tensor, state: torch.Tensor) -> PrefixCache:
+        """The LLM's last hidden states (N1.5: through its final norm) → the DiT's VL
+        features, plus the state token."""
+        if self.config.n15:
+            x = self.backbone.eagle_model.language_model.model.norm(x)
+        ah = self.action_head
+        B = x.shape[0]
+        st = ah.state_encoder(fit_state(state, self.config.state_dim)[:, None], self._embodiment(B, x.device))
+        return PrefixCache(mask=mask, features=ah.vl_features(x), state_features=st)
 
     def embed_prefix(self, images: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor,
                      state: torch.Tensor, image_mask: torch.Tensor | None = None) -> PrefixCache:
         lm = self.backbone.eagle_model.language_model.model
-        B, C = images.shape[:2]
-        if self.config.n15:
-            x = self._n15_embeddings(images, tokens)
-            mask = token_mask.bool()
-        else:
-            img = self._vision_tokens(images)
-            per_cam = img.shape[1] // C
-            img_mask = (torch.ones(B, C, dtype=torch.bool, device=images.device) if image_mask is None
-                        else image_mask.bool())
-            x = torch.cat([img, lm.embed_tokens(tokens)], dim=1)
-            mask = torch.cat([img_mask.repeat_interleave(per_cam, dim=1), token_mask.bool()], dim=1)
-        positions = (mask.long().cumsum(1) - 1).clamp_min(0)
+        x, mask, positions = self.prefix_in(self._vision_tokens(images), tokens, token_mask, image_mask)
         for layer in lm.layers:
             x, _ = layer(x, positions, key_mask=mask, causal=True)
-        if self.config.n15:
-            x = lm.norm(x)
-        ah = self.action_head
-        st = ah.state_encoder(fit_state(state, self.config.state_dim)[:, None], self._embodiment(B, images.device))
-        return PrefixCache(mask=mask, features=ah.vl_features(x), state_features=st)
+        return self.prefix_out(x, mask, state)
 
     def time_buckets(self, t: torch.Tensor) -> torch.Tensor:
         """Flow time → the integer timestep both encoders see. N1.5 truncates t·1000 without
@@ -327,8 +347,8 @@ class Gr00tModel(FlowMatchingVLA):
         B, H, _ = x_t.shape
         cat = self._embodiment(B, x_t.device)
         t_disc = self.time_buckets(t)
-        a = ah.action_encoder(x_t, t_disc, cat) + ah.position_embedding.weight[:H][None]
-        fut = ah.future_tokens.weight[None].expand(B, -1, -1)
+        a = ah.action_encoder(x_t, t_disc, cat) + ah.position_embedding.weight[:H][None].to(x_t.dtype)
+        fut = ah.future_tokens.weight[None].expand(B, -1, -1).to(x_t.dtype)
         seq = torch.cat([prefix.state_features, fut, a], dim=1)
         context_mask = None if self.config.n15 else prefix.mask  # N1.5 attends to every position
         out = ah.model(seq, t_disc, prefix.features, context_mask)

@@ -35,6 +35,11 @@ class Pi05Config:
         if self.state_encoding not in STATE_ENCODINGS:
             raise ValueError(f"state_encoding must be one of {STATE_ENCODINGS}, got {self.state_encoding!r}")
 
+    @property
+    def default_prompt(self) -> str:
+        """The processor prompt this network expects (models/processor.py)."""
+        return "pi05" if self.state_encoding == "prompt" else "instruction"
+
     @classmethod
     def from_dict(cls, d: dict) -> "Pi05Config":
         return build_nested(cls, d, {"vision": VisionConfig, "trunk": LMConfig, "expert": LMConfig})

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..common import FlowMatchingVLA, PrefixCache, fit_state, image_tokens, init_weights
+from ..common import FlowMatchingVLA, PrefixCache, fit_state, init_weights
 from ..configs import LMConfig
 from ..layers import AdaptiveRMSNorm, Attention, DecoderLayer, GatedMLP, RMSNorm, VisionTower, sincos_embedding
 from ..tokenizer import STATE_OFFSET
@@ -125,14 +125,26 @@ class Pi05Model(FlowMatchingVLA):
         s = fit_state(state, self.config.action_dim).clamp(-1, 1)
         return ((s + 1) / 2 * bins).long().clamp(0, bins - 1) + STATE_OFFSET
 
-    def embed_prefix(self, images: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor,
-                     state: torch.Tensor, image_mask: torch.Tensor | None = None) -> PrefixCache:
+    # The prefix in named steps (embed_prefix runs them in order; the sequential quantizer
+    # runs them block by block over all calibration batches, so both compute the same).
+    def vision_in(self, images: torch.Tensor) -> torch.Tensor:
+        """SigLIP patch + position embeddings of every camera image: [B·C, N, Dv]."""
+        return self._pg.vision_tower.vision_model.embeddings(images.flatten(0, 1))
+
+    def vision_out(self, h: torch.Tensor, batch: int) -> torch.Tensor:
+        """SigLIP's last layer output → projected image tokens [B, C, N, W]."""
         pg = self._pg
-        lm = pg.language_model
-        B = images.shape[0]
-        img = pg.multi_modal_projector(image_tokens(pg.vision_tower, images))  # [B, C, N, W]
-        C, N = img.shape[1], img.shape[2]
-        img_mask = (torch.ones(B, C, dtype=torch.bool, device=images.device) if image_mask is None
+        f = pg.vision_tower.vision_model.post_layernorm(h)
+        return pg.multi_modal_projector(f.view(batch, -1, *f.shape[1:]))
+
+    def prefix_in(self, img: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor,
+                  state: torch.Tensor, image_mask: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(trunk input [B, P, W], valid mask [B, P], positions [B, P]) of the prefix:
+        image tokens, scaled prompt embeddings (and state tokens in "tokens" mode)."""
+        lm = self._pg.language_model
+        B, C, N = img.shape[:3]
+        img_mask = (torch.ones(B, C, dtype=torch.bool, device=img.device) if image_mask is None
                     else image_mask.bool())
         scale = math.sqrt(lm.embed_tokens.embedding_dim)
         parts = [img.reshape(B, C * N, -1), lm.embed_tokens(tokens) * scale]
@@ -141,26 +153,36 @@ class Pi05Model(FlowMatchingVLA):
             st = self.state_tokens(state)
             parts.append(lm.embed_tokens(st) * scale)
             masks.append(torch.ones_like(st, dtype=torch.bool))
-        x = torch.cat(parts, dim=1)
         mask = torch.cat(masks, dim=1)
-        positions = (mask.long().cumsum(1) - 1).clamp_min(0)
+        return torch.cat(parts, dim=1), mask, (mask.long().cumsum(1) - 1).clamp_min(0)
+
+    def embed_prefix(self, images: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor,
+                     state: torch.Tensor, image_mask: torch.Tensor | None = None) -> PrefixCache:
+        pg = self._pg
+        h = self.vision_in(images)
+        for layer in pg.vision_tower.vision_model.encoder.layers:
+            h = layer(h)
+        x, mask, positions = self.prefix_in(self.vision_out(h, images.shape[0]), tokens, token_mask, state,
+                                            image_mask)
         keys, values = [], []
-        for layer in lm.layers:
+        for layer in pg.language_model.layers:
             x, (k, v) = layer(x, positions, key_mask=mask)
             keys.append(k)
             values.append(v)
         return PrefixCache(mask=mask, keys=keys, values=values, next_position=mask.sum(1))
 
     # ---------------------------------------------------------------- suffix
-    def time_condition(self, t: torch.Tensor) -> torch.Tensor:
-        e = sincos_embedding(t, self.config.expert.width).to(self.time_mlp_in.weight.dtype)
+    def time_condition(self, t: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """adaRMS conditioning from the flow time, in the compute dtype (the weights may be
+        held at half precision, float_storage.py)."""
+        e = sincos_embedding(t, self.config.expert.width).to(dtype)
         return F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(e))))
 
     def denoise_step(self, x_t: torch.Tensor, t: torch.Tensor, prefix: PrefixCache) -> torch.Tensor:
         """Velocity v(x_t, t) for action tokens x_t [B, H, A]."""
         expert = self.paligemma_with_expert.gemma_expert.model
         B, H, _ = x_t.shape
-        cond = self.time_condition(t)
+        cond = self.time_condition(t, x_t.dtype)
         h = self.action_in_proj(x_t)
         positions = prefix.next_position[:, None] + torch.arange(H, device=x_t.device)[None]
         key_mask = torch.cat([prefix.mask, torch.ones(B, H, dtype=torch.bool, device=x_t.device)], 1)

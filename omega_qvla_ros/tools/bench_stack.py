@@ -1,0 +1,95 @@
+"""`omega-qvla bench stack`: a stack of decoder layers at the published Pi0.5 widths,
+FP32 vs W4A4 side by side in one run — the part of a chunk the quantized linears live in.
+
+Trunk: Gemma layers of width 2048 (MLP 16384, 8 heads × 256, 1 KV head) over a prefix
+of `tokens` (~800: three 224² cameras + the prompt), run once per chunk. Expert: Gemma
+layers of width 1024 (MLP 4096) over the 50 action tokens, run once per denoising step
+(10 per chunk; attention over their own tokens here, the prefix keys/values are left
+out). Random weights; calibration on the stack's own random inputs. Ratio = FP32 time /
+W4A4 time (> 1: W4A4 faster), per part and for a chunk's worth (trunk + 10 × expert).
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+from torch import nn
+
+from omega_qvla_ros.models.layers import DecoderLayer
+from omega_qvla_ros.quant.qlinear import QuantLinear
+from omega_qvla_ros.quant.quantize import quantize
+from omega_qvla_ros.quant.recipes import get_recipe
+
+LINEARS = r"layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)$"
+
+
+class Stack(nn.Module):
+    def __init__(self, width: int, mlp: int, layers: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([DecoderLayer(width, mlp, 8, 1, 256, 10000.0, act="gelu_tanh",
+                                                  qk_norm=False, gemma_norm=True) for _ in range(layers)])
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=m.in_features ** -0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(x.shape[1])[None].expand(x.shape[0], -1)
+        for layer in self.layers:
+            x, _ = layer(x, pos)
+        return x
+
+
+def _time(f, x: torch.Tensor, repeats: int) -> float:
+    with torch.inference_mode():
+        f(x)
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            f(x)
+            ts.append(time.perf_counter() - t0)
+    return min(ts)
+
+
+def _part(width: int, mlp: int, layers: int, tokens: int, recipe: str, side: str, repeats: int, seed: int) -> dict:
+    torch.manual_seed(seed)
+    fp = Stack(width, mlp, layers).eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    cal = [torch.randn(1, tokens, width, generator=g) for _ in range(2)]
+    x = torch.randn(1, tokens, width, generator=g)
+    r = get_recipe(recipe)
+    r = r.with_scopes(backbone=[LINEARS]) if side == "backbone" else r.with_scopes(action_head=[LINEARS])
+    q = quantize(copy.deepcopy(fp), r, cal)
+    for m in q.modules():
+        if isinstance(m, QuantLinear):
+            m.prepare()
+    integer = sum(1 for m in q.modules() if isinstance(m, QuantLinear) and m.uses_integer_path())
+    t_fp, t_q = _time(fp, x, repeats), _time(q, x, repeats)
+    with torch.inference_mode():
+        err = float(((q(x) - fp(x)) ** 2).mean() / (fp(x) ** 2).mean())
+    return {"width": width, "mlp": mlp, "layers": layers, "tokens": tokens, "fp32_s": t_fp, "w4a4_s": t_q,
+            "speed_vs_fp32": t_fp / t_q, "integer_layers": integer, "quantized_layers": 7 * layers,
+            "output_rel_mse": err}
+
+
+def run(recipe: str = "omega_qvla", layers: int = 2, tokens: int = 800, steps: int = 10, repeats: int = 3,
+        seed: int = 0) -> dict:
+    trunk = _part(2048, 16384, layers, tokens, recipe, "backbone", repeats, seed)
+    expert = _part(1024, 4096, layers, 50, recipe, "action_head", repeats, seed)
+    fp = trunk["fp32_s"] + steps * expert["fp32_s"]
+    q = trunk["w4a4_s"] + steps * expert["w4a4_s"]
+    return {"benchmark": "stack", "recipe": recipe, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "trunk": trunk, "expert": expert, "steps": steps,
+            "chunk_equivalent": {"fp32_s": fp, "w4a4_s": q, "speed_vs_fp32": fp / q}}
+
+
+def format_text(r: dict) -> str:
+    lines = [f"decoder layer stack, recipe {r['recipe']}, {r['threads']} threads (FP32 s / W4A4 s = speed)"]
+    for part in ("trunk", "expert"):
+        p = r[part]
+        lines.append(f"  {part}: {p['layers']} layers {p['width']}/{p['mlp']}, {p['tokens']} tokens: FP32 "
+                     f"{p['fp32_s'] * 1e3:.0f} ms, W4A4 {p['w4a4_s'] * 1e3:.0f} ms ({p['speed_vs_fp32']:.2f}×), "
+                     f"{p['integer_layers']}/{p['quantized_layers']} integer, rel-MSE {p['output_rel_mse']:.4f}")
+    c = r["chunk_equivalent"]
+    lines.append(f"  chunk (trunk + {r['steps']} × expert): {c['speed_vs_fp32']:.2f}×")
+    return "\n".join(lines)

@@ -1,0 +1,90 @@
+"""Sequential (block-by-block, bounded-memory) quantization equals the all-in-memory
+quantization of the same recipe on small models with several blocks: the same codes,
+scales, rotations and per-step tables, bit for bit, and the same actions; the pack is
+streamed in shards and loads into a meta-built model."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from omega_qvla_ros.models import build_model, model_info
+from omega_qvla_ros.models.calibrate import quantize_model, synthetic_observations
+from omega_qvla_ros.models.sequential import PackWeights, quantize_sequential
+from omega_qvla_ros.quant.pack import PackWriter, load_pack, read_manifest, save_pack
+from omega_qvla_ros.quant.qlinear import QuantLinear
+
+
+@pytest.mark.parametrize("family,recipe", [("pi05", "omega_qvla"), ("gr00t", "omega_qvla"),
+                                           ("pi05", "omega_qvla_int"), ("gr00t", "rtn")])
+def test_sequential_equals_all_in_memory(tmp_path, family, recipe):
+    fp = build_model(family, "tiny", seed=1).eval()
+    obs = synthetic_observations(fp.config, 2, seed=3)
+    ref = quantize_model(copy.deepcopy(fp), recipe, obs, seed=0)
+
+    save_pack(fp, tmp_path / "fp", model_info(fp, "tiny"))
+    meta = build_model(family, "tiny", device="meta")
+    writer = PackWriter(tmp_path / "q", shard_bytes=200_000)  # several shards even for a tiny model
+    rep = quantize_sequential(meta, PackWeights(tmp_path / "fp"), recipe, obs, writer=writer, seed=0)
+    writer.finish(model_info(meta, "tiny"), recipe=meta.quantization_report["recipe_dict"])
+    assert all(p.is_meta for p in meta.parameters())  # every stage gave its weights back
+    assert len(rep.stages) > 8 and sum(s["quantized"] for s in rep.stages) == len(ref.quantization_report["layers"])
+
+    m = read_manifest(tmp_path / "q")
+    assert len([f for f in m["files"] if f.endswith(".safetensors")]) > 2 and "model.safetensors.index.json" in m["files"]
+    seq, _ = load_pack(tmp_path / "q")
+    want = {k: v for k, v in ref.state_dict().items()}
+    got = seq.state_dict()
+    qnames = [n for n, mod in ref.named_modules() if isinstance(mod, QuantLinear)]
+    assert qnames and all(isinstance(seq.get_submodule(n), QuantLinear) for n in qnames)
+    for k, v in want.items():
+        owner = k.rsplit(".", 1)[0]
+        if owner in qnames:  # quantization state: bit for bit
+            assert torch.equal(got[k], v.to(got[k].dtype)), k
+        else:
+            assert torch.equal(got[k], v), k
+    with torch.no_grad():
+        n = torch.randn(2, fp.config.action_horizon, fp.config.action_dim, generator=torch.Generator().manual_seed(5))
+        assert torch.equal(seq.sample_actions(obs[0], noise=n), ref.sample_actions(obs[0], noise=n))
+
+
+def test_pack_loads_into_a_meta_model_without_a_random_copy(tmp_path, monkeypatch):
+    """load_pack never initialises weights it is about to overwrite."""
+    fp = build_model("pi05", "tiny", seed=1).eval()
+    save_pack(fp, tmp_path / "p", model_info(fp, "tiny"), shard_bytes=100_000)
+    calls = []
+    import omega_qvla_ros.models.common as common
+    real = common.init_weights
+    monkeypatch.setattr(common, "init_weights", lambda m: (calls.append(1), real(m)))
+    monkeypatch.setattr("omega_qvla_ros.models.pi05.modeling.init_weights", common.init_weights)
+    m, _ = load_pack(tmp_path / "p")
+    assert not calls and not any(p.is_meta for p in m.parameters())
+    for k, v in fp.state_dict().items():
+        assert torch.equal(m.state_dict()[k], v), k
+
+
+def test_lean_loading_keeps_half_weights_and_gives_the_same_actions(tmp_path, monkeypatch):
+    """float_storage='stored' keeps the big unquantized modules at fp16 (upcast per call)
+    and integer_codes='drop' frees the int4 codes an integer kernel holds: the actions
+    are bit-identical to a float32 load, and the lean model refuses to be saved."""
+    from omega_qvla_ros.quant import float_storage
+
+    monkeypatch.setattr(float_storage, "MIN_PARAMS", 4096)  # the tiny model's modules count as large
+    fp = build_model("pi05", "tiny", seed=1).eval()
+    obs = synthetic_observations(fp.config, 1, seed=3)
+    q = quantize_model(copy.deepcopy(fp), "omega_qvla_int", obs)
+    save_pack(q, tmp_path / "p", model_info(q, "tiny"), recipe=q.quantization_report["recipe_dict"],
+              float_dtype=torch.float16)
+    ref, _ = load_pack(tmp_path / "p")
+    lean, _ = load_pack(tmp_path / "p", float_storage="stored", integer_codes="drop")
+    halves = [n for n, p in lean.named_parameters() if p.dtype == torch.float16]
+    assert halves and set(float_storage.eligible(ref)) == {n.rsplit(".", 1)[0] for n in halves}
+    assert not any(isinstance(lean.get_submodule(n.rsplit(".", 1)[0]), QuantLinear) for n in halves)
+    n = torch.randn(2, fp.config.action_horizon, fp.config.action_dim, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert torch.equal(lean.sample_actions(obs[0], noise=n), ref.sample_actions(obs[0], noise=n))
+    integer = [m for m in lean.modules() if isinstance(m, QuantLinear) and m.uses_integer_path()]
+    if integer and integer[0].weight_packed.is_meta:  # fbgemm available: the codes are gone
+        with pytest.raises(RuntimeError, match="gave back its int4 codes"):
+            lean.state_dict()
