@@ -62,11 +62,21 @@ def cuda_section(path: Path) -> str:
     return "\n".join(rows)
 
 
+def _eval_cell(e: dict) -> str:
+    levels = "/".join(str(sum(1 for m in e.get("max_rewards", []) if m >= k)) for k in (1, 2, 3))
+    return (f"{e['successes']}/{e['episodes']} = {100 * e['success_rate']:.0f}% "
+            f"[{100 * e['ci95'][0]:.0f}–{100 * e['ci95'][1]:.0f}]; ≥1/≥2/≥3: {levels}")
+
+
 def eval_section(path: Path) -> str:
+    """A family's closed-loop table; with a sibling eval_<family>_latency.json (the same
+    eval under a simulated inference latency) a column per task from it."""
     r = json.loads(path.read_text())
     meta = r.get("_meta", {})
     recipes = [k for k in r if not k.startswith("_")]
     tasks = meta.get("tasks") or list(r[recipes[0]])
+    lat_path = path.with_name(path.stem + "_latency.json")
+    lat = json.loads(lat_path.read_text()) if lat_path.exists() else None
     rows = [f"### Closed-loop success ({path.stem.split('_', 1)[1]}, `{path.relative_to(ROOT)}`)", "",
             f"Command: `{meta.get('command')}`; evaluation seeds {meta.get('eval_seeds')}; calibration "
             f"{meta.get('calibration', {}).get('observations')} observations "
@@ -75,15 +85,54 @@ def eval_section(path: Path) -> str:
             "each partial reward (gym-aloha: transfer-cube 1 touched, 2 lifted, 3 hand-over contact; "
             "insertion 1 both parts gripped, 2 both lifted, 3 peg touches socket; 4 = success).", "",
             "| recipe | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    lat_tasks: list[str] = []
+    if lat is not None:
+        lm = lat["_meta"]
+        lat_tasks = [t for t in lm.get("tasks", []) if any(t in lat.get(rec, {}) for rec in recipes)]
+        ms = 1e3 * lm["latency_s"]
+        rows[-2] = rows[-2][:-1] + "".join(f" {t} at {ms:.0f} ms latency |" for t in lat_tasks)
+        rows[-1] = rows[-1] + "---|" * len(lat_tasks)
+        rows.insert(-2, f"Latency columns: `{lm.get('command')}` (`{lat_path.relative_to(ROOT)}`): the same "
+                        f"controller and seeds, each chunk handed over {ms:.0f} ms after its observation while the "
+                        "arm keeps executing (about the observation → chunk latency the live node measured with the "
+                        "shipped W4A4 Pi0.5 pack on this CPU, `bench/node_schedule.py`); share of policy ticks "
+                        "that starved in parentheses.\n")
     for rec in recipes:
-        cells = []
-        for t in tasks:
-            e = r[rec][t]
-            levels = "/".join(str(sum(1 for m in e.get("max_rewards", []) if m >= k)) for k in (1, 2, 3))
-            cells.append(f"{e['successes']}/{e['episodes']} = {100 * e['success_rate']:.0f}% "
-                         f"[{100 * e['ci95'][0]:.0f}–{100 * e['ci95'][1]:.0f}]; ≥1/≥2/≥3: {levels}")
+        cells = [_eval_cell(r[rec][t]) for t in tasks]
+        for t in lat_tasks:
+            e = lat.get(rec, {}).get(t)
+            cells.append("" if e is None else f"{_eval_cell(e)} ({100 * e.get('starved_tick_share', 0):.0f}% starved)")
         rows.append(f"| {rec} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def full_section(paths: list[Path]) -> str:
+    rows = ["### Published sizes on this machine (`omega-qvla bench full`)", "",
+            "Random-init weights at the published sizes (no real checkpoint is reachable here), FP16 pack "
+            "written module by module, then `omega-qvla quantize` (sequential pipeline, float32 GPTQ "
+            "Hessians, 2 synthetic calibration observations), then the W4A4 pack loaded as the runtime "
+            "loads it and a chunk (one observation, fixed noise) timed against the FP32 model in the same "
+            "run; each step in its own process (peak RSS is that process's).", "",
+            "| family | recipe | params | quantize | quantize peak RSS | W4A4 pack | load / run peak RSS "
+            "| run RSS / pack | chunk FP32 / W4A4 | speed vs FP32 | action max / mean \\|Δ\\| vs FP |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for p in paths:
+        r = json.loads(p.read_text())
+        rows.append(f"| {r['family']} | {r['recipe'].split(' ')[0]} | {r['params'] / 1e9:.2f}B | "
+                    f"{r['quantize_wall_s'] / 60:.1f} min | {r['quantize_peak_rss_gib']:.2f} GiB | "
+                    f"{r['pack_bytes'] / 2**30:.2f} GiB | {r['load_peak_rss_gib']:.2f} / "
+                    f"{r['w4a4_run_peak_rss_gib']:.2f} GiB | {r['rss_vs_pack_bytes']:.2f}× | "
+                    f"{r['chunk_s_fp32']:.1f} / {r['chunk_s_w4a4']:.1f} s | {r['w4a4_speed_vs_fp32']:.2f}× | "
+                    f"{r['action_max_abs_diff_vs_fp']:.3f} / {r['action_mean_abs_diff_vs_fp']:.3f} |")
+    return "\n".join(rows)
+
+
+def stack_section(path: Path) -> str:
+    from omega_qvla_ros.tools.bench_stack import format_text
+
+    r = json.loads(path.read_text())
+    return (f"### Decoder layer stacks at the published Pi0.5 widths (`omega-qvla bench stack`)\n\n"
+            f"`{path.relative_to(ROOT)}`, torch {r['torch']}:\n\n```\n{format_text(r)}\n```")
 
 
 def main() -> int:
@@ -99,7 +148,8 @@ def main() -> int:
 
         parts.append("### Whole models (random-init tiny)\n\n" + models_text(json.loads(m.read_text())))
     for f in sorted((ROOT / "bench" / "results").glob("eval_*.json")):
-        parts.append(eval_section(f))
+        if not f.stem.endswith("_latency"):
+            parts.append(eval_section(f))
     from omega_qvla_ros.tools.bench_policy import format_text as policy_text
 
     for pol in sorted((ROOT / "bench" / "results").glob("policy*.json")):
@@ -108,6 +158,11 @@ def main() -> int:
         cmd = "omega-qvla bench policy --json" + ("" if pol.name == "policy.json" else f" --family {family}")
         parts.append(f"### Trained {family} model: action error and whole-inference latency\n\n"
                      f"`{cmd}` → `{pol.relative_to(ROOT)}`\n\n" + policy_text(r))
+    full = sorted((ROOT / "bench" / "results").glob("full_*.json"))
+    if full:
+        parts.append(full_section(full))
+    for st in sorted((ROOT / "bench" / "results").glob("stack_*.json")):
+        parts.append(stack_section(st))
     mem = sorted((ROOT / "bench" / "results").glob("memory_*_full.json"))
     if mem:
         rows = ["### Static memory, full published sizes (`omega-qvla memory --size full`)", "",

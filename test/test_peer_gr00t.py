@@ -285,4 +285,4 @@ def test_processor_n15_prompt_layout(model, ref, tmp_path):
     alone = proc.batch(frames[1:], ["open drawer"], q[1:])  # no padding: padded to the batch's longest
     assert torch.equal(alone.tokens[0], ref["input_ids"][1][ref["attention_mask"][1].bool()])
     with pytest.raises(ObservationError, match="max_tokens"):
-        proc.batch(frames[:1], ["pick up the cube" * 40], q[:1])
+        proc.batch(frames[:1], ["pick up the cube" * 200], q[:1])

@@ -248,6 +248,9 @@ def pi05_prompt(task: str, normalized_state: np.ndarray) -> str:
 
 
 IMG_CONTEXT = "<IMG_CONTEXT>"  # Eagle's image placeholder token
+# the chat-template markers a real Qwen3 / Eagle tokenizer encodes as one token each (ids
+# of Qwen3's vocabulary), for the byte tokenizer of random-init plumbing
+BYTE_CHAT_SPECIALS = {"<|im_start|>": 151644, "<|im_end|>": 151645, "<img>": 151670, "</img>": 151671}
 
 
 def gr00t_n15_prompt(task: str, cameras: int, image_tokens: int) -> str:
@@ -265,7 +268,8 @@ class Processor:
     `image_tokens`: placeholders per camera of the "gr00t_n15" prompt (the model's)."""
 
     def __init__(self, config: ProcessorConfig, root: str | Path | None = None, action_width: int | None = None,
-                 image_tokens: int | None = None, image_token_id: int | None = None) -> None:
+                 image_tokens: int | None = None, image_token_id: int | None = None,
+                 vocab_size: int | None = None) -> None:
         self.config = config
         self.root = Path(root) if root is not None else None
         self.action_width = action_width  # the model's padded action width
@@ -275,7 +279,10 @@ class Processor:
         if config.tokenizer == "byte":
             # a prompt with image placeholders and no tokenizer file (random-init plumbing):
             # the placeholder string encodes to the model's image token id
-            special = {IMG_CONTEXT: image_token_id} if (left and image_token_id is not None) else None
+            special = None
+            if left and image_token_id is not None:  # chat markers only where the vocabulary has them
+                special = {k: v for k, v in BYTE_CHAT_SPECIALS.items() if vocab_size is None or v < vocab_size}
+                special[IMG_CONTEXT] = image_token_id
             self.tokenizer = ByteTokenizer(padding_side=side, special=special)
         else:
             if self.root is None:
@@ -479,6 +486,8 @@ def processor_from_manifest(manifest: dict, root: str | Path | None, default_rob
 def processor_for(pc: ProcessorConfig, model_config, root: str | Path | None = None) -> Processor:
     """A Processor for `pc` serving a model of `model_config` (action width, image
     placeholders of prompts that have them)."""
+    lm = getattr(model_config, "llm", None) or getattr(model_config, "trunk", None)
     return Processor(pc, root, action_width=model_config.action_dim,
                      image_tokens=getattr(model_config, "image_tokens_per_camera", None),
-                     image_token_id=getattr(model_config, "image_token_id", None))
+                     image_token_id=getattr(model_config, "image_token_id", None),
+                     vocab_size=getattr(lm, "vocab", None))

@@ -20,7 +20,7 @@ VARIANTS = ("ours", "n15")
 IMG_CONTEXT_ID = 151669  # Eagle 2.5's <IMG_CONTEXT> in the Qwen3 vocabulary
 
 
-def n15_max_tokens(cameras: int, image_tokens: int, text: int = 64) -> int:
+def n15_max_tokens(cameras: int, image_tokens: int, text: int = 128) -> int:
     """Token budget of N1.5's chat prompt: 3 (user turn) + per camera `<image k><img>` (6)
     + image tokens + `</img>` + the task (`text`) + 5 (end of turn, assistant turn)."""
     return 8 + cameras * (image_tokens + 7) + text
