@@ -45,13 +45,21 @@ bench: setup
 	mv bench/results/policy_gr00t.json.tmp bench/results/policy_gr00t.json
 	$(VPY) bench/make_table.py
 
-# Closed-loop success of the shipped models per recipe (about half an hour per family on 2 cores)
-EVAL_RECIPES := fp16,rtn,smoothquant,hadamard,omega_qvla,omega_qvla_paper,omega_qvla_pertoken,omega_qvla_noperstep,omega_qvla_int
+# Closed-loop success of the shipped models per recipe (about half an hour per family on 2 cores),
+# the default under the node's latency, and where W4A4 loses the policy (bench sensitivity)
+EVAL_RECIPES := fp16,rtn,smoothquant,hadamard,omega_qvla,omega_qvla_dynamic,omega_qvla_paper,omega_qvla_pertoken,omega_qvla_noperstep,omega_qvla_int
 EVAL_FAMILIES := pi05 gr00t
 bench-eval: setup
 	for f in $(EVAL_FAMILIES); do \
 	  $(VENV)/bin/omega-qvla eval --family $$f --recipes $(EVAL_RECIPES) --episodes 50 --workers 2 \
-	    --out bench/results/eval_$$f.json || exit 1; done
+	    --out bench/results/eval_$$f.json || exit 1; \
+	  $(VENV)/bin/omega-qvla bench sensitivity --family $$f --episodes 20 --rollouts 3 \
+	    --svg bench/results/sensitivity_$$f.svg --out bench/results/sensitivity_$$f.json || exit 1; done
+	$(VENV)/bin/omega-qvla eval --family pi05 --recipes fp16,omega_qvla --tasks transfer_cube --episodes 50 \
+	  --workers 2 --execute-horizon 50 --replan-every 25 --blend crossfade --latency 0.35 \
+	  --out bench/results/eval_pi05_latency.json
+	$(VENV)/bin/omega-qvla eval --family gr00t --recipes fp16,omega_qvla --tasks transfer_cube --episodes 50 \
+	  --workers 2 --blend crossfade --latency 0.15 --out bench/results/eval_gr00t_latency.json
 	$(VPY) bench/make_table.py
 
 # The main job: quantize the shipped default model (models/pi05_small_aloha, FP16) with

@@ -7,6 +7,7 @@ The README section between the BENCH-TABLE markers is replaced; nothing else cha
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -69,37 +70,44 @@ def _eval_cell(e: dict) -> str:
 
 
 def eval_section(path: Path) -> str:
-    """A family's closed-loop table; with a sibling eval_<family>_latency.json (the same
-    eval under a simulated inference latency) a column per task from it."""
+    """A family's closed-loop table; each sibling eval_<…>_latency*.json (the same eval
+    under a simulated inference latency) adds a column per task."""
     r = json.loads(path.read_text())
     meta = r.get("_meta", {})
     recipes = [k for k in r if not k.startswith("_")]
     tasks = meta.get("tasks") or list(r[recipes[0]])
-    lat_path = path.with_name(path.stem + "_latency.json")
-    lat = json.loads(lat_path.read_text()) if lat_path.exists() else None
     rows = [f"### Closed-loop success ({path.stem.split('_', 1)[1]}, `{path.relative_to(ROOT)}`)", "",
             f"Command: `{meta.get('command')}`; evaluation seeds {meta.get('eval_seeds')}; calibration "
             f"{meta.get('calibration', {}).get('observations')} observations "
-            f"({meta.get('calibration', {}).get('episodes_per_task')} expert episodes per task).", "",
+            f"({meta.get('calibration', {}).get('episodes_per_task')} expert episodes per task)."
+            + (f" {meta['note']}" if meta.get("note") else ""), "",
             "Cells: successes / episodes, 95% Wilson interval (%), and how many episodes reached "
             "each partial reward (gym-aloha: transfer-cube 1 touched, 2 lifted, 3 hand-over contact; "
-            "insertion 1 both parts gripped, 2 both lifted, 3 peg touches socket; 4 = success).", "",
-            "| recipe | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
-    lat_tasks: list[str] = []
-    if lat is not None:
+            "insertion 1 both parts gripped, 2 both lifted, 3 peg touches socket; 4 = success).", ""]
+    header = "| recipe | " + " | ".join(tasks) + " |"
+    columns: list[tuple[dict, str]] = []
+    lats = [(p, json.loads(p.read_text())) for p in path.parent.glob(path.stem + "_latency*.json")]
+    for lat_path, lat in sorted(lats, key=lambda pl: pl[1]["_meta"]["latency_s"]):
         lm = lat["_meta"]
-        lat_tasks = [t for t in lm.get("tasks", []) if any(t in lat.get(rec, {}) for rec in recipes)]
         ms = 1e3 * lm["latency_s"]
-        rows[-2] = rows[-2][:-1] + "".join(f" {t} at {ms:.0f} ms latency |" for t in lat_tasks)
-        rows[-1] = rows[-1] + "---|" * len(lat_tasks)
-        rows.insert(-2, f"Latency columns: `{lm.get('command')}` (`{lat_path.relative_to(ROOT)}`): the same "
-                        f"controller and seeds, each chunk handed over {ms:.0f} ms after its observation while the "
-                        "arm keeps executing (about the observation → chunk latency the live node measured with the "
-                        "shipped W4A4 Pi0.5 pack on this CPU, `bench/node_schedule.py`); share of policy ticks "
-                        "that starved in parentheses.\n")
+        for t in lm.get("tasks", []):
+            if any(t in lat.get(rec, {}) for rec in recipes):
+                columns.append((lat, t))
+                header += f" {t} at {ms:.0f} ms, blend {lm.get('blend')} |"
+        if not lm["latency_s"]:
+            rows.append(f"0 ms column: `{lm.get('command')}` (`{lat_path.relative_to(ROOT)}`): the latency "
+                        "column's chunk settings, synchronous (its reference).\n")
+            continue
+        rows.append(f"Latency column: `{lm.get('command')}` (`{lat_path.relative_to(ROOT)}`): the same "
+                    f"controller and seeds, each chunk handed over {ms:.0f} ms after its observation while "
+                    "the arm keeps executing ("
+                    + (lm.get("note") or "about the observation → chunk latency the live node measured with the "
+                       "shipped W4A4 Pi0.5 pack on this CPU, `bench/node_schedule.py`")
+                    + "); share of policy ticks that starved in parentheses.\n")
+    rows += [header, "|---|" + "---|" * (len(tasks) + len(columns))]
     for rec in recipes:
         cells = [_eval_cell(r[rec][t]) for t in tasks]
-        for t in lat_tasks:
+        for lat, t in columns:
             e = lat.get(rec, {}).get(t)
             cells.append("" if e is None else f"{_eval_cell(e)} ({100 * e.get('starved_tick_share', 0):.0f}% starved)")
         rows.append(f"| {rec} | " + " | ".join(cells) + " |")
@@ -113,18 +121,31 @@ def full_section(paths: list[Path]) -> str:
             "Hessians, 2 synthetic calibration observations), then the W4A4 pack loaded as the runtime "
             "loads it and a chunk (one observation, fixed noise) timed against the FP32 model in the same "
             "run; each step in its own process (peak RSS is that process's).", "",
-            "| family | recipe | params | quantize | quantize peak RSS | W4A4 pack | load / run peak RSS "
+            "Runtime default (`kernel_weights: auto`: a big pack's backbone layers rebuild their int8 kernel "
+            "weights from the int4 codes per call) and, in brackets, every int8 kernel weight held "
+            "(`kernel_weights: hold`, the speed option).", "",
+            "| family | recipe | threads | params | quantize | quantize peak RSS | W4A4 pack | load / run peak RSS "
             "| run RSS / pack | chunk FP32 / W4A4 | speed vs FP32 | action max / mean \\|Δ\\| vs FP |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    notes = []
     for p in paths:
         r = json.loads(p.read_text())
-        rows.append(f"| {r['family']} | {r['recipe'].split(' ')[0]} | {r['params'] / 1e9:.2f}B | "
+        hold = "chunk_s_w4a4_hold" in r
+        renamed = re.search(r"renamed (\w+)", r["recipe"])
+        recipe = renamed.group(1) if renamed else r["recipe"].split(" ")[0]
+        if r.get("quantize_note"):
+            notes.append(f"`{p.relative_to(ROOT)}` quantize time: {r['quantize_note']}.")
+        run_rss = f"{r['w4a4_run_peak_rss_gib']:.2f}" + (f" [{r['w4a4_hold_run_peak_rss_gib']:.2f}]" if hold else "")
+        ratio = f"{r['rss_vs_pack_bytes']:.2f}×" + (
+            f" [{r['w4a4_hold_run_peak_rss_gib'] * 2**30 / r['pack_bytes']:.2f}×]" if hold else "")
+        chunk = f"{r['chunk_s_fp32']:.1f} / {r['chunk_s_w4a4']:.1f}" + (f" [{r['chunk_s_w4a4_hold']:.1f}]" if hold else "")
+        speed = f"{r['w4a4_speed_vs_fp32']:.2f}×" + (f" [{r['w4a4_hold_speed_vs_fp32']:.2f}×]" if hold else "")
+        rows.append(f"| {r['family']} | {recipe} | {r['threads']} | {r['params'] / 1e9:.2f}B | "
                     f"{r['quantize_wall_s'] / 60:.1f} min | {r['quantize_peak_rss_gib']:.2f} GiB | "
-                    f"{r['pack_bytes'] / 2**30:.2f} GiB | {r['load_peak_rss_gib']:.2f} / "
-                    f"{r['w4a4_run_peak_rss_gib']:.2f} GiB | {r['rss_vs_pack_bytes']:.2f}× | "
-                    f"{r['chunk_s_fp32']:.1f} / {r['chunk_s_w4a4']:.1f} s | {r['w4a4_speed_vs_fp32']:.2f}× | "
+                    f"{r['pack_bytes'] / 2**30:.2f} GiB | {r['load_peak_rss_gib']:.2f} / {run_rss} GiB | {ratio} | "
+                    f"{chunk} s | {speed} | "
                     f"{r['action_max_abs_diff_vs_fp']:.3f} / {r['action_mean_abs_diff_vs_fp']:.3f} |")
-    return "\n".join(rows)
+    return "\n".join(rows + ([""] + notes if notes else []))
 
 
 def stack_section(path: Path) -> str:
@@ -148,7 +169,7 @@ def main() -> int:
 
         parts.append("### Whole models (random-init tiny)\n\n" + models_text(json.loads(m.read_text())))
     for f in sorted((ROOT / "bench" / "results").glob("eval_*.json")):
-        if not f.stem.endswith("_latency"):
+        if "_latency" not in f.stem:
             parts.append(eval_section(f))
     from omega_qvla_ros.tools.bench_policy import format_text as policy_text
 
@@ -158,6 +179,15 @@ def main() -> int:
         cmd = "omega-qvla bench policy --json" + ("" if pol.name == "policy.json" else f" --family {family}")
         parts.append(f"### Trained {family} model: action error and whole-inference latency\n\n"
                      f"`{cmd}` → `{pol.relative_to(ROOT)}`\n\n" + policy_text(r))
+    for sens in sorted((ROOT / "bench" / "results").glob("sensitivity_*.json")):
+        from omega_qvla_ros.tools.bench_sensitivity import format_text as sens_text
+
+        r = json.loads(sens.read_text())
+        fam = r["model"].get("family")
+        parts.append(f"### Where W4A4 loses the {fam} policy (`omega-qvla bench sensitivity --family {fam}`)\n\n"
+                     f"`{sens.relative_to(ROOT)}`, chart `{sens.with_suffix('.svg').relative_to(ROOT)}`; "
+                     "action error on the FP policy's own closed-loop observations, closed loop on the "
+                     "first evaluation seeds.\n\n" + sens_text(r))
     full = sorted((ROOT / "bench" / "results").glob("full_*.json"))
     if full:
         parts.append(full_section(full))

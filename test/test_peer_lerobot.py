@@ -99,3 +99,35 @@ def test_import_reads_sizes_from_shapes():
     assert (a.trunk.width, a.trunk.layers, a.expert.width, a.vision.image_size) == (64, 2, 32, 56)
     assert (b.trunk.width, b.trunk.layers, b.expert.width, b.vision.image_size) == (48, 3, 24, 42)
     assert a.state_encoding == b.state_encoding == "prompt"
+
+
+def test_imported_pack_quantizes_and_drives_the_node(tmp_path):
+    """What a user does next with the imported checkpoint: `quantize --model PACK`, then
+    the real node (rclpy, loopback DDS) loads the W4A4 pack — its processor writes the
+    state into the prompt with the pack's own tokenizer — and drives the arm."""
+    pytest.importorskip("rclpy")
+    from omega_qvla_ros.ros.rig import Harness
+    from omega_qvla_ros.runtime.robot import RobotSpec
+    from std_srvs.srv import SetBool
+
+    src = DATA / FIXTURES[0]
+    fp, q = tmp_path / "fp", tmp_path / "w4a4"
+    assert cli(["import-checkpoint", str(src), "--tokenizer", str(src / "tokenizer.json"),
+                "--out", str(fp), "--json"]) == 0
+    assert cli(["quantize", "--model", str(fp), "--recipe", "omega_qvla", "--calib", "synthetic",
+                "--out", str(q), "--json"]) == 0
+    pol = Policy.from_pack(q, "cpu")
+    assert pol.model.config.state_encoding == "prompt" and pol.processor.config.prompt == "pi05"
+    assert pol.integer_layers() > 0
+    h = Harness(q)
+    try:
+        h.wait(lambda: h.chunks, 30, "first action chunk")
+        assert h.call(SetBool, "/omega_qvla_policy/enable", SetBool.Request(data=True)).success
+        h.wait(lambda: h.last_status().get("source") == "policy" and len(h.traj) >= 5, 30, "policy driving")
+        spec = RobotSpec()
+        for _, m in list(h.traj):
+            for p in m.points:
+                x = np.array(p.positions)
+                assert np.all(np.isfinite(x)) and np.all(x >= spec.lower) and np.all(x <= spec.upper)
+    finally:
+        h.close()

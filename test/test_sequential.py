@@ -19,6 +19,29 @@ from omega_qvla_ros.quant.qlinear import QuantLinear
 @pytest.mark.parametrize("family,recipe", [("pi05", "omega_qvla"), ("gr00t", "omega_qvla"),
                                            ("pi05", "omega_qvla_int"), ("gr00t", "rtn")])
 def test_sequential_equals_all_in_memory(tmp_path, family, recipe):
+    _sequential_equals_all_in_memory(tmp_path, family, recipe)
+
+
+@pytest.mark.parametrize("family", ["pi05", "gr00t"])
+def test_hessian_budget_groups_change_nothing(tmp_path, family, monkeypatch):
+    """With a Hessian budget smaller than any layer's, the action stage calibrates and
+    solves one layer at a time (its run repeated on the FP model): still bit for bit."""
+    import importlib
+
+    from omega_qvla_ros.models import sequential
+
+    qmod = importlib.import_module("omega_qvla_ros.quant.quantize")  # the package re-exports a function of that name
+
+    groups: list[int] = []
+    solve = qmod._solve_group
+    monkeypatch.setattr(qmod, "_solve_group", lambda model, targets, *a, **k: (
+        groups.append(len(targets)), solve(model, targets, *a, **k))[1])
+    monkeypatch.setattr(sequential, "HESSIAN_BUDGET", 1)
+    _sequential_equals_all_in_memory(tmp_path, family, "omega_qvla")
+    assert groups.count(1) >= 14  # the action stage: every layer its own group
+
+
+def _sequential_equals_all_in_memory(tmp_path, family, recipe):
     fp = build_model(family, "tiny", seed=1).eval()
     obs = synthetic_observations(fp.config, 2, seed=3)
     ref = quantize_model(copy.deepcopy(fp), recipe, obs, seed=0)
@@ -88,3 +111,32 @@ def test_lean_loading_keeps_half_weights_and_gives_the_same_actions(tmp_path, mo
     if integer and integer[0].weight_packed.is_meta:  # fbgemm available: the codes are gone
         with pytest.raises(RuntimeError, match="gave back its int4 codes"):
             lean.state_dict()
+
+
+def test_kernel_weights_per_call_gives_the_same_actions_and_holds_nothing(tmp_path, monkeypatch):
+    """kernel_weights='per_call' rebuilds each integer kernel's int8 weights from the int4
+    codes on every call and keeps none (the codes stay); 'auto' does so for backbone
+    layers of a big pack only, and holds the action head's. Actions bit-identical."""
+    from omega_qvla_ros.quant import pack as pack_mod
+
+    fp = build_model("pi05", "tiny", seed=1).eval()
+    obs = synthetic_observations(fp.config, 1, seed=3)
+    q = quantize_model(copy.deepcopy(fp), "omega_qvla", obs)
+    save_pack(q, tmp_path / "p", model_info(q, "tiny"), recipe=q.quantization_report["recipe_dict"])
+    n = torch.randn(2, fp.config.action_horizon, fp.config.action_dim, generator=torch.Generator().manual_seed(5))
+    hold, _ = load_pack(tmp_path / "p", integer_codes="drop", kernel_weights="hold")
+    per_call, _ = load_pack(tmp_path / "p", integer_codes="drop", kernel_weights="per_call")
+    with torch.no_grad():
+        want = hold.sample_actions(obs[0], noise=n)
+        assert torch.equal(per_call.sample_actions(obs[0], noise=n), want)
+    layers = [m for m in per_call.modules() if isinstance(m, QuantLinear)]
+    assert layers and all(m.uses_integer_path() for m in layers)
+    assert all(not m.weight_packed.is_meta and not ({"fbgemm", "wt_i8"} & set(m._cache)) for m in layers)
+    monkeypatch.setattr(pack_mod, "quantized_weight_bytes", lambda manifest: 1 << 30)  # "a big pack"
+    auto, _ = load_pack(tmp_path / "p", integer_codes="drop", kernel_weights="auto")
+    sides = {(m.spec.side, m.kernel_weights) for m in auto.modules() if isinstance(m, QuantLinear)}
+    assert sides == {("backbone", "per_call"), ("action_head", "hold")}
+    with torch.no_grad():
+        assert torch.equal(auto.sample_actions(obs[0], noise=n), want)
+    with pytest.raises(ValueError, match="kernel_weights"):
+        load_pack(tmp_path / "p", kernel_weights="sometimes")

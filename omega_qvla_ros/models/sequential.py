@@ -46,6 +46,13 @@ class Stage:
     name: str
     modules: list[str]
     run: Callable[[], None]
+    # `run` may run more than once (it reads its inputs without consuming them): the stage's
+    # GPTQ Hessians are then held a budget's worth at a time (quantize_targets)
+    repeatable: bool = False
+
+
+# GPTQ Hessians held at once in a repeatable stage (GR00T N1.5's DiT holds 3 GiB of them)
+HESSIAN_BUDGET = 512 << 20
 
 
 def vision_stages(model, batches: list[Observation], state: dict, tower: str, projector: list[str],
@@ -177,7 +184,8 @@ def quantize_sequential(model: nn.Module, source: WeightSource, recipe: "str | R
         n_targets = len(targets)
         with torch.no_grad():
             if targets:
-                quantize_targets(model, targets, stage.run, seed=seed)
+                quantize_targets(model, targets, stage.run, seed=seed,
+                                 hessian_budget_bytes=HESSIAN_BUDGET if stage.repeatable else None)
             else:
                 stage.run()
         del targets  # the replaced nn.Linear modules (and their FP weights) go with it

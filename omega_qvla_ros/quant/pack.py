@@ -424,7 +424,8 @@ def float_bytes(manifest: dict) -> int:
 
 def load_pack(pack_dir: str | os.PathLike, build_model: ModelBuilder | None = None,
               device: str | torch.device = "cpu", path: str = "auto", backend: str = "auto",
-              float_storage: str = "float32", integer_codes: str = "keep") -> tuple[nn.Module, dict]:
+              float_storage: str = "float32", integer_codes: str = "keep",
+              kernel_weights: str = "hold") -> tuple[nn.Module, dict]:
     """Verify and load a pack; returns (model in eval mode on `device`, manifest). The
     model is built on the `meta` device and filled shard by shard, so loading needs
     about the weights' size, never a random-init model beside them; integer-kernel
@@ -435,7 +436,15 @@ def load_pack(pack_dir: str | os.PathLike, build_model: ModelBuilder | None = No
     stay at the pack's fp16/bf16 and are upcast per call, float_storage.py) or "auto"
     ("stored" when they exceed 512 MiB). `integer_codes`: "drop" gives back a layer's
     packed int4 codes once its integer kernel holds them (the model can then run, not
-    be saved again)."""
+    be saved again). `kernel_weights`: "hold" (integer kernels keep int8 weights, one
+    byte per weight: twice the int4 codes, the fastest), "per_call" (rebuilt from the
+    int4 codes on each call: the pack's memory, but slow — unpack + fbgemm prepack take
+    ~8 ns per weight on this CPU, Pi0.5 full 27.5 s per chunk instead of 12.0) or "auto":
+    "per_call" for the backbone layers of a pack whose int4 weights exceed 512 MiB (they
+    run once per chunk: the bounded-memory default for published sizes) and "hold" for
+    the action head (every denoising step) and for smaller packs."""
+    if kernel_weights not in ("hold", "per_call", "auto"):
+        raise ValueError(f"kernel_weights must be hold, per_call or auto, got {kernel_weights!r}")
     manifest = read_manifest(pack_dir)
     verify_files(pack_dir, manifest)
     info = manifest["model"]
@@ -473,10 +482,25 @@ def load_pack(pack_dir: str | os.PathLike, build_model: ModelBuilder | None = No
         raise ValueError(f"float_storage must be float32, stored or auto, got {float_storage!r}")
     load_state_checked(model, iter_tensors(pack_dir, manifest))
     model = model.to(device).eval()
+    big = quantized_weight_bytes(manifest) > (512 << 20)
     for m in model.modules():
         if isinstance(m, QuantLinear):
+            m.kernel_weights = kernel_weights if kernel_weights != "auto" else (
+                "per_call" if big and m.spec.side == "backbone" else "hold")
             m.prepare(release_codes=integer_codes == "drop")
     return model, manifest
+
+
+def quantized_weight_bytes(manifest: dict) -> int:
+    """Bytes of a pack's packed int4 weights."""
+    n = 0
+    for k, meta in manifest["tensors"].items():
+        if k.endswith(".weight_packed"):
+            size = 1
+            for d in meta["shape"]:
+                size *= d
+            n += size * torch.empty(0, dtype=getattr(torch, meta["dtype"])).element_size()
+    return n
 
 
 def pack_bytes(pack_dir: str | os.PathLike) -> dict[str, Any]:

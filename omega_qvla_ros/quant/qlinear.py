@@ -50,6 +50,7 @@ def storage_dtype(name: str, t: torch.Tensor) -> torch.dtype:
 
 
 ACT_MODES = ("none", "dynamic", "static", "static_tensor", "per_step", "per_step_factorized")
+KERNEL_WEIGHTS = ("hold", "per_call")
 INTEGER_ACT_MODES = ("dynamic", "static_tensor", "per_step_factorized")
 PATHS = ("auto", "reference", "integer")
 
@@ -120,6 +121,10 @@ class QuantLinear(nn.Module):
         self.path = path
         self.backend = backend
         self.cache_weights = False
+        # integer kernels' int8 weights: "hold" (built once, kept: one byte per weight, twice
+        # the int4 codes) or "per_call" (rebuilt from the int4 codes on every call and
+        # dropped: the pack's memory, one unpack + repack per call). pack.load_pack picks.
+        self.kernel_weights = "hold"
         n, o = spec.in_features, spec.out_features
         f32 = torch.float32
         self.register_buffer("weight_packed", torch.zeros(o, -(-n // 8), dtype=torch.int32))
@@ -227,6 +232,10 @@ class QuantLinear(nn.Module):
         """Build this layer's integer-kernel cache now (at load), not on the first call;
         `release_codes` then gives back the packed int4 codes the kernel no longer needs
         (the kernel's int8 copy replaces them: the layer runs, it cannot be saved)."""
+        if self.kernel_weights not in KERNEL_WEIGHTS:
+            raise ValueError(f"kernel_weights must be one of {KERNEL_WEIGHTS}, got {self.kernel_weights!r}")
+        if self.kernel_weights == "per_call":
+            return  # nothing to build; the int4 codes stay (every call repacks from them)
         if self.uses_integer_path() and self.weight_packed.device.type != "meta":
             backend = int_gemm.pick_backend(self.weight_packed.device, self.backend)
             if backend == "fbgemm":
@@ -362,10 +371,14 @@ class QuantLinear(nn.Module):
     def _fbgemm_weights(self):
         """fbgemm's prepacked int8 weights: the integer path's kernel cache (int8, one
         byte per weight)."""
-        return self._cached("fbgemm", lambda: int_gemm.prepack_fbgemm(self.weight_codes(), self.weight_scale[:, 0]))
+        def make():
+            return int_gemm.prepack_fbgemm(self.weight_codes(), self.weight_scale[:, 0])
+        return make() if self.kernel_weights == "per_call" else self._cached("fbgemm", make)
 
     def _int_mm_weights(self) -> torch.Tensor:
-        return self._cached("wt_i8", lambda: self.weight_codes().t().contiguous())
+        def make():
+            return self.weight_codes().t().contiguous()
+        return make() if self.kernel_weights == "per_call" else self._cached("wt_i8", make)
 
     def extra_repr(self) -> str:
         s = self.spec

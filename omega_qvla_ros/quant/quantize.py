@@ -82,15 +82,56 @@ def start_report(model: nn.Module, recipe: Recipe) -> None:
                                  "calibration": {}}
 
 
+def hessian_groups(targets: dict[str, tuple[nn.Linear, str, SideRecipe]],
+                   budget_bytes: int | None) -> list[list[str]]:
+    """`targets` in order, cut into groups whose GPTQ Hessians (in² of their dtype) fit
+    `budget_bytes` together (a layer bigger than the budget is a group of its own)."""
+    names = list(targets)
+    if budget_bytes is None:
+        return [names]
+    groups: list[list[str]] = [[]]
+    used = 0
+    for name in names:
+        mod, _side, sr = targets[name]
+        need = 0 if sr.weight_solver == "rtn" else mod.in_features ** 2 * getattr(torch, sr.hessian_dtype).itemsize
+        if groups[-1] and used + need > budget_bytes:
+            groups.append([])
+            used = 0
+        groups[-1].append(name)
+        used += need
+    return groups
+
+
 def quantize_targets(model: nn.Module, targets: dict[str, tuple[nn.Linear, str, SideRecipe]],
                      run_calibration: Callable[[], Any], progress: bool = False, path: str = "auto",
-                     backend: str = "auto", seed: int = 0) -> None:
+                     backend: str = "auto", seed: int = 0, hessian_budget_bytes: int | None = None) -> None:
     """Quantize the `targets` (name -> (linear, side, side recipe), from select_targets)
-    of `model` in place: rotations from their FP weights, one calibration run
+    of `model` in place: rotations from their FP weights, a calibration run
     (`run_calibration()` feeds the FP model; every target must be called), then each
     layer solved and swapped for its QuantLinear. `quantize()` calls it once for the
     whole model; the sequential pipeline calls it block by block (same statistics,
-    same codes: every step of it depends on a layer's own inputs only)."""
+    same codes: every step of it depends on a layer's own inputs only).
+
+    `hessian_budget_bytes` bounds the GPTQ Hessians held at once: the targets are cut
+    into groups (hessian_groups) and `run_calibration` runs once per group, all on the
+    FP model — solved layers are swapped in only after the last group — so the result
+    is the same as one run (statistics are per layer, each with its own generator);
+    `run_calibration` must then be repeatable."""
+    report = getattr(model, "quantization_report", None)
+    if report is None:
+        model.quantization_report = report = {"layers": {}, "calibration": {}}
+    solved: dict[str, nn.Module] = {}
+    for group in hessian_groups(targets, hessian_budget_bytes):
+        part = {name: targets[name] for name in group}
+        solved.update(_solve_group(model, part, run_calibration, report, progress, path, backend, seed))
+    for name, q in solved.items():
+        model.set_submodule(name, q)
+
+
+def _solve_group(model: nn.Module, targets: dict[str, tuple[nn.Linear, str, SideRecipe]],
+                 run_calibration: Callable[[], Any], report: dict, progress: bool, path: str, backend: str,
+                 seed: int) -> dict[str, nn.Module]:
+    """Calibrate `targets` on one run of the FP model and solve them (not swapped in)."""
     rotations = {
         name: stored_rotation(build_input_rotation(mod.weight, sr.rotation, seed=seed + _layer_seed(name)),
                               sr.rotation_storage)
@@ -104,14 +145,12 @@ def quantize_targets(model: nn.Module, targets: dict[str, tuple[nn.Linear, str, 
     with torch.no_grad(), cal.attach():
         run_calibration()
     model.train(was_training)
-    report = getattr(model, "quantization_report", None)
-    if report is None:
-        model.quantization_report = report = {"layers": {}, "calibration": {}}
     summary = cal.summary()
     prev = report.get("calibration") or {}
     report["calibration"] = {**prev, **summary, "layers": prev.get("layers", 0) + summary["layers"],
                              "calls": {**prev.get("calls", {}), **summary["calls"]},
                              "steps_total": max(prev.get("steps_total", 0), summary["steps_total"])}
+    solved: dict[str, nn.Module] = {}
     with torch.no_grad():
         for name, (mod, side, sr) in _progress(targets.items(), progress, "quantize", len(targets)):
             st = cal.stats[name]
@@ -119,11 +158,12 @@ def quantize_targets(model: nn.Module, targets: dict[str, tuple[nn.Linear, str, 
                 raise RuntimeError(f"layer {name} was never called during calibration; "
                                    "check the calibration batches and the forward function")
             q, info = build_quant_linear(mod, sr, side, rotations[name], st, path=path, backend=backend)
-            model.set_submodule(name, q)
+            solved[name] = q
             report["layers"][name] = info
             cal.stats[name] = None  # free this layer's Hessian and samples now
             rotations[name] = None
             release_freed_memory()
+    return solved
 
 
 def release_freed_memory() -> None:

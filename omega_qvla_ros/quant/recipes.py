@@ -162,6 +162,13 @@ RECIPES: dict[str, Recipe] = {
                     "scales folded into the weights (α = 0.75) and one static scale left; action head "
                     "with output rotation and per-step scales factorized into a folded channel profile "
                     "× one scale per denoising step"),
+    "omega_qvla_dynamic": Recipe(
+        "omega_qvla_dynamic",
+        backbone=_bb(rotation="omega", weight_solver="gptq", group_size=None, act_mode="dynamic"),
+        action_head=_ah(rotation="omega", out_rotation=True, weight_solver="gptq", group_size=None,
+                        act_mode="per_step_factorized"),
+        description="ablation of omega_qvla: dynamic per-token backbone activation scales instead of the "
+                    "folded static ones (integer-executable too)"),
     "omega_qvla_paper": _omega("omega_qvla_paper", "the paper as its code runs it, on the reference "
                                "path: composite SVD·Hadamard rotation, GPTQ backbone with 128-column "
                                "groups and static per-channel activation scales, RTN action head with "

@@ -42,6 +42,7 @@ LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
 PARAMETERS: dict[str, object] = {
     "pack_path": "",
     "device": "auto",
+    "kernel_weights": "auto",
     "mode": "policy",
     "dry_run": True,
     "joint_names": list(ALOHA_JOINTS),
@@ -122,7 +123,8 @@ class PolicyNode(Node):
             from omega_qvla_ros.runtime.policy import Policy
             if not p("pack_path"):
                 raise ValueError("parameter pack_path is empty: point it at a model pack directory")
-            policy = Policy.from_pack(p("pack_path"), device=p("device"), control_dt=self.dt)
+            policy = Policy.from_pack(p("pack_path"), device=p("device"), control_dt=self.dt,
+                                      kernel_weights=p("kernel_weights"))
         self.policy = policy
         # the pack's processor keeps its normalisation (the model was trained with it); the
         # node's own limits drive the safety filter. Both must name the same joints.

@@ -61,14 +61,18 @@ class Policy:
 
     @classmethod
     def from_pack(cls, path: str | Path, device: str = "auto", robot: RobotSpec | None = None,
-                  control_dt: float = 0.02, lean: bool = True) -> "Policy":
+                  control_dt: float = 0.02, lean: bool = True, kernel_weights: str | None = None) -> "Policy":
         """Load a pack to run it. `lean` (the default): large unquantized parts stay at
-        their stored half precision when they are big (> 512 MiB) and integer layers give
-        back their int4 codes once their kernels hold them — a W4A4 process then holds
-        about the pack's size plus activations."""
+        their stored half precision when they are big (> 512 MiB), integer layers give
+        back their int4 codes once their kernels hold them, and in a big pack the
+        backbone's integer kernels repack their int8 weights per call (`kernel_weights`
+        "auto", see quant.pack.load_pack) — a W4A4 process then holds about the pack's
+        size plus activations. `kernel_weights="hold"` keeps every int8 kernel weight
+        (faster, twice the int4 bytes); `lean=False` keeps everything in float32."""
         dev = pick_device(device)
+        kw = kernel_weights or ("auto" if lean else "hold")
         model, manifest = load_pack(path, device=dev, float_storage="auto" if lean else "float32",
-                                    integer_codes="drop" if lean else "keep")
+                                    integer_codes="drop" if lean else "keep", kernel_weights=kw)
         try:
             proc = processor_from_manifest(manifest, path, RobotSpec().to_dict(), model.config)
         except (ValueError, TypeError, KeyError) as e:

@@ -9,7 +9,7 @@ from omega_qvla_ros.tools.model_source import add_family_arg, model_spec
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="run a benchmark and print JSON")
-    p.add_argument("suite", choices=["quant", "models", "policy", "full", "stack"], help="which benchmark")
+    p.add_argument("suite", choices=["quant", "models", "policy", "full", "stack", "sensitivity"], help="which benchmark")
     p.add_argument("--model", default=None, help="policy benchmark: FP pack (default: the shipped model)")
     add_family_arg(p)  # policy benchmark
     p.add_argument("--size", default=None, choices=["tiny", "small", "full"],
@@ -17,11 +17,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats")
     p.add_argument("--device", default="cpu", help="cpu or cuda (latency part)")
-    p.add_argument("--recipe", default="omega_qvla", help="full: the recipe")
+    p.add_argument("--recipe", default="omega_qvla", help="full, stack, sensitivity: the recipe")
     p.add_argument("--work", default="build/bench_full", help="full: folder for the packs (several GiB)")
     p.add_argument("--checkpoint", help="full: import this checkpoint instead of random weights")
     p.add_argument("--calib-batches", type=int, default=2, help="full: calibration observations")
     p.add_argument("--chunks", type=int, default=2, help="full: chunks timed per model (the fastest counts)")
+    p.add_argument("--episodes", type=int, default=20, help="sensitivity: closed-loop episodes per part")
+    p.add_argument("--rollouts", type=int, default=3,
+                   help="sensitivity: FP rollouts whose observations measure the action error")
+    p.add_argument("--svg", help="sensitivity: also write a bar chart here")
     p.add_argument("--out", help="also write the JSON here")
     p.set_defaults(func=run)
 
@@ -39,6 +43,16 @@ def run(args: argparse.Namespace) -> int:
         from omega_qvla_ros.tools import bench_stack as mod
 
         result = mod.run(recipe=args.recipe, repeats=2 if args.quick else 3)
+    elif args.suite == "sensitivity":
+        import sys
+
+        from omega_qvla_ros.tools import bench_sensitivity as mod
+
+        result = mod.run(model_spec=model_spec(args.model, args.family), recipe=args.recipe,
+                         episodes=args.episodes, rollouts=args.rollouts,
+                         log=None if args.json else (lambda m: print(m, file=sys.stderr, flush=True)))
+        if args.svg:
+            mod.write_svg(result, args.svg)
     elif args.suite == "full":
         import sys
 

@@ -28,7 +28,7 @@ from omega_qvla_ros.models.processor import processor_from_manifest
 from omega_qvla_ros.quant.pack import load_pack
 from omega_qvla_ros.runtime.robot import RobotSpec
 from safetensors.torch import save_file
-pack, out, chunks, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+pack, out, chunks, path, kernel_weights = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 from omega_qvla_ros.quant.pack import read_manifest
 quantized = bool(read_manifest(pack)["layers"])
@@ -36,7 +36,7 @@ t0 = time.time()
 # as the runtime loads (runtime/policy.py, lean): W4A4 keeps its big float parts at their stored
 # precision and gives back int4 codes an integer kernel holds; the FP reference runs in float32
 model, manifest = load_pack(pack, path=path, float_storage="auto" if quantized else "float32",
-                            integer_codes="drop")
+                            integer_codes="drop", kernel_weights=kernel_weights)
 load_s, load_rss = time.time() - t0, rss()
 proc = processor_from_manifest(manifest, pack, RobotSpec().to_dict(), model.config)
 obs = synthetic_batches(proc, 1, batch=1, seed=12345)[0]
@@ -126,9 +126,11 @@ def run(family: str, work: str | Path, recipe: str = "omega_qvla", checkpoint: s
     res["calibration"] = {"batches": calib_batches, "observations_per_batch": 1, "source": "synthetic"}
     res["pack_bytes"] = sum(f.stat().st_size for f in q.iterdir())
     runs = {}
-    for name, pack in (("w4a4", q), ("fp32", fp)):
+    # the runtime's default (lean, kernel_weights "auto"), the speed option (every int8
+    # kernel weight held), and the FP32 reference
+    for name, pack, kw in (("w4a4", q, "auto"), ("w4a4_hold", q, "hold"), ("fp32", fp, "hold")):
         out, wall, rss = _run_child([py, "-c", _RUN, str(pack), str(work / f"actions_{name}.safetensors"),
-                                     str(chunks), "auto"], log)
+                                     str(chunks), "auto", kw], log)
         r = json.loads(out.strip().splitlines()[-1])
         r["process_peak_rss_gib"] = rss
         runs[name] = r
@@ -139,6 +141,11 @@ def run(family: str, work: str | Path, recipe: str = "omega_qvla", checkpoint: s
     res["chunk_s_w4a4"] = min(runs["w4a4"]["chunk_s"])
     res["chunk_s_fp32"] = min(runs["fp32"]["chunk_s"])
     res["w4a4_speed_vs_fp32"] = res["chunk_s_fp32"] / res["chunk_s_w4a4"]
+    res["w4a4_hold_run_peak_rss_gib"] = runs["w4a4_hold"]["run_peak_rss_gib"]
+    res["chunk_s_w4a4_hold"] = min(runs["w4a4_hold"]["chunk_s"])
+    res["w4a4_hold_speed_vs_fp32"] = res["chunk_s_fp32"] / res["chunk_s_w4a4_hold"]
+    h = load_file(str(work / "actions_w4a4_hold.safetensors"))["actions"]
+    res["hold_equals_default"] = bool(torch.equal(h, load_file(str(work / "actions_w4a4.safetensors"))["actions"]))
     a = load_file(str(work / "actions_w4a4.safetensors"))["actions"]
     b = load_file(str(work / "actions_fp32.safetensors"))["actions"]
     res["action_max_abs_diff_vs_fp"] = float((a - b).abs().max())
@@ -161,4 +168,8 @@ def format_text(r: dict) -> str:
         f"({r['rss_vs_pack_bytes']:.2f}× the pack)",
         f"chunk: W4A4 {r['chunk_s_w4a4']:.1f} s vs FP32 {r['chunk_s_fp32']:.1f} s "
         f"({r['w4a4_speed_vs_fp32']:.2f}×); action max |Δ| vs FP {r['action_max_abs_diff_vs_fp']:.3f} "
-        f"(mean {r['action_mean_abs_diff_vs_fp']:.3f}, FP mean |a| {r['action_fp_abs_mean']:.3f})"])
+        f"(mean {r['action_mean_abs_diff_vs_fp']:.3f}, FP mean |a| {r['action_fp_abs_mean']:.3f})"]
+        + ([f"kernel weights held (kernel_weights=hold): chunk {r['chunk_s_w4a4_hold']:.1f} s "
+            f"({r['w4a4_hold_speed_vs_fp32']:.2f}×), running {r['w4a4_hold_run_peak_rss_gib']:.2f} GiB; "
+            f"actions {'identical' if r.get('hold_equals_default') else 'DIFFERENT'}"]
+           if "chunk_s_w4a4_hold" in r else []))

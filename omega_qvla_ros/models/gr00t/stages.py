@@ -35,8 +35,8 @@ def stages(model, batches: list[Observation], noise: Callable[[int], torch.Tenso
     def vl_features():
         s["prefix"] = [model.prefix_out(x, m, o.state) for x, m, o in zip(s.pop("x"), s["mask"], batches)]
 
-    def dit():
-        for p, o in zip(s.pop("prefix"), batches):
+    def dit():  # repeatable: the prefix stays in s
+        for p, o in zip(s["prefix"], batches):
             model.sample_from_prefix(p, noise(o.batch_size))
 
     ah = "action_head"
@@ -48,4 +48,5 @@ def stages(model, batches: list[Observation], noise: Callable[[int], torch.Tenso
     vl += [f"{ah}.vl_self_attention"] if hasattr(model.action_head, "vl_self_attention") else []
     yield Stage("VL features and state", vl, vl_features)
     yield Stage("DiT (all denoising steps)", [f"{ah}.model", f"{ah}.action_encoder", f"{ah}.action_decoder",
-                                              f"{ah}.future_tokens", f"{ah}.position_embedding"], dit)
+                                              f"{ah}.future_tokens", f"{ah}.position_embedding"], dit,
+                repeatable=True)

@@ -48,4 +48,4 @@ def stages(model, batches: list[Observation], noise: Callable[[int], torch.Tenso
     for i, layer in enumerate(pg.language_model.layers):
         yield Stage(f"trunk layer {i}", [f"{LM}.layers.{i}"], trunk_layer(layer))
     yield Stage("trunk norm", [LM + ".norm"], lambda: None)
-    yield Stage("action expert (all denoising steps)", EXPERT, expert)
+    yield Stage("action expert (all denoising steps)", EXPERT, expert, repeatable=True)

@@ -1,0 +1,36 @@
+"""The sensitivity benchmark's parts: each quantizes exactly its share of the family's
+scope, the layer thirds of a side partition that side, and weights-only keeps float
+activations."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from omega_qvla_ros.models import build_model
+from omega_qvla_ros.models.calibrate import scoped_recipe
+from omega_qvla_ros.tools.bench_sensitivity import _layer_index, parts
+
+
+@pytest.mark.parametrize("family", ["pi05", "gr00t"])
+def test_parts_partition_the_scope(family):
+    model = build_model(family, "tiny", seed=0)
+    full = scoped_recipe(model, "omega_qvla")
+    linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+
+    def chosen(rec):
+        return {n for n in linears if rec.side_of(n) is not None}
+
+    everything = chosen(full)
+    got = dict(parts(model, "omega_qvla"))
+    assert chosen(got["all"]) == everything
+    wo = got["weights only (A16)"]
+    assert chosen(wo) == everything and all(sr.act_mode == "none" for _s, sr in wo.sides())
+    bb, ah = chosen(got["backbone"]), chosen(got["action head"])
+    assert bb and ah and not (bb & ah) and bb | ah == everything
+    for side, whole in (("backbone", bb), ("action head", ah)):
+        thirds = [chosen(r) for k, r in got.items() if k.startswith(side + " layers")]
+        assert len(thirds) >= 2
+        assert set().union(*thirds) == whole and sum(map(len, thirds)) == len(whole)
+        for t in thirds:  # whole layers, never part of one
+            idx = {_layer_index(n) for n in t}
+            assert {n for n in whole if _layer_index(n) in idx} == t
