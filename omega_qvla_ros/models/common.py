@@ -51,11 +51,14 @@ def fit_state(state: torch.Tensor, dim: int) -> torch.Tensor:
     return F.pad(state, (0, dim - state.shape[-1]))
 
 
-def image_tokens(vision: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Run the vision tower over every camera: [B, C, 3, S, S] -> [B, C, N, D]."""
-    B, C = images.shape[:2]
-    feats = vision(images.flatten(0, 1))
-    return feats.view(B, C, *feats.shape[1:])
+def vision_tokens(model: nn.Module, layers, images: torch.Tensor) -> torch.Tensor:
+    """A family's projected image tokens: `model.vision_in` (patch embeddings of every
+    camera), each SigLIP layer, `model.vision_out` — the steps the sequential quantizer
+    runs one stage at a time (sequential.vision_stages)."""
+    h = model.vision_in(images)
+    for layer in layers:
+        h = layer(h)
+    return model.vision_out(h, images.shape[0])
 
 
 def init_weights(model: nn.Module) -> None:

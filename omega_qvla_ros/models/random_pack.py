@@ -42,6 +42,10 @@ def _init_module(m: nn.Module, g: torch.Generator, adaptive_dense: bool = False)
             m.bias[2 * d:] = 1.0
 
 
+def _own_tensors(mod: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    return list(mod.named_parameters(recurse=False)) + list(mod.named_buffers(recurse=False))
+
+
 def write_random_pack(family: str, size: str, out: str | Path, seed: int = 0,
                       float_dtype: torch.dtype = torch.float16, default_robot: dict | None = None) -> Path:
     """Write a random-init FP pack of `family` at preset `size` to `out`, one module at a
@@ -51,13 +55,12 @@ def write_random_pack(family: str, size: str, out: str | Path, seed: int = 0,
     dense = {f"{n}.dense" for n, m in model.named_modules() if isinstance(m, AdaptiveRMSNorm)}
     writer = PackWriter(out, float_dtype)
     for name, mod in model.named_modules():
-        own = list(mod.named_parameters(recurse=False)) + list(mod.named_buffers(recurse=False))
-        if not own:
+        if not _own_tensors(mod):
             continue
-        mod.to_empty(device="cpu", recurse=False)
+        mod.to_empty(device="cpu", recurse=False)  # new tensors: read them after this
         _init_module(mod, g, adaptive_dense=name in dense)
         writer.add({f"{name}.{k}" if name else k: (v.detach().to(float_dtype) if v.is_floating_point() else v.detach())
-                    for k, v in list(mod.named_parameters(recurse=False)) + list(mod.named_buffers(recurse=False))})
+                    for k, v in _own_tensors(mod)})
         mod.to_empty(device="meta", recurse=False)
     proc = legacy_processor_config(model.config, {}, default_robot or {})
     return writer.finish(model_info(model, size), recipe=RECIPES["fp16"].to_dict(), processor=proc.to_dict(),

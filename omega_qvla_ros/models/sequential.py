@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Protocol
 import torch
 from torch import nn
 
-from omega_qvla_ros.quant.pack import PackWriter, assign_tensor, iter_tensors, read_manifest, verify_files
+from omega_qvla_ros.quant.pack import PackWriter, assign_tensor, read_manifest, verify_files, weight_files
 from omega_qvla_ros.quant.quantize import quantize_targets, release_freed_memory, select_targets, start_report
 from omega_qvla_ros.quant.recipes import Recipe
 
@@ -90,7 +90,7 @@ class PackWeights:
         verify_files(self.dir, self.manifest)
         if self.manifest.get("layers"):
             raise ValueError(f"{pack_dir} is a quantized pack; sequential quantization starts from FP weights")
-        self.file_of = {k: m.get("file", "model.safetensors") for k, m in self.manifest["tensors"].items()}
+        self.file_of = {k: f for f, names in weight_files(self.manifest).items() for k in names}
         self._handles: dict[str, object] = {}
 
     def get(self, name: str) -> torch.Tensor:

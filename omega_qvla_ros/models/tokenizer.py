@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -46,6 +47,9 @@ class ByteTokenizer:
     def __init__(self, padding_side: str = "right", special: dict[str, int] | None = None) -> None:
         self.padding_side = _side(padding_side)
         self.special = dict(special or {})
+        # longest first, so a marker that contains another wins; compiled once, used per prompt
+        self._split = re.compile("(" + "|".join(re.escape(k) for k in sorted(self.special, key=len, reverse=True))
+                                 + ")") if self.special else None
 
     def _bytes(self, text: str) -> list[int]:
         return [b + BYTE_OFFSET for b in text.encode("utf-8")]
@@ -53,11 +57,8 @@ class ByteTokenizer:
     def encode(self, text: str, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(ids [max_len], mask [max_len]); BOS + bytes, truncated, padded (right by default)."""
         ids = [BOS]
-        if self.special:
-            import re
-
-            pattern = "(" + "|".join(re.escape(k) for k in sorted(self.special, key=len, reverse=True)) + ")"
-            for part in re.split(pattern, text):
+        if self._split is not None:
+            for part in self._split.split(text):
                 ids += [self.special[part]] if part in self.special else self._bytes(part)
         else:
             ids += self._bytes(text)

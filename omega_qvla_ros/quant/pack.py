@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -31,7 +32,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .qlinear import LayerSpec, QuantLinear, storage_dtype
+from .qlinear import KERNEL_WEIGHTS, LayerSpec, QuantLinear, storage_dtype
 
 FORMAT = "omega-qvla-pack"
 FORMAT_VERSION = 2  # 2: weights may be sharded (each tensor names its file); 1 is read too
@@ -40,6 +41,7 @@ WEIGHTS = "model.safetensors"
 INDEX = "model.safetensors.index.json"
 MANIFEST = "manifest.json"
 SHARD_BYTES = 1 << 30
+LARGE_BYTES = 512 << 20  # load_pack's "auto" choices: above this, parts count as large
 
 ModelBuilder = Callable[[dict], nn.Module]
 _FAMILIES: dict[str, ModelBuilder] = {}
@@ -408,18 +410,21 @@ def load_state_checked(model: nn.Module, tensors) -> None:
             m._cache.clear()
 
 
+def tensor_bytes(meta: dict) -> int:
+    """Bytes of one manifest tensor entry ({"shape", "dtype"})."""
+    return math.prod(meta["shape"]) * getattr(torch, meta["dtype"]).itemsize
+
+
 def float_bytes(manifest: dict) -> int:
     """Bytes of a pack's floating-point tensors outside its quantized layers."""
     owners = set(manifest.get("layers") or {})
-    n = 0
-    for k, meta in manifest["tensors"].items():
-        if k.rsplit(".", 1)[0] in owners or meta["dtype"] not in ("float16", "bfloat16", "float32"):
-            continue
-        size = 1
-        for d in meta["shape"]:
-            size *= d
-        n += size * {"float16": 2, "bfloat16": 2, "float32": 4}[meta["dtype"]]
-    return n
+    return sum(tensor_bytes(meta) for k, meta in manifest["tensors"].items()
+               if k.rsplit(".", 1)[0] not in owners and meta["dtype"] in ("float16", "bfloat16", "float32"))
+
+
+def quantized_weight_bytes(manifest: dict) -> int:
+    """Bytes of a pack's packed int4 weights."""
+    return sum(tensor_bytes(meta) for k, meta in manifest["tensors"].items() if k.endswith(".weight_packed"))
 
 
 def load_pack(pack_dir: str | os.PathLike, build_model: ModelBuilder | None = None,
@@ -443,8 +448,8 @@ def load_pack(pack_dir: str | os.PathLike, build_model: ModelBuilder | None = No
     "per_call" for the backbone layers of a pack whose int4 weights exceed 512 MiB (they
     run once per chunk: the bounded-memory default for published sizes) and "hold" for
     the action head (every denoising step) and for smaller packs."""
-    if kernel_weights not in ("hold", "per_call", "auto"):
-        raise ValueError(f"kernel_weights must be hold, per_call or auto, got {kernel_weights!r}")
+    if kernel_weights not in KERNEL_WEIGHTS + ("auto",):
+        raise ValueError(f"kernel_weights must be one of {KERNEL_WEIGHTS + ('auto',)}, got {kernel_weights!r}")
     manifest = read_manifest(pack_dir)
     verify_files(pack_dir, manifest)
     info = manifest["model"]
@@ -467,7 +472,7 @@ def load_pack(pack_dir: str | os.PathLike, build_model: ModelBuilder | None = No
     with torch.device("meta"):
         install_quant_layers(model, manifest["layers"], path=path, backend=backend)
     if float_storage == "auto":
-        float_storage = "stored" if float_bytes(manifest) > (512 << 20) else "float32"
+        float_storage = "stored" if float_bytes(manifest) > LARGE_BYTES else "float32"
     if float_storage == "stored":
         from .float_storage import eligible, keep_half
 
@@ -482,7 +487,7 @@ def load_pack(pack_dir: str | os.PathLike, build_model: ModelBuilder | None = No
         raise ValueError(f"float_storage must be float32, stored or auto, got {float_storage!r}")
     load_state_checked(model, iter_tensors(pack_dir, manifest))
     model = model.to(device).eval()
-    big = quantized_weight_bytes(manifest) > (512 << 20)
+    big = quantized_weight_bytes(manifest) > LARGE_BYTES
     for m in model.modules():
         if isinstance(m, QuantLinear):
             m.kernel_weights = kernel_weights if kernel_weights != "auto" else (
@@ -491,27 +496,11 @@ def load_pack(pack_dir: str | os.PathLike, build_model: ModelBuilder | None = No
     return model, manifest
 
 
-def quantized_weight_bytes(manifest: dict) -> int:
-    """Bytes of a pack's packed int4 weights."""
-    n = 0
-    for k, meta in manifest["tensors"].items():
-        if k.endswith(".weight_packed"):
-            size = 1
-            for d in meta["shape"]:
-                size *= d
-            n += size * torch.empty(0, dtype=getattr(torch, meta["dtype"])).element_size()
-    return n
-
-
 def pack_bytes(pack_dir: str | os.PathLike) -> dict[str, Any]:
     """Bytes on disk per tensor kind (for reports)."""
     manifest = read_manifest(pack_dir)
     sizes: dict[str, int] = {}
     for k, meta in manifest["tensors"].items():
-        n = 1
-        for d in meta["shape"]:
-            n *= d
-        item = torch.empty(0, dtype=getattr(torch, meta["dtype"])).element_size()
         kind = k.rsplit(".", 1)[-1]
-        sizes[kind] = sizes.get(kind, 0) + n * item
+        sizes[kind] = sizes.get(kind, 0) + tensor_bytes(meta)
     return sizes

@@ -232,8 +232,6 @@ class QuantLinear(nn.Module):
         """Build this layer's integer-kernel cache now (at load), not on the first call;
         `release_codes` then gives back the packed int4 codes the kernel no longer needs
         (the kernel's int8 copy replaces them: the layer runs, it cannot be saved)."""
-        if self.kernel_weights not in KERNEL_WEIGHTS:
-            raise ValueError(f"kernel_weights must be one of {KERNEL_WEIGHTS}, got {self.kernel_weights!r}")
         if self.kernel_weights == "per_call":
             return  # nothing to build; the int4 codes stay (every call repacks from them)
         if self.uses_integer_path() and self.weight_packed.device.type != "meta":
@@ -368,17 +366,18 @@ class QuantLinear(nn.Module):
             return int_gemm.gemm_int_mm(codes, self._int_mm_weights()) * w_scale
         return int_gemm.gemm_exact(codes, self.weight_codes()) * w_scale
 
+    def _kernel_weights(self, key: str, make):
+        """An integer kernel's int8 weights: cached under `key`, or rebuilt for this call
+        only when `kernel_weights` is "per_call"."""
+        return make() if self.kernel_weights == "per_call" else self._cached(key, make)
+
     def _fbgemm_weights(self):
-        """fbgemm's prepacked int8 weights: the integer path's kernel cache (int8, one
-        byte per weight)."""
-        def make():
-            return int_gemm.prepack_fbgemm(self.weight_codes(), self.weight_scale[:, 0])
-        return make() if self.kernel_weights == "per_call" else self._cached("fbgemm", make)
+        """fbgemm's prepacked int8 weights (one byte per weight)."""
+        return self._kernel_weights("fbgemm", lambda: int_gemm.prepack_fbgemm(self.weight_codes(),
+                                                                               self.weight_scale[:, 0]))
 
     def _int_mm_weights(self) -> torch.Tensor:
-        def make():
-            return self.weight_codes().t().contiguous()
-        return make() if self.kernel_weights == "per_call" else self._cached("wt_i8", make)
+        return self._kernel_weights("wt_i8", lambda: self.weight_codes().t().contiguous())
 
     def extra_repr(self) -> str:
         s = self.spec

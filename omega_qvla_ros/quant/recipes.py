@@ -111,6 +111,10 @@ class Recipe:
         ah = self.action_head and dataclasses.replace(self.action_head, include=list(action_head or []))
         return dataclasses.replace(self, backbone=bb, action_head=ah)
 
+    def replace_sides(self, **changes) -> "Recipe":
+        """The recipe with `changes` (SideRecipe fields) applied to each side it has."""
+        return dataclasses.replace(self, **{side: dataclasses.replace(sr, **changes) for side, sr in self.sides()})
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -80,6 +80,16 @@ def run_policy_episode(policy, sim: AlohaSim, seed: int, execute_horizon: int = 
             "useless_chunks": s["useless_chunks"]}
 
 
+def summarize(runs: list[dict]) -> dict:
+    """A task's result over episodes (run_policy_episode outputs): successes with their
+    95% Wilson interval, each episode's highest reward, the share of starved ticks."""
+    n, ok = len(runs), sum(r["success"] for r in runs)
+    ticks = sum(r["policy_ticks"] + r["starved_ticks"] for r in runs)
+    return {"episodes": n, "successes": ok, "success_rate": ok / n if n else 0.0, "ci95": wilson_ci95(ok, n),
+            "max_rewards": [int(r["max_reward"]) for r in runs],
+            "starved_tick_share": float(sum(r["starved_ticks"] for r in runs) / max(1, ticks))}
+
+
 def wilson_ci95(k: int, n: int) -> list[float]:
     if n == 0:
         return [0.0, 1.0]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from omega_qvla_ros.tools.cli import emit
 from omega_qvla_ros.tools.model_source import add_family_arg, model_spec
@@ -31,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    log = None if args.json else (lambda m: print(m, file=sys.stderr, flush=True))  # progress on stderr
     if args.suite == "quant":
         from omega_qvla_ros.tools import bench_quant as mod
 
@@ -44,25 +46,20 @@ def run(args: argparse.Namespace) -> int:
 
         result = mod.run(recipe=args.recipe, repeats=2 if args.quick else 3)
     elif args.suite == "sensitivity":
-        import sys
-
         from omega_qvla_ros.tools import bench_sensitivity as mod
 
         result = mod.run(model_spec=model_spec(args.model, args.family), recipe=args.recipe,
-                         episodes=args.episodes, rollouts=args.rollouts,
-                         log=None if args.json else (lambda m: print(m, file=sys.stderr, flush=True)))
+                         episodes=args.episodes, rollouts=args.rollouts, log=log)
         if args.svg:
             mod.write_svg(result, args.svg)
     elif args.suite == "full":
-        import sys
-
         from omega_qvla_ros.tools import bench_full as mod
 
         if not args.family:
             raise SystemExit("bench full needs --family")
         result = mod.run(args.family, args.work, recipe=args.recipe, checkpoint=args.checkpoint,
                          calib_batches=args.calib_batches, chunks=args.chunks, size=args.size or "full",
-                         log=None if args.json else (lambda m: print(m, file=sys.stderr, flush=True)))
+                         log=log)
     else:
         from omega_qvla_ros.tools import bench_models as mod
 

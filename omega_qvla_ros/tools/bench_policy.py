@@ -29,6 +29,14 @@ RECIPES = ["rtn", "smoothquant", "hadamard", "omega_qvla", "omega_qvla_paper", "
            "omega_qvla_noperstep", "omega_qvla_int"]
 
 
+def action_error(outs: list[torch.Tensor], refs: list[torch.Tensor], joint_units) -> tuple[float, float]:
+    """(relative MSE of normalised action chunks vs the references, averaged over chunks;
+    mean |Δ| in joint units via `joint_units`, the processor's unnormalisation)."""
+    rel = float(np.mean([float(((a - b) ** 2).mean() / (b ** 2).mean()) for a, b in zip(outs, refs)]))
+    rad = float(np.mean([np.abs(joint_units(a) - joint_units(b)).mean() for a, b in zip(outs, refs)]))
+    return rel, rad
+
+
 def _noise(cfg, n: int, seed: int) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(1, cfg.action_horizon, cfg.action_dim, generator=g) for _ in range(n)]
@@ -136,8 +144,7 @@ def run(model_spec: str | None = None, bag: str | Path = DEMO_BAG, recipes: list
         models[r] = m
         with torch.inference_mode():
             outs = [m.sample_actions(o, noise=n)[..., :dof] for o, n in zip(test, noise)]
-        rel = float(np.mean([((a - b) ** 2).mean() / (b ** 2).mean() for a, b in zip(outs, refs)]))
-        rad = float(np.mean([np.abs(joint_units(a) - joint_units(b)).mean() for a, b in zip(outs, refs)]))
+        rel, rad = action_error(outs, refs, joint_units)
         out["action_error"][r] = {"rel_mse_vs_fp": rel, "mean_abs_joint_error_rad": rad,
                                   "integer_layers": sum(1 for q in m.modules() if isinstance(q, QuantLinear)
                                                         and q.uses_integer_path())}

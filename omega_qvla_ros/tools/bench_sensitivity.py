@@ -24,7 +24,6 @@ import re
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from omega_qvla_ros.tools.eval_cmd import CALIB_SEED, EVAL_SEED, calibration_observations
@@ -51,8 +50,7 @@ def parts(model, recipe_name: str) -> list[tuple[str, object]]:
     names = {side: [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and sr.matches(n)]
              for side, sr in full.sides()}
     out: list[tuple[str, object]] = [("all", full)]
-    out.append(("weights only (A16)", dataclasses.replace(
-        full, **{side: dataclasses.replace(sr, act_mode="none") for side, sr in full.sides()})))
+    out.append(("weights only (A16)", full.replace_sides(act_mode="none")))
     labels = {"backbone": "backbone", "action_head": "action head"}
     for side, sr in full.sides():
         other = "action_head" if side == "backbone" else "backbone"
@@ -97,7 +95,8 @@ def run(model_spec: str | None = None, recipe: str = "omega_qvla", task: str = "
         log=None) -> dict:
     from omega_qvla_ros.models.calibrate import quantize_model
     from omega_qvla_ros.sim.aloha import AlohaSim
-    from omega_qvla_ros.sim.closed_loop import run_policy_episode, wilson_ci95
+    from omega_qvla_ros.sim.closed_loop import run_policy_episode, summarize
+    from omega_qvla_ros.tools.bench_policy import action_error
     from omega_qvla_ros.tools.model_source import load_fp_model
 
     t0 = time.time()
@@ -114,11 +113,8 @@ def run(model_spec: str | None = None, recipe: str = "omega_qvla", task: str = "
 
     def closed_loop(pol) -> dict:
         with AlohaSim(task, image_size=fp.config.vision.image_size, cameras=tuple(pol.cameras)) as sim:
-            runs = [run_policy_episode(pol, sim, EVAL_SEED + i, execute_horizon) for i in range(episodes)]
-        ok = sum(r["success"] for r in runs)
-        mr = [int(r["max_reward"]) for r in runs]
-        return {"successes": ok, "episodes": episodes, "ci95": wilson_ci95(ok, episodes), "max_rewards": mr,
-                "reached": {str(k): sum(1 for m in mr if m >= k) for k in (1, 2, 3)}}
+            s = summarize([run_policy_episode(pol, sim, EVAL_SEED + i, execute_horizon) for i in range(episodes)])
+        return s | {"reached": {str(k): sum(1 for m in s["max_rewards"] if m >= k) for k in (1, 2, 3)}}
 
     rows = {"fp16": {"quantized_layers": 0, "rel_mse_vs_fp": 0.0, "mean_abs_joint_error": 0.0,
                      "closed_loop": closed_loop(base)}}
@@ -129,9 +125,7 @@ def run(model_spec: str | None = None, recipe: str = "omega_qvla", task: str = "
         nq = sum(1 for q in m.modules() if type(q).__name__ == "QuantLinear")
         with torch.inference_mode():
             outs = [m.sample_actions(o, noise=n)[..., :dof] for o, (_, n) in zip(obs, seen)]
-        rel = float(np.mean([float(((a - b) ** 2).mean() / (b ** 2).mean()) for a, b in zip(outs, refs)]))
-        units = base.processor.actions  # normalised model output -> joint units
-        rad = float(np.mean([np.abs(units(a) - units(b)).mean() for a, b in zip(outs, refs)]))
+        rel, rad = action_error(outs, refs, base.processor.actions)
         rows[label] = {"quantized_layers": nq, "rel_mse_vs_fp": rel, "mean_abs_joint_error": rad,
                        "closed_loop": closed_loop(src.policy(m, recipe))}
         if log:

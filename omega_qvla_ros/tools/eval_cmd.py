@@ -83,7 +83,7 @@ def evaluate(model_spec: str | None, seed: int, recipes: list[str], tasks: list[
 
     from omega_qvla_ros.models.calibrate import quantize_model
     from omega_qvla_ros.sim.aloha import AlohaSim
-    from omega_qvla_ros.sim.closed_loop import run_policy_episode, wilson_ci95
+    from omega_qvla_ros.sim.closed_loop import run_policy_episode, summarize
     from omega_qvla_ros.tools.model_source import load_fp_model
 
     if threads:
@@ -102,15 +102,9 @@ def evaluate(model_spec: str | None, seed: int, recipes: list[str], tasks: list[
                 runs = [run_policy_episode(pol, sim, first_seed + i, execute_horizon, replan_every=replan_every,
                                            blend=blend, new_weight=blend_new_weight, latency_s=latency,
                                            max_inflight=max_inflight) for i in range(episodes)]
-            ok = sum(r["success"] for r in runs)
-            result[recipe][task] = {"episodes": episodes, "successes": ok, "success_rate": ok / episodes,
-                                    "ci95": wilson_ci95(ok, episodes),
-                                    "max_rewards": [int(r["max_reward"]) for r in runs],
-                                    "starved_tick_share": float(sum(r["starved_ticks"] for r in runs)
-                                                                / max(1, sum(r["policy_ticks"] + r["starved_ticks"]
-                                                                             for r in runs)))}
+            result[recipe][task] = summary = summarize(runs)
             if log:
-                print(f"{recipe:22s} {task:14s} {ok}/{episodes}", file=sys.stderr, flush=True)
+                print(f"{recipe:22s} {task:14s} {summary['successes']}/{episodes}", file=sys.stderr, flush=True)
     return {"result": result, "calibration_observations": len(calib), "family": src.description["family"],
             "action_horizon": fp.config.action_horizon}
 

@@ -147,8 +147,6 @@ def bag_observations(bag, processor, batches: int, batch: int = 2, offset: int =
 
 def _calibration(args, processor, model_config):
     """The calibration observations `--calib` names, through the model's processor."""
-    from pathlib import Path
-
     from omega_qvla_ros.models.calibrate import synthetic_batches
 
     if args.calib == "synthetic":
@@ -162,16 +160,10 @@ def _calibration(args, processor, model_config):
 
 
 def _with_hessian_dtype(recipe: str, dtype: str | None):
-    import dataclasses
-
     from omega_qvla_ros.quant.recipes import get_recipe
 
     r = get_recipe(recipe)
-    if dtype is None:
-        return r
-    side = {k: dataclasses.replace(v, hessian_dtype=dtype) if v is not None else None
-            for k, v in (("backbone", r.backbone), ("action_head", r.action_head))}
-    return dataclasses.replace(r, **side)
+    return r if dtype is None else r.replace_sides(hessian_dtype=dtype)
 
 
 class _Rounded:
@@ -191,8 +183,6 @@ class _Rounded:
 
 def _quantize_sequential(args, path, fdt, recipe) -> tuple[dict, dict, int]:
     """Stage by stage from an FP pack (memory: one stage); returns (report, description, integer layers)."""
-    import sys as _sys
-
     from omega_qvla_ros.models import build_model, get_family, model_info
     from omega_qvla_ros.models.processor import processor_from_manifest
     from omega_qvla_ros.models.sequential import PackWeights, quantize_sequential
@@ -211,7 +201,7 @@ def _quantize_sequential(args, path, fdt, recipe) -> tuple[dict, dict, int]:
     model = build_model(info["family"], config=cfg, device="meta")
     obs = _calibration(args, proc, cfg)
     writer = PackWriter(args.out, fdt, shard_bytes=256 << 20)  # a pending shard is resident memory
-    log = None if args.json else (lambda m: print(m, file=_sys.stderr, flush=True))
+    log = None if args.json else (lambda m: print(m, file=sys.stderr, flush=True))
     seq = quantize_sequential(model, _Rounded(source, fdt), recipe, obs, writer=writer, seed=args.seed, log=log)
     rep = model.quantization_report
     description = {"family": info["family"], "size": info.get("size"), "source": repo_relative(path)}

@@ -71,7 +71,7 @@ def _init_from_pack(model, pack: str, data_norm):
     pack's normalisation (the data's range must lie near it) and the pack path."""
     import torch
 
-    from omega_qvla_ros.models.processor import Normalizer
+    from omega_qvla_ros.models.processor import ProcessorConfig, legacy_processor_config
     from omega_qvla_ros.quant.pack import PackError, load_state_checked, read_manifest, read_tensors, verify_files
 
     try:
@@ -82,12 +82,11 @@ def _init_from_pack(model, pack: str, data_norm):
         load_state_checked(model, {k: v.to(torch.float32) for k, v in read_tensors(pack, manifest).items()})
     except PackError as e:
         raise SystemExit(f"--init-from {pack}: {e}") from None
-    proc = manifest.get("processor") or {}
-    robot = (manifest.get("extra") or {}).get("robot") or {}
-    if "state_norm" in proc:
-        norm = Normalizer(**proc["state_norm"])
-    elif "norm_lower" in robot:
-        norm = Normalizer("min_max", robot["norm_lower"], robot["norm_upper"], dtype="float64")
+    extra = manifest.get("extra") or {}
+    if manifest.get("processor"):
+        norm = ProcessorConfig.from_dict(manifest["processor"]).state_norm
+    elif "norm_lower" in (extra.get("robot") or {}):  # a pack from before processors were saved
+        norm = legacy_processor_config(model.config, extra, {}).state_norm
     else:
         raise SystemExit(f"--init-from {pack}: the pack records no normalisation")
     import numpy as np

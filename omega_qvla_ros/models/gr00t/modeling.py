@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..common import FlowMatchingVLA, Observation, PrefixCache, fit_state, init_weights
+from ..common import FlowMatchingVLA, Observation, PrefixCache, fit_state, init_weights, vision_tokens
 from ..configs import LMConfig
 from ..layers import AdaLayerNorm, DecoderLayer, FeedForward, RMSNorm, VisionTower
 from .config import DiTConfig, Gr00tConfig
@@ -285,12 +285,6 @@ class Gr00tModel(FlowMatchingVLA):
         f = f.view(B * C, s // 2, 2, s // 2, 2, D).permute(0, 1, 3, 2, 4, 5).reshape(B, C * (s // 2) ** 2, 4 * D)
         return em.mlp1(f)
 
-    def _vision_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        h = self.vision_in(images)
-        for layer in self.backbone.eagle_model.vision_model.vision_model.encoder.layers:
-            h = layer(h)
-        return self.vision_out(h, images.shape[0])
-
     def prefix_in(self, img: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor,
                   image_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(LLM input [B, P, D], valid mask [B, P], positions [B, P]). Ours: image tokens
@@ -331,7 +325,8 @@ class Gr00tModel(FlowMatchingVLA):
     def embed_prefix(self, images: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor,
                      state: torch.Tensor, image_mask: torch.Tensor | None = None) -> PrefixCache:
         lm = self.backbone.eagle_model.language_model.model
-        x, mask, positions = self.prefix_in(self._vision_tokens(images), tokens, token_mask, image_mask)
+        img = vision_tokens(self, self.backbone.eagle_model.vision_model.vision_model.encoder.layers, images)
+        x, mask, positions = self.prefix_in(img, tokens, token_mask, image_mask)
         for layer in lm.layers:
             x, _ = layer(x, positions, key_mask=mask, causal=True)
         return self.prefix_out(x, mask, state)

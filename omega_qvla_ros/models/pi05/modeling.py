@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..common import FlowMatchingVLA, PrefixCache, fit_state, init_weights
+from ..common import FlowMatchingVLA, PrefixCache, fit_state, init_weights, vision_tokens
 from ..configs import LMConfig
 from ..layers import AdaptiveRMSNorm, Attention, DecoderLayer, GatedMLP, RMSNorm, VisionTower, sincos_embedding
 from ..tokenizer import STATE_OFFSET
@@ -159,11 +159,8 @@ class Pi05Model(FlowMatchingVLA):
     def embed_prefix(self, images: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor,
                      state: torch.Tensor, image_mask: torch.Tensor | None = None) -> PrefixCache:
         pg = self._pg
-        h = self.vision_in(images)
-        for layer in pg.vision_tower.vision_model.encoder.layers:
-            h = layer(h)
-        x, mask, positions = self.prefix_in(self.vision_out(h, images.shape[0]), tokens, token_mask, state,
-                                            image_mask)
+        img = vision_tokens(self, pg.vision_tower.vision_model.encoder.layers, images)
+        x, mask, positions = self.prefix_in(img, tokens, token_mask, state, image_mask)
         keys, values = [], []
         for layer in pg.language_model.layers:
             x, (k, v) = layer(x, positions, key_mask=mask)
