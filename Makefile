@@ -60,6 +60,14 @@ bench-eval: setup
 	  --out bench/results/eval_pi05_latency.json
 	$(VENV)/bin/omega-qvla eval --family gr00t --recipes fp16,omega_qvla --tasks transfer_cube --episodes 50 \
 	  --workers 2 --blend crossfade --latency 0.15 --out bench/results/eval_gr00t_latency.json
+	@# calibration on the FP policy's own rollouts vs the expert's (same seeds, transfer-cube only)
+	for f in $(EVAL_FAMILIES); do \
+	  $(VENV)/bin/omega-qvla eval --family $$f --recipes omega_qvla,omega_qvla_dynamic --tasks transfer_cube \
+	    --episodes 50 --calib-source policy --out bench/results/eval_$${f}_calib_policy.json || exit 1; done
+	$(VENV)/bin/omega-qvla eval --family pi05 --recipes omega_qvla,omega_qvla_dynamic --tasks transfer_cube \
+	  --episodes 50 --calib-source policy --calib-episodes 8 --calib-frames 8 --out bench/results/eval_pi05_calib_policy64.json
+	$(VENV)/bin/omega-qvla eval --family pi05 --recipes omega_qvla,omega_qvla_dynamic --tasks transfer_cube \
+	  --episodes 50 --calib-source expert --calib-episodes 8 --calib-frames 8 --out bench/results/eval_pi05_calib_expert64.json
 	$(VPY) bench/make_table.py
 
 # The main job: quantize the shipped default model (models/pi05_small_aloha, FP16) with

@@ -79,7 +79,8 @@ def eval_section(path: Path) -> str:
     rows = [f"### Closed-loop success ({path.stem.split('_', 1)[1]}, `{path.relative_to(ROOT)}`)", "",
             f"Command: `{meta.get('command')}`; evaluation seeds {meta.get('eval_seeds')}; calibration "
             f"{meta.get('calibration', {}).get('observations')} observations "
-            f"({meta.get('calibration', {}).get('episodes_per_task')} expert episodes per task)."
+            f"({meta.get('calibration', {}).get('episodes_per_task')} "
+            f"{meta.get('calibration', {}).get('source', 'expert')} episodes per task)."
             + (f" {meta['note']}" if meta.get("note") else ""), "",
             "Cells: successes / episodes, 95% Wilson interval (%), and how many episodes reached "
             "each partial reward (gym-aloha: transfer-cube 1 touched, 2 lifted, 3 hand-over contact; "
@@ -121,8 +122,9 @@ def full_section(paths: list[Path]) -> str:
             "Hessians, 2 synthetic calibration observations), then the W4A4 pack loaded as the runtime "
             "loads it and a chunk (one observation, fixed noise) timed against the FP32 model in the same "
             "run; each step in its own process (peak RSS is that process's).", "",
-            "Runtime default (`kernel_weights: auto`: a big pack's backbone layers rebuild their int8 kernel "
-            "weights from the int4 codes per call) and, in brackets, every int8 kernel weight held "
+            "Runtime default (`kernel_weights: auto`: a big pack's integer layers keep their int4 codes "
+            "in torch's CPU int4 kernel, `int4_bf16`, where the run recorded it; older runs rebuilt int8 "
+            "kernel weights per call) and, in brackets, every int8 kernel weight held "
             "(`kernel_weights: hold`, the speed option).", "",
             "| family | recipe | threads | params | quantize | quantize peak RSS | W4A4 pack | load / run peak RSS "
             "| run RSS / pack | chunk FP32 / W4A4 | speed vs FP32 | action max / mean \\|Δ\\| vs FP |",

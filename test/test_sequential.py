@@ -13,7 +13,8 @@ from omega_qvla_ros.models import build_model, model_info
 from omega_qvla_ros.models.calibrate import quantize_model, synthetic_observations
 from omega_qvla_ros.models.sequential import PackWeights, quantize_sequential
 from omega_qvla_ros.quant.pack import PackWriter, load_pack, read_manifest, save_pack
-from omega_qvla_ros.quant.qlinear import QuantLinear
+from omega_qvla_ros.quant import int_gemm
+from omega_qvla_ros.quant.qlinear import LayerSpec, QuantLinear
 
 
 @pytest.mark.parametrize("family,recipe", [("pi05", "omega_qvla"), ("gr00t", "omega_qvla"),
@@ -87,14 +88,15 @@ def test_pack_loads_into_a_meta_model_without_a_random_copy(tmp_path, monkeypatc
         assert torch.equal(m.state_dict()[k], v), k
 
 
-def test_lean_loading_keeps_half_weights_and_gives_the_same_actions(tmp_path, monkeypatch):
+@pytest.mark.parametrize("family", ["pi05", "gr00t"])
+def test_lean_loading_keeps_half_weights_and_gives_the_same_actions(tmp_path, monkeypatch, family):
     """float_storage='stored' keeps the big unquantized modules at fp16 (upcast per call)
     and integer_codes='drop' frees the int4 codes an integer kernel holds: the actions
     are bit-identical to a float32 load, and the lean model refuses to be saved."""
     from omega_qvla_ros.quant import float_storage
 
     monkeypatch.setattr(float_storage, "MIN_PARAMS", 4096)  # the tiny model's modules count as large
-    fp = build_model("pi05", "tiny", seed=1).eval()
+    fp = build_model(family, "tiny", seed=1).eval()
     obs = synthetic_observations(fp.config, 1, seed=3)
     q = quantize_model(copy.deepcopy(fp), "omega_qvla_int", obs)
     save_pack(q, tmp_path / "p", model_info(q, "tiny"), recipe=q.quantization_report["recipe_dict"],
@@ -104,6 +106,8 @@ def test_lean_loading_keeps_half_weights_and_gives_the_same_actions(tmp_path, mo
     halves = [n for n, p in lean.named_parameters() if p.dtype == torch.float16]
     assert halves and set(float_storage.eligible(ref)) == {n.rsplit(".", 1)[0] for n in halves}
     assert not any(isinstance(lean.get_submodule(n.rsplit(".", 1)[0]), QuantLinear) for n in halves)
+    if family == "gr00t":  # the embodiment-specific encoders stay half too (their own forward upcasts a slice)
+        assert any(n.endswith(".W") for n in halves)
     n = torch.randn(2, fp.config.action_horizon, fp.config.action_dim, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         assert torch.equal(lean.sample_actions(obs[0], noise=n), ref.sample_actions(obs[0], noise=n))
@@ -115,8 +119,8 @@ def test_lean_loading_keeps_half_weights_and_gives_the_same_actions(tmp_path, mo
 
 def test_kernel_weights_per_call_gives_the_same_actions_and_holds_nothing(tmp_path, monkeypatch):
     """kernel_weights='per_call' rebuilds each integer kernel's int8 weights from the int4
-    codes on every call and keeps none (the codes stay); 'auto' does so for backbone
-    layers of a big pack only, and holds the action head's. Actions bit-identical."""
+    codes on every call and keeps none (the codes stay): actions bit-identical. 'auto' keeps
+    a big pack's layers at int4 (int4_bf16 where torch has the CPU kernel, else per_call)."""
     from omega_qvla_ros.quant import pack as pack_mod
 
     fp = build_model("pi05", "tiny", seed=1).eval()
@@ -135,8 +139,61 @@ def test_kernel_weights_per_call_gives_the_same_actions_and_holds_nothing(tmp_pa
     monkeypatch.setattr(pack_mod, "quantized_weight_bytes", lambda manifest: 1 << 30)  # "a big pack"
     auto, _ = load_pack(tmp_path / "p", integer_codes="drop", kernel_weights="auto")
     sides = {(m.spec.side, m.kernel_weights) for m in auto.modules() if isinstance(m, QuantLinear)}
-    assert sides == {("backbone", "per_call"), ("action_head", "hold")}
+    lean = "int4_bf16" if int_gemm.int4_bf16_available() else "per_call"
+    assert sides == {("backbone", lean), ("action_head", lean)}
     with torch.no_grad():
-        assert torch.equal(auto.sample_actions(obs[0], noise=n), want)
+        got = auto.sample_actions(obs[0], noise=n)
+    if lean == "per_call":
+        assert torch.equal(got, want)
+    else:  # bf16-rounded backbone outputs: close to the exact kernels, not equal
+        assert not torch.equal(got, want) and (got - want).abs().max() < 0.05 * want.abs().max()
     with pytest.raises(ValueError, match="kernel_weights"):
         load_pack(tmp_path / "p", kernel_weights="sometimes")
+
+
+@pytest.mark.skipif(not int_gemm.int4_bf16_available(), reason="torch has no CPU int4 kernel")
+def test_int4_bf16_kernel_weights_hold_half_a_byte_and_round_only_the_output():
+    """kernel_weights='int4_bf16': the layer keeps its int4 codes packed (half a byte per
+    weight, shapes padded to the kernel's 16-row / 32-column tiles) and its outputs equal
+    the exact integer GEMM up to the kernel's bf16 output rounding (≤ 2^-8 relative)."""
+    torch.manual_seed(0)
+    for n_in, n_out in ((200, 50), (256, 64), (96, 33)):
+        spec = LayerSpec(in_features=n_in, out_features=n_out, bias=True, group_size=None,
+                         act_mode="dynamic")
+        q = QuantLinear.from_parts(spec, torch.randint(-8, 8, (n_out, n_in)), torch.rand(n_out, 1) + 0.1,
+                                   bias=torch.randn(n_out))
+        x = torch.randn(7, n_in) * 3
+        codes, s = q.activation_codes(x)
+        exact = int_gemm.gemm_exact(codes, q.weight_codes())
+        q.kernel_weights = "int4_bf16"
+        q.prepare(release_codes=True)
+        assert q.weight_packed.is_meta and set(q._cache) <= {"int4", "rot_input", "rot_fused"}
+        w = q._cache["int4"]
+        assert w.packed.numel() == -(-n_out // 16) * 16 * (-(-n_in // 32) * 32) // 2
+        got = int_gemm.gemm_int4_bf16(codes, w)
+        assert ((got - exact).abs() <= exact.abs() * 2**-8 + 1e-6).all()
+        y = q(x)
+        ref = exact * q.weight_scale[:, 0] * s + q.bias
+        assert torch.allclose(y, ref, rtol=2**-7, atol=1e-5 * ref.abs().max())
+
+
+def test_release_pages_gives_back_whole_pages_only():
+    """release_pages (a layer dropping its int4 codes): madvise over the whole pages inside
+    the tensor's bytes, nothing outside them (neighbouring tensors share the edge pages)."""
+    import mmap
+    import sys
+
+    from omega_qvla_ros.quant.pages import release_pages
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("Linux only")
+    page = mmap.PAGESIZE
+    buf = mmap.mmap(-1, 4 * page, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # dropped pages read back 0
+    whole = torch.frombuffer(buf, dtype=torch.uint8)
+    whole.fill_(7)
+    inner = whole[100: 3 * page + 50]  # covers pages 1 and 2 fully, 0 and 3 partly
+    assert release_pages(inner) == 2 * page
+    assert (whole[page: 3 * page] == 0).all()
+    assert (whole[:page] == 7).all() and (whole[3 * page:] == 7).all()
+    assert release_pages(whole[10:20]) == 0
+    del whole, inner

@@ -9,6 +9,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 pytest.importorskip("gym_aloha")
 
@@ -257,6 +258,25 @@ def test_eval_json_shape_and_seeds(tmp_path):
     assert meta["eval_seeds"] == [100000, 100000] and meta["calibration"]["observations"] == 2
     assert meta["family"] == "pi05" and meta["model"] == "random:pi05:tiny"
     assert meta["execute_horizon"] == meta["replan_every"] == 10  # tiny chunks: 10 actions, executed whole
+
+
+def test_on_policy_calibration_takes_the_policys_own_states():
+    """--calib-source policy: observations come from the FP policy's closed-loop rollouts
+    (evenly spaced among its inference times), not from the expert's episode."""
+    from omega_qvla_ros.sim.closed_loop import on_policy_observations
+    from omega_qvla_ros.tools.eval_cmd import calibration_observations
+    from omega_qvla_ros.tools.model_source import load_fp_model
+
+    pol = load_fp_model("random:pi05:tiny").policy()
+    episodes = on_policy_observations(pol, "transfer_cube", [90000], execute_horizon=10)
+    assert len(episodes) == 1 and len(episodes[0]) == 40  # 400 steps, a chunk every 10
+    ours = calibration_observations(pol, ["transfer_cube"], 1, 3, source="policy", execute_horizon=10)
+    want = [pol.processor.observation(episodes[0][i][0])[0] for i in (0, 20, 39)]
+    assert len(ours) == 3 and all(torch.equal(a.state, b.state) for a, b in zip(ours, want))
+    expert = calibration_observations(pol, ["transfer_cube"], 1, 3)
+    assert not torch.equal(ours[-1].state, expert[-1].state)  # the random policy goes elsewhere
+    with pytest.raises(ValueError, match="calibration source"):
+        calibration_observations(pol, ["transfer_cube"], 1, 3, source="dreams")
 
 
 def test_closed_loop_runs_policy_through_the_runtime(tmp_path):

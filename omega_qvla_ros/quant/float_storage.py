@@ -3,7 +3,9 @@ in float32: a W4A4 pack's unquantized parts (vision tower, embeddings, projectio
 most of its bytes, and holding them in float32 would double them. Each large Linear,
 Conv2d or Embedding keeps its half-precision weights; its forward upcasts them for the
 call (one module's worth at a time; embeddings upcast only the rows looked up). The
-forwards are replaced, not hooked, so concurrent inferences never race on a swap."""
+forwards are replaced, not hooked, so concurrent inferences never race on a swap. A model
+family's own module opts in with `HALF_STORAGE = True` when its forward already computes
+in its input's dtype, upcasting only what it uses (e.g. one embodiment's slice)."""
 from __future__ import annotations
 
 import types
@@ -32,11 +34,14 @@ def _embedding(self: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
 
 def eligible(model: nn.Module, min_params: int | None = None) -> dict[str, nn.Module]:
     """The modules whose weights stay at half precision: plain Linear / Conv2d / Embedding
-    (not quantized layers) with at least `min_params` (default MIN_PARAMS) parameters."""
+    (not quantized layers) and modules marked HALF_STORAGE, with at least `min_params`
+    (default MIN_PARAMS) parameters."""
     min_params = MIN_PARAMS if min_params is None else min_params
     out = {}
     for name, m in model.named_modules():
         if type(m) in (nn.Linear, nn.Conv2d, nn.Embedding) and m.weight.numel() >= min_params:
+            out[name] = m
+        elif getattr(m, "HALF_STORAGE", False) and sum(p.numel() for p in m.parameters()) >= min_params:
             out[name] = m
     return out
 
@@ -52,6 +57,8 @@ def keep_half(model: nn.Module, dtype: torch.dtype = torch.float16, compute: tor
         if isinstance(m, nn.Embedding):
             m.compute_dtype = compute
             m.forward = types.MethodType(_embedding, m)
+        elif getattr(m, "HALF_STORAGE", False):
+            pass  # its own forward upcasts what it uses
         elif isinstance(m, nn.Conv2d):
             m.forward = types.MethodType(_conv, m)
         else:

@@ -7,6 +7,13 @@
   returns Σ q_x q_w · s_w. No VNNI needed and no int16 saturation: |u·w| ≤ 15·8.
 - "int_mm": CUDA. `torch._int_mm` (int8 × int8 → int32); rows padded to > 16 and
   K, N to multiples of 8 as cuBLAS requires. Exact; slow on CPUs without VNNI.
+- "int4_bf16" (weights only, `QuantLinear.kernel_weights`): x86/ARM CPU. torch's int4
+  weight kernel (`aten._weight_int4pack_mm_for_cpu`, the one torchao's int4 weight-only
+  layout calls): the int4 codes stay packed at half a byte per weight (the pack's size)
+  and are unpacked inside the kernel; the activation codes go in as bf16 (exact: small
+  integers), products accumulate in fp32, and the kernel rounds its output to bf16, so
+  each output carries a relative error ≤ 2^-8 (not exact). Its fp32/fp16 entries are
+  scalar code on AVX2 (50-100× slower), so bf16 it is.
 - "exact": any device. float32 matmul of the codes: every partial sum is an integer
   below 2^24 while K ≤ 2^18, so the result is exact whatever the summation order.
 """
@@ -51,6 +58,46 @@ def gemm_fbgemm(x_codes: torch.Tensor, packed) -> torch.Tensor:
     """Σ_k q_x[m,k] q_w[n,k] · s_w[n] for float codes x [M, K] (values in [-8, 7])."""
     return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
         x_codes.float().contiguous(), 1.0, 8, packed)
+
+
+def int4_bf16_available() -> bool:
+    return hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") and hasattr(
+        torch.ops.aten, "_convert_weight_to_int4pack_for_cpu")
+
+
+class Int4Weights:
+    """int4 codes in the CPU int4 kernel's packed layout: rows padded to a multiple of 16
+    and columns to a multiple of 32, as the kernel requires; the group table holds
+    scale 1 and zero 0 (weight scales are applied after, in fp32, so that the only
+    rounding is the kernel's bf16 output)."""
+
+    def __init__(self, w_codes: torch.Tensor) -> None:
+        n, k = w_codes.shape
+        self.n, self.k = n, k
+        codes = _pad_to(_pad_to(w_codes.to(torch.int32) + 8, 0, 16), 1, 32)
+        self.k_pad = codes.shape[1]
+        if codes.shape[0] != n:  # padded rows hold code 8 (weight 0)
+            codes[n:] = 8
+        if self.k_pad != k:
+            codes[:, k:] = 8
+        self.group = next(g for g in (256, 128, 64, 32) if self.k_pad % g == 0)
+        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+        table = torch.zeros(self.k_pad // self.group, codes.shape[0], 2, dtype=torch.bfloat16)
+        table[..., 0] = 1
+        self.table = table
+
+    @property
+    def nbytes(self) -> int:
+        return self.packed.numel() * self.packed.element_size() + self.table.numel() * 2
+
+
+def gemm_int4_bf16(x_codes: torch.Tensor, w: Int4Weights) -> torch.Tensor:
+    """Σ_k q_x[m,k] q_w[n,k] for float codes x [M, K], rounded to bf16 (≤ 2^-8 relative)."""
+    x = x_codes.to(torch.bfloat16)
+    if w.k_pad != w.k:
+        x = torch.nn.functional.pad(x, (0, w.k_pad - w.k))
+    y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.contiguous(), w.packed, w.group, w.table)
+    return (y if y.shape[1] == w.n else y[:, : w.n]).float()
 
 
 def _pad_to(t: torch.Tensor, dim: int, multiple: int, minimum: int = 0) -> torch.Tensor:

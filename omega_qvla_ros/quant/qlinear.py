@@ -29,6 +29,7 @@ from . import int_gemm
 from .context import current_step, step_row
 from .int4 import dequantize_weight, num_groups, per_token_scales, quantize_codes
 from .packing import pack_int4, unpack_int4
+from .pages import release_pages
 from .rotation import BLOCK, ROTATION_STORAGE, BlockRotation, dequantize_block, quantize_block
 
 STORAGE_FLOAT = torch.float16  # quantization state is stored (and held) at fp16 precision
@@ -50,7 +51,7 @@ def storage_dtype(name: str, t: torch.Tensor) -> torch.dtype:
 
 
 ACT_MODES = ("none", "dynamic", "static", "static_tensor", "per_step", "per_step_factorized")
-KERNEL_WEIGHTS = ("hold", "per_call")
+KERNEL_WEIGHTS = ("hold", "per_call", "int4_bf16")
 INTEGER_ACT_MODES = ("dynamic", "static_tensor", "per_step_factorized")
 PATHS = ("auto", "reference", "integer")
 
@@ -236,13 +237,20 @@ class QuantLinear(nn.Module):
             return  # nothing to build; the int4 codes stay (every call repacks from them)
         if self.uses_integer_path() and self.weight_packed.device.type != "meta":
             backend = int_gemm.pick_backend(self.weight_packed.device, self.backend)
-            if backend == "fbgemm":
+            if self.kernel_weights == "int4_bf16":
+                if self.weight_packed.device.type != "cpu" or not int_gemm.int4_bf16_available():
+                    raise ValueError("kernel_weights 'int4_bf16' needs torch's CPU int4 kernel "
+                                     "(aten._weight_int4pack_mm_for_cpu) and a CPU device; "
+                                     "use 'hold' or 'per_call'")
+                self._int4_weights()
+            elif backend == "fbgemm":
                 self._fbgemm_weights()
             elif backend == "int_mm":
                 self._int_mm_weights()
             else:
                 return
             if release_codes:
+                release_pages(self.weight_packed)  # the pack's mapped pages leave the resident set
                 self.weight_packed = torch.empty_like(self.weight_packed, device="meta")
                 self.codes_released = True
 
@@ -339,7 +347,8 @@ class QuantLinear(nn.Module):
         lead = x.shape[:-1]
         if self.spec.act_mode == "none":
             y = self._rotated_input(x) @ self.dequantized_weight().t()
-        elif self.uses_integer_path() and int_gemm.pick_backend(x.device, self.backend) == "fbgemm":
+        elif (self.uses_integer_path() and self.kernel_weights != "int4_bf16"
+              and int_gemm.pick_backend(x.device, self.backend) == "fbgemm"):
             # fbgemm rounds its float input (half to even, as torch.round): clamp, no round
             z, s, prescaled = self._scaled_input(x)
             z = (z if prescaled else z / s).clamp_(-8, 7)
@@ -360,6 +369,8 @@ class QuantLinear(nn.Module):
     def _integer_gemm(self, codes: torch.Tensor) -> torch.Tensor:
         backend = int_gemm.pick_backend(codes.device, self.backend)
         w_scale = self.weight_scale[:, 0]
+        if self.kernel_weights == "int4_bf16":
+            return int_gemm.gemm_int4_bf16(codes, self._int4_weights()) * w_scale
         if backend == "fbgemm":
             return int_gemm.gemm_fbgemm(codes, self._fbgemm_weights())
         if backend == "int_mm":
@@ -375,6 +386,10 @@ class QuantLinear(nn.Module):
         """fbgemm's prepacked int8 weights (one byte per weight)."""
         return self._kernel_weights("fbgemm", lambda: int_gemm.prepack_fbgemm(self.weight_codes(),
                                                                                self.weight_scale[:, 0]))
+
+    def _int4_weights(self) -> "int_gemm.Int4Weights":
+        """The int4 codes in the CPU int4 kernel's layout (half a byte per weight), held."""
+        return self._cached("int4", lambda: int_gemm.Int4Weights(self.weight_codes()))
 
     def _int_mm_weights(self) -> torch.Tensor:
         return self._kernel_weights("wt_i8", lambda: self.weight_codes().t().contiguous())

@@ -80,6 +80,26 @@ def run_policy_episode(policy, sim: AlohaSim, seed: int, execute_horizon: int = 
             "useless_chunks": s["useless_chunks"]}
 
 
+def on_policy_observations(policy, task: str, seeds: list[int], execute_horizon: int = 25) -> list[list[tuple]]:
+    """Per episode, (raw observation, noise) for every chunk `policy` inferred in its own
+    closed-loop rollouts on `seeds`: the states the policy visits, not the expert's."""
+    episodes: list[list[tuple]] = []
+
+    class Recorder:
+        def __getattr__(self, name):
+            return getattr(policy, name)
+
+        def infer(self, raw, noise=None):
+            episodes[-1].append((raw, noise.clone()))
+            return policy.infer(raw, noise=noise)
+
+    with AlohaSim(task, image_size=policy.model.config.vision.image_size, cameras=tuple(policy.cameras)) as sim:
+        for s in seeds:
+            episodes.append([])
+            run_policy_episode(Recorder(), sim, s, execute_horizon)
+    return episodes
+
+
 def summarize(runs: list[dict]) -> dict:
     """A task's result over episodes (run_policy_episode outputs): successes with their
     95% Wilson interval, each episode's highest reward, the share of starved ticks."""

@@ -49,8 +49,11 @@ with torch.inference_mode():
         a = model.sample_actions(obs, noise=noise)
         times.append(time.time() - t)
 save_file({"actions": a.contiguous()}, out)
+from collections import Counter
+from omega_qvla_ros.quant.qlinear import QuantLinear
+kinds = Counter(m.kernel_weights for m in model.modules() if isinstance(m, QuantLinear))
 print(json.dumps({"load_s": load_s, "load_peak_rss_gib": load_rss, "chunk_s": times, "run_peak_rss_gib": rss(),
-                  "threads": torch.get_num_threads()}))
+                  "threads": torch.get_num_threads(), "kernel_weights": dict(kinds)}))
 """
 
 
@@ -87,13 +90,14 @@ def run(family: str, work: str | Path, recipe: str = "omega_qvla", checkpoint: s
 
     from omega_qvla_ros.models import build_model, get_config
     from omega_qvla_ros.quant.pack import read_manifest
+    from omega_qvla_ros.tools.machine import describe
 
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     fp, q = work / f"{family}_{size}_fp", work / f"{family}_{size}_{recipe}"
     res: dict = {"benchmark": "full", "family": family, "recipe": recipe, "threads": torch.get_num_threads(),
-                 "torch": torch.__version__, "machine": f"{os.cpu_count()} CPUs",
+                 "torch": torch.__version__, "machine": describe(),
                  "weights": checkpoint or f"random init (seed {seed})"}
     res["size"] = size
     res["params"] = sum(p.numel() for p in build_model(family, size, device="meta").parameters())
@@ -145,11 +149,16 @@ def run(family: str, work: str | Path, recipe: str = "omega_qvla", checkpoint: s
     res["chunk_s_w4a4_hold"] = min(runs["w4a4_hold"]["chunk_s"])
     res["w4a4_hold_speed_vs_fp32"] = res["chunk_s_fp32"] / res["chunk_s_w4a4_hold"]
     h = load_file(str(work / "actions_w4a4_hold.safetensors"))["actions"]
-    res["hold_equals_default"] = bool(torch.equal(h, load_file(str(work / "actions_w4a4.safetensors"))["actions"]))
     a = load_file(str(work / "actions_w4a4.safetensors"))["actions"]
     b = load_file(str(work / "actions_fp32.safetensors"))["actions"]
+    # "auto" may run the backbone on the int4_bf16 kernel (bf16-rounded outputs): not bit-equal to hold
+    res["hold_equals_default"] = bool(torch.equal(h, a))
+    res["hold_vs_default_max_abs_diff"] = float((h - a).abs().max())
+    res["kernel_weights_default"] = runs["w4a4"].get("kernel_weights")
     res["action_max_abs_diff_vs_fp"] = float((a - b).abs().max())
     res["action_mean_abs_diff_vs_fp"] = float((a - b).abs().mean())
+    res["hold_action_max_abs_diff_vs_fp"] = float((h - b).abs().max())
+    res["hold_action_mean_abs_diff_vs_fp"] = float((h - b).abs().mean())
     res["action_fp_abs_mean"] = float(b.abs().mean())
     res["rss_vs_pack_bytes"] = res["w4a4_run_peak_rss_gib"] * 2**30 / res["pack_bytes"]
     cfg = get_config(family, size)
@@ -171,5 +180,6 @@ def format_text(r: dict) -> str:
         f"(mean {r['action_mean_abs_diff_vs_fp']:.3f}, FP mean |a| {r['action_fp_abs_mean']:.3f})"]
         + ([f"kernel weights held (kernel_weights=hold): chunk {r['chunk_s_w4a4_hold']:.1f} s "
             f"({r['w4a4_hold_speed_vs_fp32']:.2f}×), running {r['w4a4_hold_run_peak_rss_gib']:.2f} GiB; "
-            f"actions {'identical' if r.get('hold_equals_default') else 'DIFFERENT'}"]
+            f"actions max |Δ| vs default {r.get('hold_vs_default_max_abs_diff', 0.0):.2e}"
+            f"{' (identical)' if r.get('hold_equals_default') else ''}"]
            if "chunk_s_w4a4_hold" in r else []))

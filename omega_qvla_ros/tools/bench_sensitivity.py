@@ -69,33 +69,12 @@ def parts(model, recipe_name: str) -> list[tuple[str, object]]:
     return out
 
 
-def _on_policy_observations(policy, task: str, seeds: list[int], execute_horizon: int) -> list[tuple]:
-    """(raw observation, noise) for every chunk the FP policy inferred in its own rollouts."""
-    from omega_qvla_ros.sim.aloha import AlohaSim
-    from omega_qvla_ros.sim.closed_loop import run_policy_episode
-
-    seen: list[tuple] = []
-
-    class Recorder:
-        def __getattr__(self, name):
-            return getattr(policy, name)
-
-        def infer(self, raw, noise=None):
-            seen.append((raw, noise.clone()))
-            return policy.infer(raw, noise=noise)
-
-    with AlohaSim(task, image_size=policy.model.config.vision.image_size, cameras=tuple(policy.cameras)) as sim:
-        for s in seeds:
-            run_policy_episode(Recorder(), sim, s, execute_horizon)
-    return seen
-
-
 def run(model_spec: str | None = None, recipe: str = "omega_qvla", task: str = "transfer_cube",
         episodes: int = 20, rollouts: int = 3, execute_horizon: int = 25, seed: int = 0,
         log=None) -> dict:
     from omega_qvla_ros.models.calibrate import quantize_model
     from omega_qvla_ros.sim.aloha import AlohaSim
-    from omega_qvla_ros.sim.closed_loop import run_policy_episode, summarize
+    from omega_qvla_ros.sim.closed_loop import on_policy_observations, run_policy_episode, summarize
     from omega_qvla_ros.tools.bench_policy import action_error
     from omega_qvla_ros.tools.model_source import load_fp_model
 
@@ -105,7 +84,8 @@ def run(model_spec: str | None = None, recipe: str = "omega_qvla", task: str = "
     base = src.policy()
     execute_horizon = min(execute_horizon, fp.config.action_horizon)
     calib = calibration_observations(base, ["transfer_cube", "insertion"], 2, 5, seed=CALIB_SEED)
-    seen = _on_policy_observations(base, task, [EVAL_SEED + 1000 + i for i in range(rollouts)], execute_horizon)
+    seen = [x for ep in on_policy_observations(base, task, [EVAL_SEED + 1000 + i for i in range(rollouts)],
+                                               execute_horizon) for x in ep]
     dof = base.processor.dof
     obs = [base.processor.observation(raw)[0] for raw, _ in seen]
     with torch.inference_mode():

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from omega_qvla_ros.models.layers import DecoderLayer
+from omega_qvla_ros.quant import int_gemm
 from omega_qvla_ros.quant.qlinear import QuantLinear
 from omega_qvla_ros.quant.quantize import quantize
 from omega_qvla_ros.quant.recipes import get_recipe
@@ -67,9 +68,18 @@ def _part(width: int, mlp: int, layers: int, tokens: int, recipe: str, side: str
     t_fp, t_q = _time(fp, x, repeats), _time(q, x, repeats)
     with torch.inference_mode():
         err = float(((q(x) - fp(x)) ** 2).mean() / (fp(x) ** 2).mean())
-    return {"width": width, "mlp": mlp, "layers": layers, "tokens": tokens, "fp32_s": t_fp, "w4a4_s": t_q,
-            "speed_vs_fp32": t_fp / t_q, "integer_layers": integer, "quantized_layers": 7 * layers,
-            "output_rel_mse": err}
+    out = {"width": width, "mlp": mlp, "layers": layers, "tokens": tokens, "fp32_s": t_fp, "w4a4_s": t_q,
+           "speed_vs_fp32": t_fp / t_q, "integer_layers": integer, "quantized_layers": 7 * layers,
+           "output_rel_mse": err}
+    if int_gemm.int4_bf16_available():  # the bounded-memory kernel (kernel_weights "int4_bf16")
+        for m in q.modules():
+            if isinstance(m, QuantLinear):
+                m.kernel_weights = "int4_bf16"
+                m._cache.clear()
+                m.prepare()
+        t4 = _time(q, x, repeats)
+        out |= {"w4a4_int4_bf16_s": t4, "int4_bf16_speed_vs_fp32": t_fp / t4}
+    return out
 
 
 def run(recipe: str = "omega_qvla", layers: int = 2, tokens: int = 800, steps: int = 10, repeats: int = 3,
@@ -78,18 +88,27 @@ def run(recipe: str = "omega_qvla", layers: int = 2, tokens: int = 800, steps: i
     expert = _part(1024, 4096, layers, 50, recipe, "action_head", repeats, seed)
     fp = trunk["fp32_s"] + steps * expert["fp32_s"]
     q = trunk["w4a4_s"] + steps * expert["w4a4_s"]
+    chunk = {"fp32_s": fp, "w4a4_s": q, "speed_vs_fp32": fp / q}
+    if "w4a4_int4_bf16_s" in trunk:
+        q4 = trunk["w4a4_int4_bf16_s"] + steps * expert["w4a4_int4_bf16_s"]
+        chunk |= {"w4a4_int4_bf16_s": q4, "int4_bf16_speed_vs_fp32": fp / q4}
+    from omega_qvla_ros.tools.machine import describe
+
     return {"benchmark": "stack", "recipe": recipe, "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "trunk": trunk, "expert": expert, "steps": steps,
-            "chunk_equivalent": {"fp32_s": fp, "w4a4_s": q, "speed_vs_fp32": fp / q}}
+            "machine": describe(), "trunk": trunk, "expert": expert, "steps": steps, "chunk_equivalent": chunk}
 
 
 def format_text(r: dict) -> str:
-    lines = [f"decoder layer stack, recipe {r['recipe']}, {r['threads']} threads (FP32 s / W4A4 s = speed)"]
+    lines = [f"decoder layer stack, recipe {r['recipe']}, {r['threads']} threads (FP32 s / W4A4 s = speed)"
+             + (f"\n  {r['machine']}" if r.get("machine") else "")]
     for part in ("trunk", "expert"):
         p = r[part]
         lines.append(f"  {part}: {p['layers']} layers {p['width']}/{p['mlp']}, {p['tokens']} tokens: FP32 "
                      f"{p['fp32_s'] * 1e3:.0f} ms, W4A4 {p['w4a4_s'] * 1e3:.0f} ms ({p['speed_vs_fp32']:.2f}×), "
-                     f"{p['integer_layers']}/{p['quantized_layers']} integer, rel-MSE {p['output_rel_mse']:.4f}")
+                     f"{p['integer_layers']}/{p['quantized_layers']} integer, rel-MSE {p['output_rel_mse']:.4f}"
+                     + (f"; int4 weights held (int4_bf16) {p['w4a4_int4_bf16_s'] * 1e3:.0f} ms "
+                        f"({p['int4_bf16_speed_vs_fp32']:.2f}×)" if "w4a4_int4_bf16_s" in p else ""))
     c = r["chunk_equivalent"]
-    lines.append(f"  chunk (trunk + {r['steps']} × expert): {c['speed_vs_fp32']:.2f}×")
+    lines.append(f"  chunk (trunk + {r['steps']} × expert): {c['speed_vs_fp32']:.2f}×"
+                 + (f" (int4_bf16: {c['int4_bf16_speed_vs_fp32']:.2f}×)" if "int4_bf16_speed_vs_fp32" in c else ""))
     return "\n".join(lines)

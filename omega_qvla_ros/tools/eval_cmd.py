@@ -21,6 +21,7 @@ from omega_qvla_ros.tools.model_source import add_family_arg, add_model_args, mo
 
 EVAL_SEED = 100000
 CALIB_SEED = 90000
+CALIB_SOURCES = ("expert", "policy")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="first evaluation seed (disjoint from training)")
     p.add_argument("--calib-episodes", type=int, default=2, help="expert episodes per task for calibration")
     p.add_argument("--calib-frames", type=int, default=5, help="observations per calibration episode")
+    p.add_argument("--calib-source", choices=CALIB_SOURCES, default="expert",
+                   help="calibration episodes: the scripted expert's, or the FP policy's own closed-loop "
+                        "rollouts (the states it visits, observations at its inference times)")
     p.add_argument("--execute-horizon", type=int, default=25)
     p.add_argument("--replan-every", type=int, default=0,
                    help="infer a new chunk every N steps (0: when the executed part runs out); "
@@ -50,8 +54,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def calibration_observations(policy, tasks, episodes: int, frames: int, seed: int = CALIB_SEED):
-    """Observations from scripted-expert episodes (seeds disjoint from training and eval)."""
+def calibration_observations(policy, tasks, episodes: int, frames: int, seed: int = CALIB_SEED,
+                             source: str = "expert", execute_horizon: int = 25):
+    """`frames` observations per episode from `episodes` episodes per task (seeds disjoint
+    from training and eval): the scripted expert's, or with source="policy" the FP
+    policy's own rollouts (evenly spaced among the observations it inferred on)."""
+    if source == "policy":
+        from omega_qvla_ros.sim.closed_loop import on_policy_observations
+
+        out = []
+        for task in tasks:
+            for ep in on_policy_observations(policy, task, [seed + e for e in range(episodes)], execute_horizon):
+                idx = sorted({round(i * (len(ep) - 1) / max(1, frames - 1)) for i in range(frames)})
+                out += [policy.processor.observation(ep[i][0])[0] for i in idx]
+        return out
+    if source != "expert":
+        raise ValueError(f"unknown calibration source {source!r}; choose from {CALIB_SOURCES}")
     from omega_qvla_ros.runtime.preprocess import RawObservation
     from omega_qvla_ros.sim.aloha import INSTRUCTIONS, JOINT_NAMES, AlohaSim
     from omega_qvla_ros.sim.expert import EPISODE_STEPS, run_expert_episode
@@ -75,7 +93,8 @@ def calibration_observations(policy, tasks, episodes: int, frames: int, seed: in
 def evaluate(model_spec: str | None, seed: int, recipes: list[str], tasks: list[str], calib_tasks: list[str],
              episodes: int, first_seed: int, calib_episodes: int, calib_frames: int, execute_horizon: int,
              replan_every: int = 0, blend: str = "none", blend_new_weight: float = 0.7,
-             latency: float = 0.0, max_inflight: int = 1, threads: int = 0, log: bool = True) -> dict:
+             latency: float = 0.0, max_inflight: int = 1, threads: int = 0, log: bool = True,
+             calib_source: str = "expert") -> dict:
     """Success per recipe for `tasks` (calibration always from `calib_tasks`)."""
     import copy
 
@@ -91,7 +110,8 @@ def evaluate(model_spec: str | None, seed: int, recipes: list[str], tasks: list[
     src = load_fp_model(model_spec, seed)
     fp = src.model
     base = src.policy()
-    calib = calibration_observations(base, calib_tasks, calib_episodes, calib_frames)
+    calib = calibration_observations(base, calib_tasks, calib_episodes, calib_frames, source=calib_source,
+                                     execute_horizon=min(execute_horizon, fp.config.action_horizon))
     result: dict = {}
     for recipe in recipes:
         m = fp if recipe == "fp16" else quantize_model(copy.deepcopy(fp), recipe, calib, seed=seed)
@@ -122,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
                   episodes=args.episodes, first_seed=args.first_seed, calib_episodes=args.calib_episodes,
                   calib_frames=args.calib_frames, execute_horizon=args.execute_horizon,
                   replan_every=args.replan_every, blend=args.blend, blend_new_weight=args.blend_new_weight,
-                  latency=args.latency, max_inflight=args.max_inflight)
+                  latency=args.latency, max_inflight=args.max_inflight, calib_source=args.calib_source)
     workers = max(1, min(args.workers, len(tasks)))
     if workers == 1:
         parts = [evaluate(tasks=tasks, **common)]
@@ -141,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         "model": repo_relative(spec) if spec else "shipped default", "family": parts[0]["family"], "tasks": tasks,
         "eval_seeds": [args.first_seed, args.first_seed + args.episodes - 1],
         "calibration": {"observations": parts[0]["calibration_observations"], "episodes_per_task": args.calib_episodes,
-                        "frames_per_episode": args.calib_frames,
+                        "frames_per_episode": args.calib_frames, "source": args.calib_source,
                         "seeds": [CALIB_SEED, CALIB_SEED + args.calib_episodes - 1]},
         # a chunk shorter than --execute-horizon is executed whole
         "execute_horizon": min(args.execute_horizon, parts[0]["action_horizon"]),
@@ -160,6 +180,6 @@ def run(args: argparse.Namespace) -> int:
             f"[{100 * result[r][t]['ci95'][0]:3.0f}–{100 * result[r][t]['ci95'][1]:3.0f}%]".rjust(22)
             for t in tasks))
     lines.append(f"({result['_meta']['seconds']:.0f} s; calibration {parts[0]['calibration_observations']} "
-                 f"observations from {args.calib_episodes} expert episodes per task)")
+                 f"observations from {args.calib_episodes} {args.calib_source} episodes per task)")
     emit(result, args.json, "\n".join(lines))
     return 0
