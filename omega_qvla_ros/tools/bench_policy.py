@@ -134,8 +134,11 @@ def run(model_spec: str | None = None, bag: str | Path = DEMO_BAG, recipes: list
     joint_units = src.processor.actions  # normalised model output -> joint units
     with torch.inference_mode():
         refs = [fp.sample_actions(o, noise=n)[..., :dof] for o, n in zip(test, noise)]
+    from omega_qvla_ros.tools.machine import describe
+
     out: dict = {"benchmark": "policy", "model": src.description, "bag": str(bag),
                  "frames": {"calibration": 8, "test": len(test)}, "threads": torch.get_num_threads(),
+                 "machine": describe(),
                  "torch": torch.__version__, "action_error": {}}
     models = {}
     t0 = time.time()
