@@ -72,23 +72,14 @@ class Int4Weights:
     rounding is the kernel's bf16 output)."""
 
     def __init__(self, w_codes: torch.Tensor) -> None:
-        n, k = w_codes.shape
-        self.n, self.k = n, k
-        codes = _pad_to(_pad_to(w_codes.to(torch.int32) + 8, 0, 16), 1, 32)
+        self.n, self.k = w_codes.shape
+        # zero-padded codes (weight 0), then offset to the kernel's unsigned 0..15
+        codes = _pad_to(_pad_to(w_codes.to(torch.int32), 0, 16), 1, 32) + 8
         self.k_pad = codes.shape[1]
-        if codes.shape[0] != n:  # padded rows hold code 8 (weight 0)
-            codes[n:] = 8
-        if self.k_pad != k:
-            codes[:, k:] = 8
         self.group = next(g for g in (256, 128, 64, 32) if self.k_pad % g == 0)
         self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
-        table = torch.zeros(self.k_pad // self.group, codes.shape[0], 2, dtype=torch.bfloat16)
-        table[..., 0] = 1
-        self.table = table
-
-    @property
-    def nbytes(self) -> int:
-        return self.packed.numel() * self.packed.element_size() + self.table.numel() * 2
+        self.table = torch.zeros(self.k_pad // self.group, codes.shape[0], 2, dtype=torch.bfloat16)
+        self.table[..., 0] = 1
 
 
 def gemm_int4_bf16(x_codes: torch.Tensor, w: Int4Weights) -> torch.Tensor:

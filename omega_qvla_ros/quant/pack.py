@@ -457,7 +457,8 @@ def load_pack(pack_dir: str | os.PathLike, build_model: ModelBuilder | None = No
     each other about as much as each differs from FP."""
     if kernel_weights not in KERNEL_WEIGHTS + ("auto",):
         raise ValueError(f"kernel_weights must be one of {KERNEL_WEIGHTS + ('auto',)}, got {kernel_weights!r}")
-    if kernel_weights == "int4_bf16" and not (torch.device(device).type == "cpu" and int4_bf16_available()):
+    int4_ok = torch.device(device).type == "cpu" and int4_bf16_available()
+    if kernel_weights == "int4_bf16" and not int4_ok:
         raise ValueError("kernel_weights 'int4_bf16' needs a CPU device and torch's CPU int4 kernel "
                          "(aten._weight_int4pack_mm_for_cpu); use hold or per_call")
     manifest = read_manifest(pack_dir)
@@ -498,13 +499,12 @@ def load_pack(pack_dir: str | os.PathLike, build_model: ModelBuilder | None = No
         raise ValueError(f"float_storage must be float32, stored or auto, got {float_storage!r}")
     load_state_checked(model, iter_tensors(pack_dir, manifest))
     model = model.to(device).eval()
-    big = quantized_weight_bytes(manifest) > KERNEL_LARGE_BYTES
-    lean = "int4_bf16" if torch.device(device).type == "cpu" and int4_bf16_available() else "per_call"
+    if kernel_weights == "auto":
+        big = quantized_weight_bytes(manifest) > KERNEL_LARGE_BYTES
+        kernel_weights = ("int4_bf16" if int4_ok else "per_call") if big else "hold"
     for m in model.modules():
         if isinstance(m, QuantLinear):
-            m.kernel_weights = kernel_weights if kernel_weights != "auto" else (
-                lean if big else "hold")
-            m.prepare(release_codes=integer_codes == "drop")
+            m.set_kernel_weights(kernel_weights, release_codes=integer_codes == "drop")
     return model, manifest
 
 

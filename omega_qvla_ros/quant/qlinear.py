@@ -254,6 +254,16 @@ class QuantLinear(nn.Module):
                 self.weight_packed = torch.empty_like(self.weight_packed, device="meta")
                 self.codes_released = True
 
+    def set_kernel_weights(self, kind: str, release_codes: bool = False) -> None:
+        """Choose how this layer's integer kernel holds its weights (KERNEL_WEIGHTS) and
+        build them now; kernel weights built for another choice are dropped."""
+        if kind not in KERNEL_WEIGHTS:
+            raise ValueError(f"kernel_weights must be one of {KERNEL_WEIGHTS}, got {kind!r}")
+        self.kernel_weights = kind
+        for key in ("fbgemm", "wt_i8", "int4"):
+            self._cache.pop(key, None)
+        self.prepare(release_codes=release_codes)
+
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         if getattr(self, "codes_released", False):
             raise RuntimeError("this layer gave back its int4 codes at load (integer_codes='drop'); "

@@ -74,9 +74,7 @@ def _part(width: int, mlp: int, layers: int, tokens: int, recipe: str, side: str
     if int_gemm.int4_bf16_available():  # the bounded-memory kernel (kernel_weights "int4_bf16")
         for m in q.modules():
             if isinstance(m, QuantLinear):
-                m.kernel_weights = "int4_bf16"
-                m._cache.clear()
-                m.prepare()
+                m.set_kernel_weights("int4_bf16")
         t4 = _time(q, x, repeats)
         out |= {"w4a4_int4_bf16_s": t4, "int4_bf16_speed_vs_fp32": t_fp / t4}
     return out
