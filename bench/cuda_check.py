@@ -5,7 +5,8 @@
 2. the same agreement as numbers: max |integer − reference| / max |reference| per shape
    and activation mode;
 3. latency of the integer path vs the reference path vs fp32 and fp16 `nn.Linear`, as
-   ratios from one run (the issue's three shapes plus published widths);
+   ratios from one run (the issue's three shapes plus published widths), per-token scales
+   (`torch._int_mm`) and one static scale (the fused Triton kernels when Triton is installed);
 4. the node's runtime on the GPU: `Policy.from_pack(..., device)` + `infer()` for the shipped
    packs and `omega_qvla_int` packs made here (synthetic calibration), the same observation
    and noise on CPU and GPU: action difference (rad) and inference time.
@@ -92,7 +93,9 @@ def main() -> int:
     for r in lat:
         print(r["shape"], f"fp32 {r['fp32_ms']:.3f} fp16 {r['fp16_ms']:.3f} ref {r['reference_ms']:.3f} "
               f"int {r['integer_ms']:.3f} ms; int vs fp32 {r['integer_speedup_vs_fp32']:.2f}x, "
-              f"vs fp16 {r['integer_speedup_vs_fp16']:.2f}x, vs ref {r['integer_speedup_vs_reference']:.2f}x")
+              f"vs fp16 {r['integer_speedup_vs_fp16']:.2f}x, vs ref {r['integer_speedup_vs_reference']:.2f}x; "
+              f"static scale ({r['static_backend']}) {r['integer_static_ms']:.3f} ms, "
+              f"vs fp16 {r['integer_static_speedup_vs_fp16']:.2f}x")
     print("wrote", out)
     return 0 if tests.returncode == 0 else 1
 

@@ -17,3 +17,7 @@ from omega_qvla_ros.ros.dds import apply_localhost_dds  # noqa: E402
 
 apply_localhost_dds()
 os.environ.setdefault("PYTHONUNBUFFERED", "1")
+# Triton kernels run through Triton's interpreter on machines without a CUDA GPU; it must
+# be on before triton is first imported (its own library functions are wrapped then).
+if not os.path.exists("/dev/nvidia0"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -114,21 +114,41 @@ def test_integer_recipe_runs_integer_end_to_end(quantized):
 BACKENDS = ["exact", "int_mm"] + (["fbgemm"] if fbgemm_available() else [])
 
 
+def integer_vs_reference(q: QuantLinear, backend: str, steps: int = 10) -> list[float]:
+    """max |integer − reference| / max |reference| of layer q on drifting inputs, at the
+    first, a middle and the last denoising step."""
+    x = drift_inputs(37, q.in_features, torch.Generator().manual_seed(4), steps=steps)
+    rels = []
+    for t in (0, steps // 2, steps - 1):
+        with denoising_step(t, steps):
+            q.path, q.backend = "reference", "auto"
+            ref = q(x[t])
+            q.path, q.backend = "integer", backend
+            y = q(x[t])
+        rels.append(float((y - ref).abs().max() / ref.abs().max()))
+    return rels
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", ["dynamic", "per_step_factorized"])
 def test_integer_path_equals_reference(backend, mode):
     n_in, n_out = 200, 136  # not multiples of 64; K padded for int_mm
     q = integer_layer(n_in, n_out, mode)[0]
     assert q.spec.act_mode == mode and q.spec.group_size is None
-    x = drift_inputs(37, n_in, torch.Generator().manual_seed(4), steps=10)
-    for t in (0, 5, 9):
-        with denoising_step(t, 10):
-            q.path, q.backend = "reference", "auto"
-            ref = q(x[t])
-            q.path, q.backend = "integer", backend
-            y = q(x[t])
-        rel = float((y - ref).abs().max() / ref.abs().max())
-        assert rel < 1e-5, (backend, mode, t, rel)
+    assert max(integer_vs_reference(q, backend)) < 1e-5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("side", ["backbone", "action_head"])
+@pytest.mark.parametrize("n_in", [128, 200])  # a dense run-time rotation; blocks and a tail
+def test_default_recipe_integer_equals_reference(backend, side, n_in):
+    """The default recipe's layers (one static scale folded into fbgemm's packed weight
+    scales; a per-step scale given to fbgemm as its input scale) on every backend."""
+    from omega_qvla_ros.tools.device_check import STEPS, default_layer
+
+    q = default_layer(n_in, 136, side)
+    assert q.spec.act_mode == ("static_tensor" if side == "backbone" else "per_step_factorized")
+    assert max(integer_vs_reference(q, backend, STEPS)) < 1e-5
 
 
 def _save(model, d):

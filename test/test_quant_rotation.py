@@ -57,3 +57,19 @@ def test_zigzag_interleaves_energy_order():
     assert int(R.perm[0]) == 7
     assert float(W.pow(2).mean(0)[R.perm[1]] if R.perm[1] < 8 else 0.0) == 0.0
     assert int(R.perm[2]) == 6
+
+
+@pytest.mark.parametrize("n", [72, 192, 256])
+def test_runtime_form_dense_when_small(n):
+    """A rotation of at most DENSE_MAX channels runs as one dense matmul with the same
+    result (float summation order aside); larger ones keep their blocks."""
+    from omega_qvla_ros.quant.rotation import DENSE_MAX, DenseRotation, runtime_form
+
+    g = torch.Generator().manual_seed(n)
+    R = build_input_rotation(torch.randn(96, n, generator=g), "omega").to(dtype=torch.float32)
+    x = torch.randn(13, n, generator=g)
+    run = runtime_form(R)
+    assert isinstance(run, DenseRotation) == (n <= DENSE_MAX)
+    assert torch.allclose(run.apply(x), R.apply(x), atol=1e-5)
+    assert torch.allclose(run.apply_inverse(x), R.apply_inverse(x), atol=1e-5)
+    assert runtime_form(None) is None

@@ -14,6 +14,10 @@
   integers), products accumulate in fp32, and the kernel rounds its output to bf16, so
   each output carries a relative error ≤ 2^-8 (not exact). Its fp32/fp16 entries are
   scalar code on AVX2 (50-100× slower), so bf16 it is.
+- "triton": CUDA (or Triton's interpreter). The fused kernels of triton_kernels.py:
+  rotate + quantize in one kernel, the int4 GEMM with the codes unpacked in-kernel and
+  the rescale in its epilogue; for layers with one activation scale per tensor (the
+  default recipe), the others take "int_mm". `auto` picks it on CUDA when Triton imports.
 - "exact": any device. float32 matmul of the codes: every partial sum is an integer
   below 2^24 while K ≤ 2^18, so the result is exact whatever the summation order.
 """
@@ -23,7 +27,7 @@ import warnings
 
 import torch
 
-BACKENDS = ("auto", "fbgemm", "int_mm", "exact")
+BACKENDS = ("auto", "fbgemm", "int_mm", "triton", "exact")
 
 
 def fbgemm_available() -> bool:
@@ -38,7 +42,9 @@ def pick_backend(device: torch.device, requested: str = "auto") -> str:
     if requested != "auto":
         return requested
     if device.type == "cuda":
-        return "int_mm"
+        from . import triton_kernels  # the fused kernels where Triton is installed
+
+        return "triton" if triton_kernels.available(device) else "int_mm"
     if device.type == "cpu" and fbgemm_available():
         return "fbgemm"
     return "exact"
@@ -54,10 +60,12 @@ def prepack_fbgemm(w_codes: torch.Tensor, w_scale: torch.Tensor):
         return torch.ops.quantized.linear_prepack(qw, None)
 
 
-def gemm_fbgemm(x_codes: torch.Tensor, packed) -> torch.Tensor:
-    """Σ_k q_x[m,k] q_w[n,k] · s_w[n] for float codes x [M, K] (values in [-8, 7])."""
+def gemm_fbgemm(x: torch.Tensor, packed, scale: float = 1.0) -> torch.Tensor:
+    """Σ_k q_x[m,k] q_w[n,k] · s_w[n] · scale with q_x = round(x / scale) (half to even),
+    for float x [M, K] already clamped to [-8·scale, 7·scale]: the kernel quantizes x
+    itself (zero point 8: the uint8 codes 0..15 are exact)."""
     return torch.ops.quantized.linear_with_input_q_dq_qweight_dq_output_fp32(
-        x_codes.float().contiguous(), 1.0, 8, packed)
+        x.float().contiguous(), scale, 8, packed)
 
 
 def int4_bf16_available() -> bool:

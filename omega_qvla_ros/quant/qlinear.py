@@ -2,7 +2,8 @@
 activation-scale state, with a reference and an integer execution path.
 
 Forward, for input x [..., in]:
-    x̃ = x R                         (rotation: index select + batched 64×64 blocks)
+    x̃ = x R                         (rotation: index select + batched 64×64 blocks; one
+                                      dense matmul when small, rotation.DENSE_MAX)
     z = x̃ ⊘ d                      (optional channel divisor folded into the weights:
                                       SmoothQuant factors, or the per-step profile)
     q_z, s = activation quantizer   (dynamic per-token | static per-channel | per-step
@@ -16,7 +17,9 @@ weight scales (group_size None) and a per-token or per-tensor activation scale
 (modes "dynamic" and "per_step_factorized"). 128-group weight scales and the
 per-input-channel modes ("static", "per_step") run on the reference path only; a static
 per-channel scale folded into the weights ("static_tensor": channel divisor + one static
-scale) is integer-executable.
+scale) is integer-executable. Integer backends (int_gemm.BACKENDS): fbgemm on x86 CPUs,
+the fused Triton kernels on CUDA (triton_kernels.py; torch._int_mm where they do not
+apply), torch's int4 CPU kernel for `kernel_weights="int4_bf16"`.
 """
 from __future__ import annotations
 
@@ -25,12 +28,13 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
-from . import int_gemm
+from . import int_gemm, triton_kernels
 from .context import current_step, step_row
 from .int4 import dequantize_weight, num_groups, per_token_scales, quantize_codes
 from .packing import pack_int4, unpack_int4
 from .pages import release_pages
-from .rotation import BLOCK, ROTATION_STORAGE, BlockRotation, dequantize_block, quantize_block
+from .rotation import (BLOCK, ROTATION_STORAGE, BlockRotation, DenseRotation, dequantize_block,
+                       quantize_block, runtime_form)
 
 STORAGE_FLOAT = torch.float16  # quantization state is stored (and held) at fp16 precision
 
@@ -236,7 +240,7 @@ class QuantLinear(nn.Module):
         if self.kernel_weights == "per_call":
             return  # nothing to build; the int4 codes stay (every call repacks from them)
         if self.uses_integer_path() and self.weight_packed.device.type != "meta":
-            backend = int_gemm.pick_backend(self.weight_packed.device, self.backend)
+            backend = self._backend(self.weight_packed.device)
             if self.kernel_weights == "int4_bf16":
                 if self.weight_packed.device.type != "cpu" or not int_gemm.int4_bf16_available():
                     raise ValueError("kernel_weights 'int4_bf16' needs torch's CPU int4 kernel "
@@ -247,7 +251,7 @@ class QuantLinear(nn.Module):
                 self._fbgemm_weights()
             elif backend == "int_mm":
                 self._int_mm_weights()
-            else:
+            else:  # "triton" reads the pack's int4 words; "exact" unpacks them per call
                 return
             if release_codes:
                 release_pages(self.weight_packed)  # the pack's mapped pages leave the resident set
@@ -309,7 +313,15 @@ class QuantLinear(nn.Module):
             return self._cached("step_mean", lambda: table.mean(dim=0))
         return table[row]
 
-    def _input_transform(self) -> tuple[BlockRotation | None, torch.Tensor | None]:
+    def _input_transform(self) -> tuple[BlockRotation | DenseRotation | None, torch.Tensor | None]:
+        """(rotation in its run-time form, leftover divisor): _fused_input_rotation, dense
+        when small (rotation.runtime_form)."""
+        def make():
+            rot, div = self._fused_input_rotation()
+            return runtime_form(rot), div
+        return self._cached("rot_run", make)
+
+    def _fused_input_rotation(self) -> tuple[BlockRotation | None, torch.Tensor | None]:
         """(rotation, leftover divisor) with the channel divisor — and for "static_tensor"
         the static scale too — folded into the rotation's blocks: x·P·blockdiag(R_b)/d =
         x·P·blockdiag(R_b·diag(1/d_b)), one elementwise pass fewer per call. Built once."""
@@ -355,34 +367,107 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        if self.spec.act_mode == "none":
-            y = self._rotated_input(x) @ self.dequantized_weight().t()
-        elif (self.uses_integer_path() and self.kernel_weights != "int4_bf16"
-              and int_gemm.pick_backend(x.device, self.backend) == "fbgemm"):
-            # fbgemm rounds its float input (half to even, as torch.round): clamp, no round
-            z, s, prescaled = self._scaled_input(x)
-            z = (z if prescaled else z / s).clamp_(-8, 7)
-            y = int_gemm.gemm_fbgemm(z, self._fbgemm_weights()) * s
-        else:
-            codes, s = self.activation_codes(x)
-            if self.uses_integer_path():
-                y = self._integer_gemm(codes) * s
-            else:
-                y = (codes * s) @ self.dequantized_weight().t()
-        rot_out = self._rotation("output")
+        y, bias_added = self._product(x)
+        rot_out = self._cached("rot_output_run", lambda: runtime_form(self._rotation("output")))
         if rot_out is not None:
             y = rot_out.apply_inverse(y)
-        if self.bias is not None:
-            y = y + self.bias
+        if self.bias is not None and not bias_added:
+            y = y.add_(self.bias)  # y is this call's own tensor
         return y.reshape(*lead, self.out_features).to(x.dtype)
 
-    def _integer_gemm(self, codes: torch.Tensor) -> torch.Tensor:
-        backend = int_gemm.pick_backend(codes.device, self.backend)
-        w_scale = self.weight_scale[:, 0]
-        if self.kernel_weights == "int4_bf16":
-            return int_gemm.gemm_int4_bf16(codes, self._int4_weights()) * w_scale
+    def _product(self, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """(the layer's product before its output rotation, whether the bias is in it)."""
+        if self.spec.act_mode == "none":
+            return self._rotated_input(x) @ self.dequantized_weight().t(), False
+        if not self.uses_integer_path():
+            codes, s = self.activation_codes(x)
+            return (codes * s) @ self.dequantized_weight().t(), False
+        backend = self._backend(x.device)
+        if backend == "triton":
+            y = self._triton_forward(x)
+            if y is not None:
+                return y, not self.spec.out_rotation
+            backend = self._backend(x.device)  # the kernels failed here: unfused from now on
         if backend == "fbgemm":
-            return int_gemm.gemm_fbgemm(codes, self._fbgemm_weights())
+            return self._fbgemm_forward(x), False
+        codes, s = self.activation_codes(x)
+        return self._integer_gemm(codes) * s, False
+
+    def _fbgemm_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The integer path on fbgemm with as few ops per call as the scales allow (at the
+        shipped widths every op costs about as much as the GEMM): fbgemm quantizes its
+        float input itself (round half to even, as torch.round), so a per-tensor scale goes
+        in as the kernel's input scale and comes out in its output (no divide, no
+        multiply); a static one is folded into the prepacked weight scales."""
+        z, s, prescaled = self._scaled_input(x)
+        packed = self._fbgemm_weights()
+        if prescaled:  # static_tensor: z = x̃ / s already, s inside the packed weight scales
+            return int_gemm.gemm_fbgemm(z.clamp_(-8, 7), packed)
+        if s.numel() == 1:  # one scale per tensor (per-step factorized)
+            sf = self._scale_float(s)
+            return int_gemm.gemm_fbgemm(z.clamp_(-8 * sf, 7 * sf), packed, sf)
+        return int_gemm.gemm_fbgemm((z / s).clamp_(-8, 7), packed) * s
+
+    def _backend(self, device: torch.device) -> str:
+        """This layer's integer backend on `device`: int_gemm.pick_backend, with "triton"
+        only where the fused kernels apply (one activation scale per tensor, a rotation in
+        whole 64-blocks, codes in the pack's words) and have not failed to build."""
+        if self.kernel_weights == "int4_bf16":
+            return "int4_bf16"
+        backend = int_gemm.pick_backend(device, self.backend)
+        if backend == "triton" and not self._triton_capable():
+            return "int_mm" if device.type == "cuda" else "exact"
+        return backend
+
+    def _triton_capable(self) -> bool:
+        rot, div = self._fused_input_rotation()
+        return (not getattr(self, "triton_failed", False) and not getattr(self, "codes_released", False)
+                and self.spec.act_mode in ("static_tensor", "per_step_factorized")
+                and rot is not None and rot.tail is None and div is None)
+
+    def _triton_forward(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The integer path as two fused Triton kernels (triton_kernels): rotate + quantize,
+        then the int4 GEMM with the rescale (and the bias, without an output rotation) in
+        its epilogue. None, and the layer unfused for good, when they fail to build."""
+        import warnings
+
+        rot, _ = self._fused_input_rotation()
+        z = x.reshape(-1, self.in_features)
+        if self.spec.act_mode == "static_tensor":  # the static scale is folded into the blocks
+            s_in, s_out = 1.0, self._cached("act_float", lambda: float(self.act_scale))
+        else:
+            s_in = s_out = self._scale_float(self.activation_scale(z))
+        perm = self._cached("perm_i32", lambda: (rot.perm if rot.perm is not None else torch.arange(
+            self.in_features, device=z.device)).to(torch.int32).contiguous())
+        blocks = self._cached("blocks_f32", lambda: rot.blocks.float().contiguous())
+        try:
+            codes = triton_kernels.rotate_quantize(z, perm, blocks, s_in)
+            return triton_kernels.int4_gemm(codes, self.weight_packed, self._cached(
+                "w_scale_f32", lambda: self.weight_scale[:, 0].float().contiguous()), s_out,
+                None if self.spec.out_rotation else self.bias)
+        except Exception as e:  # a compiler or driver refusing the kernels: never a dead node
+            warnings.warn(f"Triton W4A4 kernels failed on {x.device} ({type(e).__name__}: {e}); "
+                          "this layer runs the unfused integer path from now on", RuntimeWarning)
+            self.triton_failed = True
+            return None
+
+    def _scale_float(self, s: torch.Tensor) -> float:
+        """A per-tensor activation scale as a Python float; a per-step table's rows are
+        read once (a `.item()` per call costs as much as a small op)."""
+        if self.spec.act_mode != "per_step_factorized":
+            return float(s)
+        row = step_row(current_step(), self.spec.steps)
+        if row is None:
+            return float(s)
+        return self._cached("step_floats", lambda: self.act_step_scale.tolist())[row]
+
+    def _integer_gemm(self, codes: torch.Tensor) -> torch.Tensor:
+        """Σ q_x q_w · s_w for the backends that take codes (fbgemm and triton run whole
+        forwards: _fbgemm_forward, _triton_forward)."""
+        backend = self._backend(codes.device)
+        w_scale = self.weight_scale[:, 0]
+        if backend == "int4_bf16":
+            return int_gemm.gemm_int4_bf16(codes, self._int4_weights()) * w_scale
         if backend == "int_mm":
             return int_gemm.gemm_int_mm(codes, self._int_mm_weights()) * w_scale
         return int_gemm.gemm_exact(codes, self.weight_codes()) * w_scale
@@ -393,9 +478,14 @@ class QuantLinear(nn.Module):
         return make() if self.kernel_weights == "per_call" else self._cached(key, make)
 
     def _fbgemm_weights(self):
-        """fbgemm's prepacked int8 weights (one byte per weight)."""
-        return self._kernel_weights("fbgemm", lambda: int_gemm.prepack_fbgemm(self.weight_codes(),
-                                                                               self.weight_scale[:, 0]))
+        """fbgemm's prepacked int8 weights (one byte per weight); their per-row scales carry
+        a static per-tensor activation scale too ("static_tensor": one multiply fewer per call)."""
+        def make():
+            scale = self.weight_scale[:, 0]
+            if self.spec.act_mode == "static_tensor":
+                scale = scale.double() * self.act_scale.double()
+            return int_gemm.prepack_fbgemm(self.weight_codes(), scale)
+        return self._kernel_weights("fbgemm", make)
 
     def _int4_weights(self) -> "int_gemm.Int4Weights":
         """The int4 codes in the CPU int4 kernel's layout (half a byte per weight), held."""

@@ -216,7 +216,8 @@ def run(model_spec: str | None = None, bag: str | Path = DEMO_BAG, recipes: list
 
 def format_text(r: dict) -> str:
     src = r["model"]["source"]  # repo-relative already (load_fp_model)
-    lines = [f"model {src} on {Path(r['bag']).name} ({r['frames']['test']} test frames)",
+    lines = [f"model {src} on {Path(r['bag']).name} ({r['frames']['test']} test frames)"
+             + (f"; {r['machine']}, {r['threads']} threads" if "machine" in r else ""),
              "", "| recipe | action rel-MSE vs FP | mean abs joint error vs FP (rad) | integer layers |",
              "|---|---|---|---|"]
     for k, v in r["action_error"].items():

@@ -23,7 +23,6 @@ import torch
 from torch import nn
 
 from omega_qvla_ros.quant.int4 import quantize_weight_rtn
-from omega_qvla_ros.quant.int_gemm import pick_backend
 from omega_qvla_ros.quant.qlinear import LayerSpec, QuantLinear
 from omega_qvla_ros.quant.quantize import quantize
 from omega_qvla_ros.quant.recipes import RECIPES
@@ -123,16 +122,19 @@ def median_ms(fn, repeats: int) -> float:
 
 
 def integer_test_layer(n_in: int, n_out: int, seed: int = 0, path: str = "integer",
-                       backend: str = "auto") -> tuple[nn.Linear, QuantLinear]:
-    """An fp32 Linear and its omega_qvla_int-style QuantLinear (rotation + per-channel int4
-    weights + dynamic per-token int4 activations), built without calibration (RTN)."""
+                       backend: str = "auto", act_mode: str = "dynamic") -> tuple[nn.Linear, QuantLinear]:
+    """An fp32 Linear and its QuantLinear (omega rotation + per-channel int4 weights, RTN,
+    no calibration) with dynamic per-token activation scales (omega_qvla_int's backbone)
+    or one static scale ("static_tensor", the default recipe's backbone: the scale that
+    covers unit-Gaussian inputs)."""
     torch.manual_seed(seed)
     lin = nn.Linear(n_in, n_out)
     rot = build_input_rotation(lin.weight, "omega")
     codes, scales = quantize_weight_rtn(rot.apply(lin.weight.detach().double()), None)
-    spec = LayerSpec(n_in, n_out, True, group_size=None, rotation="omega", act_mode="dynamic")
+    spec = LayerSpec(n_in, n_out, True, group_size=None, rotation="omega", act_mode=act_mode)
+    static = torch.tensor([4.0 / 7]) if act_mode == "static_tensor" else None
     q = QuantLinear.from_parts(spec, codes, scales, bias=lin.bias.detach(), rot_in=rot,
-                               path=path, backend=backend)
+                               act_scale=static, path=path, backend=backend)
     return lin, q
 
 
@@ -145,12 +147,14 @@ def latency(shapes=LATENCY_SHAPES, repeats: int = 20, device: str = "cpu", fp16:
     for (M, K, N) in shapes:
         lin, q = integer_test_layer(K, N)
         lin, q = lin.to(dev), q.to(dev)
+        q_static = integer_test_layer(K, N, act_mode="static_tensor")[1].to(dev)
         x = torch.randn(M, K, device=dev)
         ref_q = copy.deepcopy(q)
         ref_q.path = "reference"
         with torch.no_grad():
             ref_q(x)  # build caches (dequantized weight) outside the timing
             q(x)
+            q_static(x)
             y_int, y_ref = q(x), ref_q(x)
 
             def run(f):
@@ -166,12 +170,17 @@ def latency(shapes=LATENCY_SHAPES, repeats: int = 20, device: str = "cpu", fp16:
                 "integer_speedup_vs_fp32": t_fp / t_int, "integer_speedup_vs_reference": t_ref / t_int,
                 "reference_speedup_vs_fp32": t_fp / t_ref,
                 "integer_vs_reference_max_rel_diff": float((y_int - y_ref).abs().max() / y_ref.abs().max()),
-                "backend": pick_backend(dev),
+                "backend": q._backend(dev),
+                # the default recipe's one static scale per tensor: the fused Triton kernels
+                # where they run (GPU), fbgemm without a divide and multiply (CPU)
+                "integer_static_ms": median_ms(run(q_static), repeats), "static_backend": q_static._backend(dev),
             }
+            row["integer_static_speedup_vs_fp32"] = t_fp / row["integer_static_ms"]
             if fp16:
                 lin_h, x_h = copy.deepcopy(lin).half(), x.half()
                 row["fp16_ms"] = median_ms(lambda: (lin_h(x_h), sync()), repeats)
                 row["integer_speedup_vs_fp16"] = row["fp16_ms"] / t_int
+                row["integer_static_speedup_vs_fp16"] = row["fp16_ms"] / row["integer_static_ms"]
         rows.append(row)
     return rows
 
@@ -220,10 +229,14 @@ def format_text(result: dict) -> str:
         lines.append(f"| {r} | " + " | ".join(f"{result['error'][s][r]:.4f}" for s in suites) + " |")
     lines.append("")
     lines.append("latency (median ms; ratios from the same run)")
-    lines.append("| M, K, N | fp32 | reference | integer | integer vs fp32 | integer vs reference |")
-    lines.append("|---|---|---|---|---|---|")
+    static = all("integer_static_ms" in row for row in result["latency"])
+    lines.append("| M, K, N | fp32 | reference | integer | integer vs fp32 | integer vs reference |"
+                 + (" integer, one static scale | vs fp32 |" if static else ""))
+    lines.append("|---|---|---|---|---|---|" + ("---|---|" if static else ""))
     for row in result["latency"]:
         lines.append(f"| {tuple(row['shape'])} | {row['fp32_ms']:.2f} | {row['reference_ms']:.2f} | "
                      f"{row['integer_ms']:.2f} | {row['integer_speedup_vs_fp32']:.2f}× | "
-                     f"{row['integer_speedup_vs_reference']:.2f}× |")
+                     f"{row['integer_speedup_vs_reference']:.2f}× |"
+                     + (f" {row['integer_static_ms']:.2f} | {row['integer_static_speedup_vs_fp32']:.2f}× |"
+                        if static else ""))
     return "\n".join(lines)

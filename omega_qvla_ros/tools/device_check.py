@@ -36,6 +36,18 @@ def integer_layer(n_in: int, n_out: int, mode: str, seed: int = 3) -> nn.Sequent
     return lin
 
 
+def default_layer(n_in: int, n_out: int, side: str, seed: int = 3) -> nn.Module:
+    """One linear quantized with the default recipe (omega_qvla): its backbone side (one
+    static scale folded: "static_tensor") or its action-head side (per-step factorized
+    scales, output rotation)."""
+    torch.manual_seed(seed)
+    lin = nn.Sequential(nn.Linear(n_in, n_out))
+    quantize(lin, RECIPES["omega_qvla"].with_scopes(**{side: [r"^0$"]}),
+             [drift_inputs(48, n_in, torch.Generator().manual_seed(seed), steps=STEPS)],
+             forward=stepped_forward())
+    return lin[0]
+
+
 def run_paths(model: nn.Sequential, x: torch.Tensor, t: int) -> dict[str, torch.Tensor]:
     """Outputs of the reference and the integer path (backend picked by device) at step t."""
     q = model[0]
