@@ -167,7 +167,7 @@ def test_int4_bf16_kernel_weights_hold_half_a_byte_and_round_only_the_output():
         exact = int_gemm.gemm_exact(codes, q.weight_codes())
         q.kernel_weights = "int4_bf16"
         q.prepare(release_codes=True)
-        assert q.weight_packed.is_meta and set(q._cache) <= {"int4", "rot_input", "rot_fused"}
+        assert q.weight_packed.is_meta and set(q._cache) <= {"int4", "rot_input", "rot_fused", "rot_run"}
         w = q._cache["int4"]
         assert w.packed.numel() == -(-n_out // 16) * 16 * (-(-n_in // 32) * 32) // 2
         got = int_gemm.gemm_int4_bf16(codes, w)
