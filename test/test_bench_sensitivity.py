@@ -34,3 +34,23 @@ def test_parts_partition_the_scope(family):
         for t in thirds:  # whole layers, never part of one
             idx = {_layer_index(n) for n in t}
             assert {n for n in whole if _layer_index(n) in idx} == t
+
+
+def test_perturbed_model_adds_error_of_the_asked_size():
+    """The control rows' model: white noise at a relative MSE of the chunk's own power, on
+    the robot's dimensions only, seeded, everything else delegated."""
+    from omega_qvla_ros.tools.bench_sensitivity import PerturbedModel
+
+    class Fixed:
+        config = "cfg"
+
+        def sample_actions(self, obs, noise=None, num_steps=None):
+            return torch.linspace(-1, 2, 50 * 32).reshape(1, 50, 32)
+
+    ref = Fixed().sample_actions(None)
+    a = PerturbedModel(Fixed(), 0.01, dof=14, seed=3)
+    out = a.sample_actions(None, noise=None, num_steps=10)
+    rel = float((out - ref)[..., :14].pow(2).mean() / ref[..., :14].pow(2).mean())
+    assert 0.008 < rel < 0.012 and torch.equal(out[..., 14:], ref[..., 14:])
+    assert torch.equal(PerturbedModel(Fixed(), 0.01, 14, seed=3).sample_actions(None), out)
+    assert a.config == "cfg"

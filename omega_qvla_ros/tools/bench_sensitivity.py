@@ -15,6 +15,11 @@ backbone alone; action head alone; the backbone's and the action head's layers i
 thirds (layer index = the first number in the module name). Calibration is the eval's
 (expert episodes, seeds 90000+). Writes JSON and an SVG bar chart (no plotting library
 needed).
+
+Control rows ("FP + random error …"): the FP model with Gaussian noise added to each
+normalised action chunk at a given relative MSE (the whole recipe's, and smaller ones):
+how much closed-loop success an error of that size costs this policy whatever its
+source — W4A4's own, or any other.
 """
 from __future__ import annotations
 
@@ -69,6 +74,24 @@ def parts(model, recipe_name: str) -> list[tuple[str, object]]:
     return out
 
 
+class PerturbedModel:
+    """`model` whose action chunks carry white Gaussian noise of relative MSE `rel` (of
+    the chunk's own power over the first `dof` dimensions), seeded."""
+
+    def __init__(self, model, rel: float, dof: int, seed: int = 0) -> None:
+        self.model, self.rel, self.dof = model, rel, dof
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def sample_actions(self, obs, noise=None, **kw):
+        a = self.model.sample_actions(obs, noise=noise, **kw).clone()
+        power = a[..., : self.dof].pow(2).mean()
+        a[..., : self.dof] += torch.randn(a[..., : self.dof].shape, generator=self.gen) * (self.rel * power).sqrt()
+        return a
+
+
 def run(model_spec: str | None = None, recipe: str = "omega_qvla", task: str = "transfer_cube",
         episodes: int = 20, rollouts: int = 3, execute_horizon: int = 25, seed: int = 0,
         log=None) -> dict:
@@ -100,17 +123,23 @@ def run(model_spec: str | None = None, recipe: str = "omega_qvla", task: str = "
                      "closed_loop": closed_loop(base)}}
     if log:
         log(f"fp16: {rows['fp16']['closed_loop']['reached']} ({time.time() - t0:.0f} s)")
-    for label, rec in parts(fp, recipe):
-        m = quantize_model(copy.deepcopy(fp), rec, calib, seed=seed)
-        nq = sum(1 for q in m.modules() if type(q).__name__ == "QuantLinear")
+
+    def measure(label: str, m, quantized: int, pol) -> None:
         with torch.inference_mode():
             outs = [m.sample_actions(o, noise=n)[..., :dof] for o, (_, n) in zip(obs, seen)]
         rel, rad = action_error(outs, refs, base.processor.actions)
-        rows[label] = {"quantized_layers": nq, "rel_mse_vs_fp": rel, "mean_abs_joint_error": rad,
-                       "closed_loop": closed_loop(src.policy(m, recipe))}
+        rows[label] = {"quantized_layers": quantized, "rel_mse_vs_fp": rel, "mean_abs_joint_error": rad,
+                       "closed_loop": closed_loop(pol)}
         if log:
-            log(f"{label}: {nq} layers, rel-MSE {rel:.4f}, {rows[label]['closed_loop']['reached']} "
+            log(f"{label}: {quantized} layers, rel-MSE {rel:.4f}, {rows[label]['closed_loop']['reached']} "
                 f"({time.time() - t0:.0f} s)")
+
+    for label, rec in parts(fp, recipe):
+        m = quantize_model(copy.deepcopy(fp), rec, calib, seed=seed)
+        measure(label, m, sum(1 for q in m.modules() if type(q).__name__ == "QuantLinear"), src.policy(m, recipe))
+    for rel in sorted({round(rows["all"]["rel_mse_vs_fp"], 4), 0.002, 0.0005}, reverse=True):
+        m = PerturbedModel(fp, rel, dof, seed)
+        measure(f"FP + random error, rel-MSE {rel:g}", m, 0, src.policy(m, "fp16"))
     return {"benchmark": "sensitivity", "model": src.description, "recipe": recipe, "task": task,
             "on_policy_observations": len(seen), "rollout_seeds": [EVAL_SEED + 1000, EVAL_SEED + 1000 + rollouts - 1],
             "eval_seeds": [EVAL_SEED, EVAL_SEED + episodes - 1], "execute_horizon": execute_horizon,
