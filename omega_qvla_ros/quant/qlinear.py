@@ -23,6 +23,7 @@ apply), torch's int4 CPU kernel for `kernel_weights="int4_bf16"`.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -429,8 +430,6 @@ class QuantLinear(nn.Module):
         """The integer path as two fused Triton kernels (triton_kernels): rotate + quantize,
         then the int4 GEMM with the rescale (and the bias, without an output rotation) in
         its epilogue. None, and the layer unfused for good, when they fail to build."""
-        import warnings
-
         rot, _ = self._fused_input_rotation()
         z = x.reshape(-1, self.in_features)
         if self.spec.act_mode == "static_tensor":  # the static scale is folded into the blocks

@@ -25,7 +25,7 @@ import os
 
 import torch
 
-BLOCK = 64  # rotation block (rotation.BLOCK)
+from .rotation import BLOCK
 
 
 try:  # the kernels are module globals: Triton resolves `tl` from them (its interpreter too)
