@@ -27,6 +27,8 @@ import warnings
 
 import torch
 
+from . import triton_kernels
+
 BACKENDS = ("auto", "fbgemm", "int_mm", "triton", "exact")
 
 
@@ -41,9 +43,7 @@ def pick_backend(device: torch.device, requested: str = "auto") -> str:
         raise ValueError(f"unknown integer backend {requested!r}; choose from {BACKENDS}")
     if requested != "auto":
         return requested
-    if device.type == "cuda":
-        from . import triton_kernels  # the fused kernels where Triton is installed
-
+    if device.type == "cuda":  # the fused kernels where Triton is installed
         return "triton" if triton_kernels.available(device) else "int_mm"
     if device.type == "cpu" and fbgemm_available():
         return "fbgemm"

@@ -242,7 +242,7 @@ class QuantLinear(nn.Module):
             return  # nothing to build; the int4 codes stay (every call repacks from them)
         if self.uses_integer_path() and self.weight_packed.device.type != "meta":
             backend = self._backend(self.weight_packed.device)
-            if self.kernel_weights == "int4_bf16":
+            if backend == "int4_bf16":
                 if self.weight_packed.device.type != "cpu" or not int_gemm.int4_bf16_available():
                     raise ValueError("kernel_weights 'int4_bf16' needs torch's CPU int4 kernel "
                                      "(aten._weight_int4pack_mm_for_cpu) and a CPU device; "
@@ -340,15 +340,19 @@ class QuantLinear(nn.Module):
             return BlockRotation(rot.perm, blocks, tail), None
         return self._cached("rot_fused", make)
 
-    def _scaled_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """(z, s, prescaled): x as [tokens, in] float, rotated and divided by the folded
-        channel profile; for "static_tensor" z is already divided by its scale s."""
+    def _transformed_input(self, x: torch.Tensor) -> torch.Tensor:
+        """x as [tokens, in] float, rotated and divided by the folded channel profile (and,
+        for "static_tensor", by its scale)."""
         z = x.reshape(-1, self.in_features).float()
         rot, div = self._input_transform()
         if rot is not None:
             z = rot.apply(z)
-        if div is not None:
-            z = z / div
+        return z if div is None else z / div
+
+    def _scaled_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """(z, s, prescaled): _transformed_input and its activation scale s; for
+        "static_tensor" z is already divided by s."""
+        z = self._transformed_input(x)
         if self.spec.act_mode == "static_tensor":
             return z, self.act_scale, True
         if self.spec.act_mode == "none":
@@ -400,13 +404,15 @@ class QuantLinear(nn.Module):
         float input itself (round half to even, as torch.round), so a per-tensor scale goes
         in as the kernel's input scale and comes out in its output (no divide, no
         multiply); a static one is folded into the prepacked weight scales."""
-        z, s, prescaled = self._scaled_input(x)
+        z = self._transformed_input(x)
         packed = self._fbgemm_weights()
-        if prescaled:  # static_tensor: z = x̃ / s already, s inside the packed weight scales
+        mode = self.spec.act_mode
+        if mode == "static_tensor":  # z = x̃ / s already, s inside the packed weight scales
             return int_gemm.gemm_fbgemm(z.clamp_(-8, 7), packed)
-        if s.numel() == 1:  # one scale per tensor (per-step factorized)
-            sf = self._scale_float(s)
+        if mode == "per_step_factorized":  # one scale per tensor
+            sf = self._tensor_scale()
             return int_gemm.gemm_fbgemm(z.clamp_(-8 * sf, 7 * sf), packed, sf)
+        s = self.activation_scale(z)
         return int_gemm.gemm_fbgemm((z / s).clamp_(-8, 7), packed) * s
 
     def _backend(self, device: torch.device) -> str:
@@ -430,34 +436,33 @@ class QuantLinear(nn.Module):
         """The integer path as two fused Triton kernels (triton_kernels): rotate + quantize,
         then the int4 GEMM with the rescale (and the bias, without an output rotation) in
         its epilogue. None, and the layer unfused for good, when they fail to build."""
-        rot, _ = self._fused_input_rotation()
-        z = x.reshape(-1, self.in_features)
-        if self.spec.act_mode == "static_tensor":  # the static scale is folded into the blocks
-            s_in, s_out = 1.0, self._cached("act_float", lambda: float(self.act_scale))
-        else:
-            s_in = s_out = self._scale_float(self.activation_scale(z))
-        perm = self._cached("perm_i32", lambda: (rot.perm if rot.perm is not None else torch.arange(
-            self.in_features, device=z.device)).to(torch.int32).contiguous())
-        blocks = self._cached("blocks_f32", lambda: rot.blocks.float().contiguous())
+        def make():
+            rot = self._fused_input_rotation()[0]
+            perm = rot.perm if rot.perm is not None else torch.arange(self.in_features, device=rot.blocks.device)
+            return (perm.to(torch.int32).contiguous(), rot.blocks.float().contiguous(),
+                    self.weight_scale[:, 0].float().contiguous())
+        perm, blocks, w_scale = self._cached("triton", make)
+        s = self._tensor_scale()
+        s_in = 1.0 if self.spec.act_mode == "static_tensor" else s  # static: folded into the blocks
         try:
-            codes = triton_kernels.rotate_quantize(z, perm, blocks, s_in)
-            return triton_kernels.int4_gemm(codes, self.weight_packed, self._cached(
-                "w_scale_f32", lambda: self.weight_scale[:, 0].float().contiguous()), s_out,
-                None if self.spec.out_rotation else self.bias)
+            codes = triton_kernels.rotate_quantize(x.reshape(-1, self.in_features), perm, blocks, s_in)
+            return triton_kernels.int4_gemm(codes, self.weight_packed, w_scale, s,
+                                            None if self.spec.out_rotation else self.bias)
         except Exception as e:  # a compiler or driver refusing the kernels: never a dead node
             warnings.warn(f"Triton W4A4 kernels failed on {x.device} ({type(e).__name__}: {e}); "
                           "this layer runs the unfused integer path from now on", RuntimeWarning)
             self.triton_failed = True
             return None
 
-    def _scale_float(self, s: torch.Tensor) -> float:
-        """A per-tensor activation scale as a Python float; a per-step table's rows are
-        read once (a `.item()` per call costs as much as a small op)."""
-        if self.spec.act_mode != "per_step_factorized":
-            return float(s)
+    def _tensor_scale(self) -> float:
+        """The one activation scale of a "static_tensor" or "per_step_factorized" layer in
+        the current step context, as a Python float (read from the buffers once: a
+        `.item()` per call costs as much as a small op)."""
+        if self.spec.act_mode == "static_tensor":
+            return self._cached("act_float", lambda: float(self.act_scale))
         row = step_row(current_step(), self.spec.steps)
-        if row is None:
-            return float(s)
+        if row is None:  # no step context: the mean over steps, as activation_scale
+            return self._cached("step_mean_float", lambda: float(self.act_step_scale.mean()))
         return self._cached("step_floats", lambda: self.act_step_scale.tolist())[row]
 
     def _integer_gemm(self, codes: torch.Tensor) -> torch.Tensor:

@@ -122,10 +122,10 @@ class DenseRotation:
         return y @ self.matrix_t.to(y.dtype)
 
 
-def runtime_form(rot: BlockRotation | None, dense_max: int | None = None) -> "BlockRotation | DenseRotation | None":
+def runtime_form(rot: BlockRotation | None) -> "BlockRotation | DenseRotation | None":
     """How a layer applies `rot` at run time: dense when it is small (DENSE_MAX), else as
     stored (same products; only the float summation order differs)."""
-    if rot is None or rot.size > (DENSE_MAX if dense_max is None else dense_max):
+    if rot is None or rot.size > DENSE_MAX:
         return rot
     m = rot.dense(torch.float32)
     return DenseRotation(m, m.t().contiguous())

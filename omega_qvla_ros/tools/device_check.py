@@ -24,28 +24,28 @@ STEPS = 10
 LAYER_SHAPES = [(1, 200, 136), (16, 200, 136), (17, 203, 131), (37, 1030, 390), (50, 2048, 2048)]
 
 
+def _quantized_linear(n_in: int, n_out: int, recipe, seed: int) -> nn.Sequential:
+    """One nn.Linear `[0]` quantized with `recipe` on drifting per-step inputs."""
+    torch.manual_seed(seed)
+    lin = nn.Sequential(nn.Linear(n_in, n_out))
+    quantize(lin, recipe, [drift_inputs(48, n_in, torch.Generator().manual_seed(seed), steps=STEPS)],
+             forward=stepped_forward())
+    return lin
+
+
 def integer_layer(n_in: int, n_out: int, mode: str, seed: int = 3) -> nn.Sequential:
     """One CPU-calibrated omega_qvla_int layer `[0]`, backbone scope (mode "dynamic",
     per-token) or action-head scope ("per_step_factorized")."""
-    torch.manual_seed(seed)
-    lin = nn.Sequential(nn.Linear(n_in, n_out))
     rec = RECIPES["omega_qvla_int"]
     rec = rec.with_scopes(backbone=[r"^0$"]) if mode == "dynamic" else rec.with_scopes(action_head=[r"^0$"])
-    quantize(lin, rec, [drift_inputs(48, n_in, torch.Generator().manual_seed(seed), steps=STEPS)],
-             forward=stepped_forward())
-    return lin
+    return _quantized_linear(n_in, n_out, rec, seed)
 
 
 def default_layer(n_in: int, n_out: int, side: str, seed: int = 3) -> nn.Module:
     """One linear quantized with the default recipe (omega_qvla): its backbone side (one
     static scale folded: "static_tensor") or its action-head side (per-step factorized
     scales, output rotation)."""
-    torch.manual_seed(seed)
-    lin = nn.Sequential(nn.Linear(n_in, n_out))
-    quantize(lin, RECIPES["omega_qvla"].with_scopes(**{side: [r"^0$"]}),
-             [drift_inputs(48, n_in, torch.Generator().manual_seed(seed), steps=STEPS)],
-             forward=stepped_forward())
-    return lin[0]
+    return _quantized_linear(n_in, n_out, RECIPES["omega_qvla"].with_scopes(**{side: [r"^0$"]}), seed)[0]
 
 
 def run_paths(model: nn.Sequential, x: torch.Tensor, t: int) -> dict[str, torch.Tensor]:
