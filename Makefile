@@ -47,7 +47,7 @@ bench: setup
 
 # Closed-loop success of the shipped models per recipe (about half an hour per family on 2 cores),
 # the default under the node's latency, and where W4A4 loses the policy (bench sensitivity)
-EVAL_RECIPES := fp16,rtn,smoothquant,hadamard,omega_qvla,omega_qvla_dynamic,omega_qvla_paper,omega_qvla_pertoken,omega_qvla_noperstep,omega_qvla_int
+EVAL_RECIPES := fp16,rtn,smoothquant,hadamard,omega_qvla,omega_qvla_outrot,omega_qvla_dynamic,omega_qvla_paper,omega_qvla_pertoken,omega_qvla_noperstep,omega_qvla_int
 EVAL_FAMILIES := pi05 gr00t
 bench-eval: setup
 	for f in $(EVAL_FAMILIES); do \

@@ -26,7 +26,8 @@ def test_sequential_equals_all_in_memory(tmp_path, family, recipe):
 @pytest.mark.parametrize("family", ["pi05", "gr00t"])
 def test_hessian_budget_groups_change_nothing(tmp_path, family, monkeypatch):
     """With a Hessian budget smaller than any layer's, the action stage calibrates and
-    solves one layer at a time (its run repeated on the FP model): still bit for bit."""
+    solves one parent module's layers at a time (siblings that may share an input stay
+    together; its run repeated on the FP model): still bit for bit."""
     import importlib
 
     from omega_qvla_ros.models import sequential
@@ -39,7 +40,7 @@ def test_hessian_budget_groups_change_nothing(tmp_path, family, monkeypatch):
         groups.append(len(targets)), solve(model, targets, *a, **k))[1])
     monkeypatch.setattr(sequential, "HESSIAN_BUDGET", 1)
     _sequential_equals_all_in_memory(tmp_path, family, "omega_qvla")
-    assert groups.count(1) >= 14  # the action stage: every layer its own group
+    assert sum(1 for g in groups if g <= 4) >= 4  # the action stage: one attention or MLP at a time
 
 
 def _sequential_equals_all_in_memory(tmp_path, family, recipe):

@@ -93,3 +93,39 @@ def test_triton_failure_falls_back_once(monkeypatch):
             y = q2(x)
         assert q2.triton_failed and q2._backend(x.device) == "exact"
         assert float((y - ref).abs().max() / ref.abs().max()) < 2e-2
+
+
+def test_input_group_on_triton_equals_layers():
+    """A shared-input group (one rotation, one GEMM over the stacked int4 words, the
+    members' biases in the epilogue) on the fused kernels against its members one by one
+    on the reference path."""
+    import copy
+
+    from torch import nn
+
+    from omega_qvla_ros.quant import RECIPES, quantize
+
+    torch.manual_seed(0)
+    par = nn.Module()
+    par.a, par.b = nn.Linear(128, 192), nn.Linear(128, 64)
+    model = nn.Module()
+    model.attn = par
+
+    def run(m, x):
+        with denoising_step(2, STEPS):
+            return torch.cat([m.attn.a(x), m.attn.b(x)], dim=-1)
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randn(40, 128, generator=g) * torch.exp(torch.randn(128, generator=g)) for _ in range(2)]
+    quantize(model, RECIPES["omega_qvla"].with_scopes(action_head=[r"attn\.[ab]$"]), batches,
+             forward=lambda m, x: run(m, x))
+    assert model.attn.a.siblings == [model.attn.a, model.attn.b]
+    ref_model = copy.deepcopy(model)
+    for q in (ref_model.attn.a, ref_model.attn.b):
+        q.siblings, q.path = None, "reference"
+    for q in (model.attn.a, model.attn.b):
+        q.path, q.backend = "integer", "triton"
+    x = batches[0][:37]
+    y, ref = run(model, x), run(ref_model, x)
+    assert model.attn.a._group().layer._backend(x.device) == "triton"
+    assert not getattr(model.attn.a._group().layer, "triton_failed", False)
+    assert float((y - ref).pow(2).mean() / ref.pow(2).mean()) < 1e-5

@@ -39,6 +39,12 @@ class LayerStats:
     steps_total: int | None = None
     gen: torch.Generator | None = None
     hessian_dtype: torch.dtype = torch.float64
+    inputs: list[tuple] = field(default_factory=list)  # per call: (address, shape, sum) of the input
+
+    def fingerprint(self) -> tuple:
+        """What this layer read, call by call: layers with equal fingerprints read the
+        very same tensors (same memory, shape and contents at each call)."""
+        return tuple(self.inputs)
 
     def normalized_hessian(self) -> torch.Tensor:
         if self.hessian is None or self.tokens == 0:
@@ -67,7 +73,9 @@ class Calibrator:
 
     def _record(self, name: str, x: torch.Tensor) -> None:
         st = self.stats[name]
+        address, shape = x.data_ptr(), tuple(x.shape)
         x = x.detach().reshape(-1, st.in_features).float().cpu()
+        st.inputs.append((address, shape, float(x.double().sum())))
         st.calls += 1
         st.tokens += x.shape[0]
         if st.want_hessian:

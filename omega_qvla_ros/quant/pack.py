@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .int_gemm import int4_bf16_available
-from .qlinear import KERNEL_WEIGHTS, LayerSpec, QuantLinear, storage_dtype
+from .qlinear import KERNEL_WEIGHTS, LayerSpec, QuantLinear, link_input_groups, storage_dtype
 
 FORMAT = "omega-qvla-pack"
 FORMAT_VERSION = 2  # 2: weights may be sharded (each tensor names its file); 1 is read too
@@ -499,6 +499,10 @@ def load_pack(pack_dir: str | os.PathLike, build_model: ModelBuilder | None = No
         raise ValueError(f"float_storage must be float32, stored or auto, got {float_storage!r}")
     load_state_checked(model, iter_tensors(pack_dir, manifest))
     model = model.to(device).eval()
+    try:
+        link_input_groups(model)
+    except ValueError as e:
+        raise PackFormatError(f"{pack_dir}: {e}") from None
     if kernel_weights == "auto":
         big = quantized_weight_bytes(manifest) > KERNEL_LARGE_BYTES
         kernel_weights = ("int4_bf16" if int4_ok else "per_call") if big else "hold"

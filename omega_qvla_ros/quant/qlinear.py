@@ -20,6 +20,11 @@ per-channel scale folded into the weights ("static_tensor": channel divisor + on
 scale) is integer-executable. Integer backends (int_gemm.BACKENDS): fbgemm on x86 CPUs,
 the fused Triton kernels on CUDA (triton_kernels.py; torch._int_mm where they do not
 apply), torch's int4 CPU kernel for `kernel_weights="int4_bf16"`.
+
+Input groups (`LayerSpec.input_group`, InputGroup): layers that read one input (q/k/v,
+gate/up) and were quantized with one rotation and one set of activation scales run on
+the integer path as one layer — one rotation, one quantization, one GEMM over their
+stacked weights — and each takes its columns of the result.
 """
 from __future__ import annotations
 
@@ -77,6 +82,7 @@ class LayerSpec:
     block: int = BLOCK
     side: str = "backbone"
     rotation_storage: str = "int8"
+    input_group: str | None = None  # layers of one model with the same key share their input
 
     def __post_init__(self) -> None:
         if self.act_mode not in ACT_MODES:
@@ -157,6 +163,7 @@ class QuantLinear(nn.Module):
         elif spec.act_mode == "per_step_factorized":
             self.register_buffer("act_step_scale", torch.ones(spec.steps, dtype=f32))
         self._cache: dict[str, object] = {}
+        self.siblings: list[QuantLinear] | None = None  # its input group, leader first (link_input_groups)
 
     def _register_rot(self, prefix: str, n: int, block: int) -> None:
         """Rotation blocks: int8 codes + one scale per block, or fp16-exact floats."""
@@ -205,15 +212,20 @@ class QuantLinear(nn.Module):
                 getattr(self, f"{name}_scale").copy_(scale)
 
     # ---------------------------------------------------------------- caches
-    def _load_from_state_dict(self, *args, **kwargs):
+    def _clear_caches(self) -> None:
         self._cache.clear()
+        if self.siblings is not None:  # the group's fused layer holds this layer's weights too
+            self.siblings[0]._cache.pop("input_group", None)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._clear_caches()
         return super()._load_from_state_dict(*args, **kwargs)
 
     def _apply(self, fn, recurse=True):
         if getattr(self, "codes_released", False):
             raise RuntimeError("this layer gave back its int4 codes at load (integer_codes='drop'): it "
                                "cannot be moved or converted; load the pack again on the target device")
-        self._cache.clear()
+        self._clear_caches()
         return super()._apply(fn, recurse)
 
     def _cached(self, key: str, make):
@@ -240,6 +252,11 @@ class QuantLinear(nn.Module):
         (the kernel's int8 copy replaces them: the layer runs, it cannot be saved)."""
         if self.kernel_weights == "per_call":
             return  # nothing to build; the int4 codes stay (every call repacks from them)
+        if self.siblings is not None and self.uses_integer_path() and self.weight_packed.device.type != "meta":
+            self._group()  # the group's one fused layer holds the kernel weights (built once)
+            if release_codes and self._group().layer.weight_packed.device.type == "meta":
+                self._release_codes()
+            return
         if self.uses_integer_path() and self.weight_packed.device.type != "meta":
             backend = self._backend(self.weight_packed.device)
             if backend == "int4_bf16":
@@ -255,9 +272,12 @@ class QuantLinear(nn.Module):
             else:  # "triton" reads the pack's int4 words; "exact" unpacks them per call
                 return
             if release_codes:
-                release_pages(self.weight_packed)  # the pack's mapped pages leave the resident set
-                self.weight_packed = torch.empty_like(self.weight_packed, device="meta")
-                self.codes_released = True
+                self._release_codes()
+
+    def _release_codes(self) -> None:
+        release_pages(self.weight_packed)  # the pack's mapped pages leave the resident set
+        self.weight_packed = torch.empty_like(self.weight_packed, device="meta")
+        self.codes_released = True
 
     def set_kernel_weights(self, kind: str, release_codes: bool = False) -> None:
         """Choose how this layer's integer kernel holds its weights (KERNEL_WEIGHTS) and
@@ -267,6 +287,10 @@ class QuantLinear(nn.Module):
         self.kernel_weights = kind
         for key in ("fbgemm", "wt_i8", "int4"):
             self._cache.pop(key, None)
+        if self.siblings is not None:  # a group built for another kind is rebuilt (the leader's kind)
+            group = self.siblings[0]._cache.get("input_group")
+            if group is not None and group.layer.kernel_weights != self.siblings[0].kernel_weights:
+                self.siblings[0]._cache.pop("input_group")
         self.prepare(release_codes=release_codes)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
@@ -340,13 +364,16 @@ class QuantLinear(nn.Module):
             return BlockRotation(rot.perm, blocks, tail), None
         return self._cached("rot_fused", make)
 
-    def _transformed_input(self, x: torch.Tensor) -> torch.Tensor:
+    def _transformed_input(self, x: torch.Tensor, own: bool = False) -> torch.Tensor:
         """x as [tokens, in] float, rotated and divided by the folded channel profile (and,
-        for "static_tensor", by its scale)."""
+        for "static_tensor", by its scale); `own`: a tensor of this call's own, never x's
+        memory (the integer paths quantize it in place)."""
         z = x.reshape(-1, self.in_features).float()
         rot, div = self._input_transform()
         if rot is not None:
             z = rot.apply(z)
+        elif div is None and own:
+            return z.clone()
         return z if div is None else z / div
 
     def _scaled_input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -371,14 +398,26 @@ class QuantLinear(nn.Module):
         return (torch.clamp(torch.round(z), -8, 7) if prescaled else quantize_codes(z, s)), s
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
+        if self.siblings is not None and self.uses_integer_path():
+            return self._group().output(self, x)
         y, bias_added = self._product(x)
+        return self._finish(y, x, bias_added)
+
+    def _finish(self, y: torch.Tensor, x: torch.Tensor, bias_added: bool) -> torch.Tensor:
+        """The product y [tokens, out] (before the output rotation) as this layer's output
+        for input x: output rotation restored, bias added, x's leading shape and dtype."""
         rot_out = self._cached("rot_output_run", lambda: runtime_form(self._rotation("output")))
         if rot_out is not None:
             y = rot_out.apply_inverse(y)
         if self.bias is not None and not bias_added:
-            y = y.add_(self.bias)  # y is this call's own tensor
-        return y.reshape(*lead, self.out_features).to(x.dtype)
+            y = y.add_(self.bias)  # y is this call's own tensor (or its own columns of one)
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def _group(self) -> "InputGroup":
+        """This layer's input group (its leader builds and holds it; rebuilt after a load
+        or a move, which clear the caches)."""
+        leader = self.siblings[0]
+        return leader._cached("input_group", lambda: InputGroup(leader.siblings))
 
     def _product(self, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """(the layer's product before its output rotation, whether the bias is in it)."""
@@ -395,6 +434,8 @@ class QuantLinear(nn.Module):
             backend = self._backend(x.device)  # the kernels failed here: unfused from now on
         if backend == "fbgemm":
             return self._fbgemm_forward(x), False
+        if backend == "int_mm" and x.device.type == "cpu":
+            return self._int_mm_cpu_forward(x), False
         codes, s = self.activation_codes(x)
         return self._integer_gemm(codes) * s, False
 
@@ -404,7 +445,7 @@ class QuantLinear(nn.Module):
         float input itself (round half to even, as torch.round), so a per-tensor scale goes
         in as the kernel's input scale and comes out in its output (no divide, no
         multiply); a static one is folded into the prepacked weight scales."""
-        z = self._transformed_input(x)
+        z = self._transformed_input(x, own=True)
         packed = self._fbgemm_weights()
         mode = self.spec.act_mode
         if mode == "static_tensor":  # z = x̃ / s already, s inside the packed weight scales
@@ -415,16 +456,41 @@ class QuantLinear(nn.Module):
         s = self.activation_scale(z)
         return int_gemm.gemm_fbgemm((z / s).clamp_(-8, 7), packed) * s
 
+    def _int_mm_cpu_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The integer path on `torch._int_mm` on a CPU (oneDNN; fast with VNNI): the codes
+        quantized in place as int8, one GEMM, one rescale by the per-row weight scales with
+        a per-tensor activation scale folded in (built once per scale value)."""
+        z = self._transformed_input(x, own=True)
+        wt = self._int_mm_weights()
+        w_scale = self.weight_scale[:, 0]
+        mode = self.spec.act_mode
+        if mode in ("static_tensor", "per_step_factorized"):
+            if mode == "static_tensor":  # z = x̃ / s already
+                sf, codes = self._tensor_scale(), z.round_()
+            else:
+                sf = self._tensor_scale()
+                codes = z.div_(sf).round_()
+            scale = self._cached(("int_mm_scale", sf), lambda: w_scale * sf)
+            # int32 × float32 promotes to float32 in the one op (no separate .float())
+            return torch.mul(torch._int_mm(codes.clamp_(-8, 7).to(torch.int8), wt), scale)
+        s = self.activation_scale(z)
+        codes = z.div_(s).round_().clamp_(-8, 7).to(torch.int8)
+        return torch.mul(torch._int_mm(codes, wt), w_scale).mul_(s)
+
     def _backend(self, device: torch.device) -> str:
         """This layer's integer backend on `device`: int_gemm.pick_backend, with "triton"
         only where the fused kernels apply (one activation scale per tensor, a rotation in
         whole 64-blocks, codes in the pack's words) and have not failed to build."""
         if self.kernel_weights == "int4_bf16":
             return "int4_bf16"
-        backend = int_gemm.pick_backend(device, self.backend)
-        if backend == "triton" and not self._triton_capable():
-            return "int_mm" if device.type == "cuda" else "exact"
-        return backend
+        key = ("backend", device.type, self.backend, getattr(self, "triton_failed", False))
+
+        def pick() -> str:
+            backend = int_gemm.pick_backend(device, self.backend)
+            if backend == "triton" and not self._triton_capable():
+                return "int_mm" if device.type == "cuda" else "exact"
+            return backend
+        return self._cached(key, pick)  # asked on every call: decided once per device and setting
 
     def _triton_capable(self) -> bool:
         rot, div = self._fused_input_rotation()
@@ -503,3 +569,112 @@ class QuantLinear(nn.Module):
         return (f"in={s.in_features}, out={s.out_features}, rot={s.rotation}"
                 f"{'+out' if s.out_rotation else ''}, group={s.group_size}, act={s.act_mode}, "
                 f"path={self.path}")
+
+
+INPUT_SIDE_BUFFERS = ("input_perm", "input_rot_blocks", "input_rot_blocks_scale", "input_rot_tail",
+                      "input_rot_tail_scale", "input_channel_div", "act_scale", "act_step_table",
+                      "act_step_scale")
+INPUT_SIDE_SPEC = ("in_features", "group_size", "rotation", "act_mode", "steps", "channel_div", "block",
+                   "side", "rotation_storage")
+
+
+class InputGroup:
+    """Sibling layers that read one input (q/k/v, gate/up) run as one layer: one rotation,
+    one activation quantization and one integer GEMM over their stacked weights, each
+    member then restoring its own output rotation and bias on its columns. At the shipped
+    widths a rotation costs as much as the GEMM it feeds and every op has a fixed cost,
+    so running three layers as one saves most of two layers' time.
+
+    The quantizer gives the members identical input-side state (quantize.
+    shared_input_groups); link_input_groups checks it. The first member called computes
+    every member's output and keeps the others' for their own call with the very same
+    input tensor (identity, not equality: the group never guesses); a call with another
+    input, or a second call by one member, computes the group again (correct, only
+    slower). Runs on the integer path only; the reference path stays per layer."""
+
+    def __init__(self, members: list[QuantLinear]) -> None:
+        lead = members[0]
+        # one output rotation over the stacked rows when every member's is whole 64-blocks
+        # (block-diagonal either way): the members' outputs are then plain column views
+        whole = all(m.spec.out_rotation and getattr(m, "output_rot_tail", None) is None for m in members)
+        self.per_member = not whole and any(m.spec.out_rotation for m in members)
+        bias = not self.per_member and any(m.bias is not None for m in members)
+        spec = LayerSpec(**{**lead.spec.to_dict(), "out_features": sum(m.out_features for m in members),
+                            "bias": bias, "out_rotation": whole, "input_group": None})
+        with torch.device(lead.weight_packed.device):
+            fused = QuantLinear(spec, path=lead.path, backend=lead.backend)
+        fused.weight_packed = torch.cat([m.weight_packed for m in members])
+        fused.weight_scale = torch.cat([m.weight_scale for m in members])
+        if bias:
+            fused.bias = torch.cat([m.bias if m.bias is not None else torch.zeros_like(m.weight_scale[:, 0])
+                                    for m in members])
+        if whole:
+            for name in ("output_rot_blocks", "output_rot_blocks_scale"):
+                if getattr(lead, name, None) is not None:
+                    setattr(fused, name, torch.cat([getattr(m, name) for m in members]))
+        for name in INPUT_SIDE_BUFFERS:
+            if getattr(lead, name, None) is not None:
+                setattr(fused, name, getattr(lead, name))
+        fused.kernel_weights = lead.kernel_weights
+        fused.prepare(release_codes=True)  # its stacked codes go where its kernel holds weights
+        self.layer, self.members = fused, members
+        self.bounds = {}
+        off = 0
+        for m in members:
+            self.bounds[id(m)] = (off, off + m.out_features)
+            off += m.out_features
+        self._input: torch.Tensor | None = None
+        self._output: torch.Tensor | None = None
+        self._pending: set[int] = set()
+
+    def output(self, member: QuantLinear, x: torch.Tensor) -> torch.Tensor:
+        """`member`'s output for input x (see the class docstring)."""
+        key = id(member)
+        if not (self._input is x and key in self._pending):
+            self.layer.backend = self.members[0].backend  # the group runs where its leader is told to
+            if self.per_member:  # output rotations with tails: each member restores its own
+                y, _ = self.layer._product(x)
+            else:
+                y = self.layer.forward(x)  # not a submodule of the model: no hooks to run
+            self._input, self._output = x, y
+            self._pending = {id(m) for m in self.members}
+        self._pending.discard(key)
+        a, b = self.bounds[key]
+        y = self._output
+        if not self._pending:
+            self._input = self._output = None
+        if self.per_member:
+            return member._finish(y[:, a:b], x, False)
+        return y[..., a:b]
+
+
+def link_input_groups(model: nn.Module) -> int:
+    """Give every QuantLinear of `model` whose spec names an input group its siblings
+    (in model order); returns the number of groups. Raises ValueError when members of
+    a group differ in their input-side state (a group must be one rotation, one
+    quantization)."""
+    groups: dict[str, list[QuantLinear]] = {}
+    for m in model.modules():
+        if isinstance(m, QuantLinear):
+            m.siblings = None
+            m._cache.pop("input_group", None)
+            if m.spec.input_group is not None:
+                groups.setdefault(m.spec.input_group, []).append(m)
+    linked = 0
+    for key, members in groups.items():
+        if len(members) < 2:
+            continue
+        lead = members[0]
+        for m in members[1:]:
+            for f in INPUT_SIDE_SPEC:
+                if getattr(m.spec, f) != getattr(lead.spec, f):
+                    raise ValueError(f"input group {key!r}: members differ in {f}")
+            for name in INPUT_SIDE_BUFFERS:
+                a, b = getattr(lead, name, None), getattr(m, name, None)
+                if (a is None) != (b is None) or (a is not None and (
+                        a.device.type != "meta" and not torch.equal(a, b))):
+                    raise ValueError(f"input group {key!r}: members differ in {name}")
+        for m in members:
+            m.siblings = members
+        linked += 1
+    return linked

@@ -18,7 +18,7 @@ from torch import nn
 from .calibration import Calibrator, LayerStats, channel_quantile
 from .gptq import gptq_blocklocal, gptq_quantize
 from .int4 import EPS, QMAX, dequantize_weight, quantize_weight_rtn
-from .qlinear import LayerSpec, QuantLinear
+from .qlinear import LayerSpec, QuantLinear, link_input_groups
 from .recipes import Recipe, SideRecipe, get_recipe
 from .rotation import BlockRotation, build_input_rotation, build_output_rotation, stored_rotation
 
@@ -85,7 +85,9 @@ def start_report(model: nn.Module, recipe: Recipe) -> None:
 def hessian_groups(targets: dict[str, tuple[nn.Linear, str, SideRecipe]],
                    budget_bytes: int | None) -> list[list[str]]:
     """`targets` in order, cut into groups whose GPTQ Hessians (in² of their dtype) fit
-    `budget_bytes` together (a layer bigger than the budget is a group of its own)."""
+    `budget_bytes` together (a layer bigger than the budget is a group of its own), never
+    between two layers of one parent module (siblings that may share an input stay in one
+    calibration run: shared_input_groups)."""
     names = list(targets)
     if budget_bytes is None:
         return [names]
@@ -94,7 +96,8 @@ def hessian_groups(targets: dict[str, tuple[nn.Linear, str, SideRecipe]],
     for name in names:
         mod, _side, sr = targets[name]
         need = 0 if sr.weight_solver == "rtn" else mod.in_features ** 2 * getattr(torch, sr.hessian_dtype).itemsize
-        if groups[-1] and used + need > budget_bytes:
+        siblings = groups[-1] and _parent(groups[-1][-1]) == _parent(name)  # may share an input: never cut
+        if groups[-1] and used + need > budget_bytes and not siblings:
             groups.append([])
             used = 0
         groups[-1].append(name)
@@ -126,17 +129,13 @@ def quantize_targets(model: nn.Module, targets: dict[str, tuple[nn.Linear, str, 
         solved.update(_solve_group(model, part, run_calibration, report, progress, path, backend, seed))
     for name, q in solved.items():
         model.set_submodule(name, q)
+    link_input_groups(model)
 
 
 def _solve_group(model: nn.Module, targets: dict[str, tuple[nn.Linear, str, SideRecipe]],
                  run_calibration: Callable[[], Any], report: dict, progress: bool, path: str, backend: str,
                  seed: int) -> dict[str, nn.Module]:
     """Calibrate `targets` on one run of the FP model and solve them (not swapped in)."""
-    rotations = {
-        name: stored_rotation(build_input_rotation(mod.weight, sr.rotation, seed=seed + _layer_seed(name)),
-                              sr.rotation_storage)
-        for name, (mod, _side, sr) in targets.items()
-    }
     cal = Calibrator({name: (mod, sr.weight_solver != "rtn") for name, (mod, _s, sr) in targets.items()},
                      seed=seed, hessian_dtype={name: getattr(torch, sr.hessian_dtype)
                                                for name, (_m, _s, sr) in targets.items()})
@@ -150,20 +149,58 @@ def _solve_group(model: nn.Module, targets: dict[str, tuple[nn.Linear, str, Side
     report["calibration"] = {**prev, **summary, "layers": prev.get("layers", 0) + summary["layers"],
                              "calls": {**prev.get("calls", {}), **summary["calls"]},
                              "steps_total": max(prev.get("steps_total", 0), summary["steps_total"])}
+    for name, st in cal.stats.items():
+        if st.calls == 0:
+            raise RuntimeError(f"layer {name} was never called during calibration; "
+                               "check the calibration batches and the forward function")
+    leader = {name: group[0] for group in shared_input_groups(targets, cal.stats) for name in group}
     solved: dict[str, nn.Module] = {}
+    shared: dict[str, tuple] = {}  # group leader -> (rotation, its statistics, stacked weights)
     with torch.no_grad():
         for name, (mod, side, sr) in _progress(targets.items(), progress, "quantize", len(targets)):
             st = cal.stats[name]
-            if st.calls == 0:
-                raise RuntimeError(f"layer {name} was never called during calibration; "
-                                   "check the calibration batches and the forward function")
-            q, info = build_quant_linear(mod, sr, side, rotations[name], st, path=path, backend=backend)
+            lead = leader.get(name)
+            if lead is None:
+                rot, act, w = _input_rotation(mod.weight, sr, name, seed), None, None
+            else:
+                if lead not in shared:
+                    w = torch.cat([targets[n][0].weight.detach() for n, ld in leader.items() if ld == lead])
+                    shared[lead] = (_input_rotation(w, sr, lead, seed), st, w)
+                rot, act, w = shared[lead]
+            q, info = build_quant_linear(mod, sr, side, rot, st, path=path, backend=backend,
+                                         act_stats=act, input_group=lead, input_weight=w)
             solved[name] = q
             report["layers"][name] = info
             cal.stats[name] = None  # free this layer's Hessian and samples now
-            rotations[name] = None
             release_freed_memory()
     return solved
+
+
+def _parent(name: str) -> str:
+    return name.rsplit(".", 1)[0] if "." in name else ""
+
+
+def _input_rotation(weight: torch.Tensor, sr: SideRecipe, name: str, seed: int) -> BlockRotation | None:
+    """The input rotation from FP weights [out, in] (one layer's, or a shared-input group's
+    stacked), exactly as the layer will hold it (its storage)."""
+    return stored_rotation(build_input_rotation(weight, sr.rotation, seed=seed + _layer_seed(name)),
+                           sr.rotation_storage)
+
+
+def shared_input_groups(targets: dict[str, tuple[nn.Linear, str, SideRecipe]],
+                        stats: dict[str, LayerStats]) -> list[list[str]]:
+    """Layers of one parent module, quantized under one side recipe with `shared_input`,
+    that read the very same tensor at every calibration call (q/k/v, gate/up; not the
+    query of a cross-attention): each such group, in target order, of two or more. The
+    quantizer gives a group one input rotation (from its stacked weights) and one set of
+    activation scales, so at run time it is one rotation, one quantization and one GEMM
+    (qlinear.QuantLinear's input groups)."""
+    buckets: dict[tuple, list[str]] = {}
+    for name, (_mod, side, sr) in targets.items():
+        if sr.shared_input and stats[name].calls:
+            key = (_parent(name), side, id(sr), stats[name].fingerprint())
+            buckets.setdefault(key, []).append(name)
+    return [g for g in buckets.values() if len(g) > 1]
 
 
 def release_freed_memory() -> None:
@@ -199,7 +236,8 @@ def _act_tables(sr: SideRecipe, st: LayerStats, rot: BlockRotation | None,
 PER_STEP_MODES = ("per_step", "per_step_mean", "per_step_factorized")
 
 
-def layer_spec(linear: nn.Linear, sr: SideRecipe, side: str, steps: int, channel_div: bool) -> LayerSpec:
+def layer_spec(linear: nn.Linear, sr: SideRecipe, side: str, steps: int, channel_div: bool,
+               input_group: str | None = None) -> LayerSpec:
     """The LayerSpec of `linear` quantized under side recipe `sr` (the recipe's
     per_step_mean ablation is stored as a per-step table whose rows are all the mean)."""
     return LayerSpec(
@@ -208,7 +246,7 @@ def layer_spec(linear: nn.Linear, sr: SideRecipe, side: str, steps: int, channel
         out_rotation=sr.out_rotation,
         act_mode={"per_step_mean": "per_step", "static_folded": "static_tensor"}.get(sr.act_mode, sr.act_mode),
         steps=steps if sr.act_mode in PER_STEP_MODES else 0, channel_div=channel_div, side=side,
-        rotation_storage=sr.rotation_storage)
+        rotation_storage=sr.rotation_storage, input_group=input_group)
 
 
 def _per_step_table(samples: dict[int | None, torch.Tensor], steps: int, quantile: float,
@@ -243,19 +281,26 @@ def _mse_step_scales(samples: dict[int | None, torch.Tensor], steps: int, div: t
 
 
 def build_quant_linear(linear: nn.Linear, sr: SideRecipe, side: str, rot: BlockRotation | None,
-                       st: LayerStats, path: str = "auto", backend: str = "auto"
-                       ) -> tuple[QuantLinear, dict]:
+                       st: LayerStats, path: str = "auto", backend: str = "auto",
+                       act_stats: LayerStats | None = None, input_group: str | None = None,
+                       input_weight: torch.Tensor | None = None) -> tuple[QuantLinear, dict]:
+    """`act_stats`, `input_weight`: a shared-input group's activation statistics (its
+    leader's) and stacked weights, so that every member derives the same input-side
+    state (channel divisor, activation scales); `st` still gives this layer's Hessian."""
     W = linear.weight.detach().double().cpu()
     Wt = rot.apply(W) if rot is not None else W
-    samples, steps = _act_tables(sr, st, rot)
+    act_st = act_stats or st
+    samples, steps = _act_tables(sr, act_st, rot)
     all_x = torch.cat(list(samples.values()))
     act_mode = sr.act_mode
     div = None
     if sr.smooth_alpha is not None:
         a = sr.smooth_alpha
         # max |x_j| over every calibration token when unrotated, else over the samples
-        xmax = st.absmax.double() if rot is None else all_x.abs().amax(dim=0)
-        wmax = Wt.abs().amax(dim=0)
+        xmax = act_st.absmax.double() if rot is None else all_x.abs().amax(dim=0)
+        w_in = Wt if input_weight is None else (
+            rot.apply(input_weight.detach().double().cpu()) if rot is not None else input_weight.double().cpu())
+        wmax = w_in.abs().amax(dim=0)
         div = (xmax.clamp_min(EPS) ** a / wmax.clamp_min(EPS) ** (1 - a)).clamp(1e-4, 1e4)
     table = None
     step_scale = None
@@ -307,7 +352,7 @@ def build_quant_linear(linear: nn.Linear, sr: SideRecipe, side: str, rot: BlockR
     spec = layer_spec(linear, sr, side,
                       steps=(table.shape[0] if table is not None else
                              step_scale.shape[0] if step_scale is not None else 0),
-                      channel_div=div is not None)
+                      channel_div=div is not None, input_group=input_group)
     q = QuantLinear.from_parts(
         spec, codes, scales, bias=None if linear.bias is None else linear.bias.detach().float(),
         rot_in=rot, rot_out=rot_out, channel_div=None if div is None else div.float(),

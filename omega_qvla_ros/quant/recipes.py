@@ -25,6 +25,16 @@ Its choices, each measured on both packs (Pi0.5 / GR00T):
   here it cut the error 2–3×: per-token backbone + RTN head 0.0143 / 0.0094); per-step
   scales factorized as a folded channel profile (geometric mean over steps, ^0.5) × one
   scale per step (profile exponents 0.25 / 0.75 / 1 measured worse or equal on GR00T).
+- run-time cost (issue 17: W4A4 must be faster than FP32, also at the shipped widths,
+  where a rotation of the input costs as much as the GEMM it feeds): layers that read
+  one input (q/k/v, gate/up) share one rotation, built from their stacked weights, and
+  one set of activation scales (`shared_input`), so they run as one rotation, one
+  quantization and one GEMM; and the action head has no output-row rotation (its cost
+  is 64/in of the layer's GEMM: half of it at the 128-wide expert). Measured on the demo
+  bag (rel-MSE, 8 frames) and per chunk vs FP32 (1 thread, interleaved, ad hoc): per-layer
+  rotations with output rotations 0.0073 / 0.0058 at 0.73× / 0.69× FP32's speed; shared
+  inputs 0.0076 / 0.0062 at 0.77× / 0.79×; shared inputs without output rotations (this
+  recipe) 0.0086 / 0.0061 at 0.99× / 0.96×. `omega_qvla_outrot` keeps the output rotations.
 
 `omega_qvla_paper` and its one-change ablations (`omega_qvla_noperstep`, `hadamard`,
 `svd`): static per-input-channel backbone scales, q0.999/7 of the rotated calibration
@@ -65,6 +75,7 @@ class SideRecipe:
     profile_alpha: float = 0.5  # per_step_factorized: share of the channel profile folded into W
     hessian_dtype: str = "float64"  # GPTQ Hessian algebra ("float32" for the published sizes)
     fold_alpha: float = 1.0  # static_folded: share of the static per-channel scale folded into W
+    shared_input: bool = False  # layers reading one input (q/k/v, gate/up) share rotation and scales
 
     def __post_init__(self) -> None:
         if self.weight_solver not in WEIGHT_SOLVERS:
@@ -158,19 +169,28 @@ RECIPES: dict[str, Recipe] = {
     "omega_qvla": Recipe(
         "omega_qvla",
         backbone=_bb(rotation="omega", weight_solver="gptq", group_size=None, act_mode="static_folded",
-                     fold_alpha=0.75),
+                     fold_alpha=0.75, shared_input=True),
+        action_head=_ah(rotation="omega", weight_solver="gptq", group_size=None,
+                        act_mode="per_step_factorized", shared_input=True),
+        description="Ω-QVLA, integer-executable: composite SVD·Hadamard input rotations, one per group of "
+                    "layers reading one input (q/k/v, gate/up); GPTQ int4 weights per output channel; "
+                    "backbone activations with the paper code's static per-channel scales folded into the "
+                    "weights (α = 0.75) and one static scale left; action head with per-step scales "
+                    "factorized into a folded channel profile × one scale per denoising step"),
+    "omega_qvla_outrot": Recipe(
+        "omega_qvla_outrot",
+        backbone=_bb(rotation="omega", weight_solver="gptq", group_size=None, act_mode="static_folded",
+                     fold_alpha=0.75, shared_input=True),
         action_head=_ah(rotation="omega", out_rotation=True, weight_solver="gptq", group_size=None,
-                        act_mode="per_step_factorized"),
-        description="Ω-QVLA, integer-executable: composite SVD·Hadamard rotations; GPTQ int4 weights "
-                    "per output channel; backbone activations with the paper code's static per-channel "
-                    "scales folded into the weights (α = 0.75) and one static scale left; action head "
-                    "with output rotation and per-step scales factorized into a folded channel profile "
-                    "× one scale per denoising step"),
+                        act_mode="per_step_factorized", shared_input=True),
+        description="ablation of omega_qvla: the action head's output-row rotations too (the paper's "
+                    "composite rotation of both weight axes): lower action error, slower"),
     "omega_qvla_dynamic": Recipe(
         "omega_qvla_dynamic",
-        backbone=_bb(rotation="omega", weight_solver="gptq", group_size=None, act_mode="dynamic"),
-        action_head=_ah(rotation="omega", out_rotation=True, weight_solver="gptq", group_size=None,
-                        act_mode="per_step_factorized"),
+        backbone=_bb(rotation="omega", weight_solver="gptq", group_size=None, act_mode="dynamic",
+                     shared_input=True),
+        action_head=_ah(rotation="omega", weight_solver="gptq", group_size=None,
+                        act_mode="per_step_factorized", shared_input=True),
         description="ablation of omega_qvla: dynamic per-token backbone activation scales instead of the "
                     "folded static ones (integer-executable too)"),
     "omega_qvla_paper": _omega("omega_qvla_paper", "the paper as its code runs it, on the reference "

@@ -44,6 +44,7 @@ class BlockRotation:
     perm: torch.Tensor | None  # [n] int64
     blocks: torch.Tensor  # [m, B, B]
     tail: torch.Tensor | None  # [r, r]
+    blocks_t: torch.Tensor | None = None  # the blocks transposed, contiguous (run-time form)
 
     @property
     def size(self) -> int:
@@ -67,9 +68,15 @@ class BlockRotation:
 
     def _blockwise(self, x: torch.Tensor, transpose: bool) -> torch.Tensor:
         m, B, _ = self.blocks.shape
-        blocks = self.blocks.transpose(1, 2) if transpose else self.blocks
-        head = x[..., : m * B].reshape(*x.shape[:-1], m, B)
-        out = torch.einsum("...mb,mbc->...mc", head, blocks.to(x.dtype)).reshape(*x.shape[:-1], m * B)
+        if transpose:
+            blocks = self.blocks_t if self.blocks_t is not None else self.blocks.transpose(1, 2)
+        else:
+            blocks = self.blocks
+        if m:
+            head = x[..., : m * B].reshape(-1, m, B).transpose(0, 1)  # [m, tokens, B], a view
+            out = torch.bmm(head, blocks.to(x.dtype)).transpose(0, 1).reshape(*x.shape[:-1], m * B)
+        else:
+            out = x[..., :0]
         if self.tail is None:
             return out
         t = self.tail.t() if transpose else self.tail
@@ -124,9 +131,12 @@ class DenseRotation:
 
 def runtime_form(rot: BlockRotation | None) -> "BlockRotation | DenseRotation | None":
     """How a layer applies `rot` at run time: dense when it is small (DENSE_MAX), else as
-    stored (same products; only the float summation order differs)."""
-    if rot is None or rot.size > DENSE_MAX:
-        return rot
+    stored with its transposed blocks ready for the inverse (same products; only the
+    float summation order differs)."""
+    if rot is None:
+        return None
+    if rot.size > DENSE_MAX:
+        return BlockRotation(rot.perm, rot.blocks, rot.tail, rot.blocks.transpose(1, 2).contiguous())
     m = rot.dense(torch.float32)
     return DenseRotation(m, m.t().contiguous())
 

@@ -25,7 +25,7 @@ import torch
 from omega_qvla_ros.tools.model_source import REPO
 
 DEMO_BAG = REPO / "test" / "data" / "demo_bag"
-RECIPES = ["rtn", "smoothquant", "hadamard", "omega_qvla", "omega_qvla_paper", "omega_qvla_pertoken",
+RECIPES = ["rtn", "smoothquant", "hadamard", "omega_qvla", "omega_qvla_outrot", "omega_qvla_paper", "omega_qvla_pertoken",
            "omega_qvla_noperstep", "omega_qvla_int"]
 
 

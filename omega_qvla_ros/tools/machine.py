@@ -10,13 +10,12 @@ import re
 def describe() -> str:
     import torch
 
-    model, flags = "unknown CPU", set()
+    from omega_qvla_ros.quant.int_gemm import cpu_flags
+
+    model, flags = "unknown CPU", cpu_flags()
     try:
-        text = open("/proc/cpuinfo").read()
-        m = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+        m = re.search(r"^model name\s*:\s*(.+)$", open("/proc/cpuinfo").read(), re.M)
         model = m.group(1).strip() if m else model
-        f = re.search(r"^flags\s*:\s*(.+)$", text, re.M)
-        flags = set(f.group(1).split()) if f else set()
     except OSError:
         pass
     has = [n for n, k in (("VNNI", "avx512_vnni"), ("AVX-VNNI", "avx_vnni"), ("AVX512-BF16", "avx512_bf16"))
