@@ -368,7 +368,9 @@ class QuantLinear(nn.Module):
         """x as [tokens, in] float, rotated and divided by the folded channel profile (and,
         for "static_tensor", by its scale); `own`: a tensor of this call's own, never x's
         memory (the integer paths quantize it in place)."""
-        z = x.reshape(-1, self.in_features).float()
+        z = x.reshape(-1, self.in_features)
+        if z.dtype != torch.float32:
+            z = z.float()
         rot, div = self._input_transform()
         if rot is not None:
             z = rot.apply(z)
@@ -411,7 +413,8 @@ class QuantLinear(nn.Module):
             y = rot_out.apply_inverse(y)
         if self.bias is not None and not bias_added:
             y = y.add_(self.bias)  # y is this call's own tensor (or its own columns of one)
-        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        y = y.reshape(*x.shape[:-1], self.out_features)
+        return y if y.dtype == x.dtype else y.to(x.dtype)
 
     def _group(self) -> "InputGroup":
         """This layer's input group (its leader builds and holds it; rebuilt after a load
@@ -462,20 +465,18 @@ class QuantLinear(nn.Module):
         a per-tensor activation scale folded in (built once per scale value)."""
         z = self._transformed_input(x, own=True)
         wt = self._int_mm_weights()
-        w_scale = self.weight_scale[:, 0]
         mode = self.spec.act_mode
         if mode in ("static_tensor", "per_step_factorized"):
-            if mode == "static_tensor":  # z = x̃ / s already
-                sf, codes = self._tensor_scale(), z.round_()
-            else:
-                sf = self._tensor_scale()
-                codes = z.div_(sf).round_()
-            scale = self._cached(("int_mm_scale", sf), lambda: w_scale * sf)
+            sf = self._tensor_scale()
+            codes = z.round_() if mode == "static_tensor" else z.div_(sf).round_()  # static: z = x̃ / s
+            scale = self._cache.get(("int_mm_scale", sf))
+            if scale is None:
+                scale = self._cached(("int_mm_scale", sf), lambda: self.weight_scale[:, 0] * sf)
             # int32 × float32 promotes to float32 in the one op (no separate .float())
             return torch.mul(torch._int_mm(codes.clamp_(-8, 7).to(torch.int8), wt), scale)
         s = self.activation_scale(z)
         codes = z.div_(s).round_().clamp_(-8, 7).to(torch.int8)
-        return torch.mul(torch._int_mm(codes, wt), w_scale).mul_(s)
+        return torch.mul(torch._int_mm(codes, wt), self.weight_scale[:, 0]).mul_(s)
 
     def _backend(self, device: torch.device) -> str:
         """This layer's integer backend on `device`: int_gemm.pick_backend, with "triton"

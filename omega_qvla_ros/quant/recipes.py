@@ -31,10 +31,13 @@ Its choices, each measured on both packs (Pi0.5 / GR00T):
   one set of activation scales (`shared_input`), so they run as one rotation, one
   quantization and one GEMM; and the action head has no output-row rotation (its cost
   is 64/in of the layer's GEMM: half of it at the 128-wide expert). Measured on the demo
-  bag (rel-MSE, 8 frames) and per chunk vs FP32 (1 thread, interleaved, ad hoc): per-layer
-  rotations with output rotations 0.0073 / 0.0058 at 0.73× / 0.69× FP32's speed; shared
-  inputs 0.0076 / 0.0062 at 0.77× / 0.79×; shared inputs without output rotations (this
-  recipe) 0.0086 / 0.0061 at 0.99× / 0.96×. `omega_qvla_outrot` keeps the output rotations.
+  bag (rel-MSE, 8 frames) and per chunk vs FP32 (1 thread, interleaved, ad hoc, fbgemm):
+  per-layer rotations with output rotations 0.0073 / 0.0058 at 0.73× / 0.69× FP32's speed;
+  shared inputs 0.0076 / 0.0062 at 0.77× / 0.79×; shared inputs without output rotations
+  (this recipe) 0.0084 / 0.0061 at 0.99× / 0.96× (`bench policy`, 2 threads, torch._int_mm:
+  0.84–0.89× / 0.90×). In closed loop (50 transfer-cube episodes, no recipe hands over)
+  Pi0.5 reaches/lifts 25/17 vs 27/24 with output rotations, GR00T 2/1 vs 11/7:
+  `omega_qvla_outrot` keeps the output rotations.
 
 `omega_qvla_paper` and its one-change ablations (`omega_qvla_noperstep`, `hadamard`,
 `svd`): static per-input-channel backbone scales, q0.999/7 of the rotated calibration

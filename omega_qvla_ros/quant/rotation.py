@@ -123,10 +123,10 @@ class DenseRotation:
     matrix_t: torch.Tensor  # Mᵀ, contiguous: y Rᵀ = y @ Mᵀ
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.matrix.to(x.dtype)
+        return x @ (self.matrix if x.dtype == self.matrix.dtype else self.matrix.to(x.dtype))
 
     def apply_inverse(self, y: torch.Tensor) -> torch.Tensor:
-        return y @ self.matrix_t.to(y.dtype)
+        return y @ (self.matrix_t if y.dtype == self.matrix_t.dtype else self.matrix_t.to(y.dtype))
 
 
 def runtime_form(rot: BlockRotation | None) -> "BlockRotation | DenseRotation | None":
