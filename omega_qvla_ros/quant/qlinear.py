@@ -228,7 +228,7 @@ class QuantLinear(nn.Module):
         self._clear_caches()
         return super()._apply(fn, recurse)
 
-    def _cached(self, key: str, make):
+    def _cached(self, key, make):
         if key not in self._cache:
             self._cache[key] = make()
         return self._cache[key]
@@ -469,9 +469,7 @@ class QuantLinear(nn.Module):
         if mode in ("static_tensor", "per_step_factorized"):
             sf = self._tensor_scale()
             codes = z.round_() if mode == "static_tensor" else z.div_(sf).round_()  # static: z = x̃ / s
-            scale = self._cache.get(("int_mm_scale", sf))
-            if scale is None:
-                scale = self._cached(("int_mm_scale", sf), lambda: self.weight_scale[:, 0] * sf)
+            scale = self._cached(("int_mm_scale", sf), lambda: self.weight_scale[:, 0] * sf)
             # int32 × float32 promotes to float32 in the one op (no separate .float())
             return torch.mul(torch._int_mm(codes.clamp_(-8, 7).to(torch.int8), wt), scale)
         s = self.activation_scale(z)
@@ -632,7 +630,8 @@ class InputGroup:
         """`member`'s output for input x (see the class docstring)."""
         key = id(member)
         if not (self._input is x and key in self._pending):
-            self.layer.backend = self.members[0].backend  # the group runs where its leader is told to
+            if self.layer.backend != self.members[0].backend:  # the group runs where its leader is told to
+                self.layer.backend = self.members[0].backend
             if self.per_member:  # output rotations with tails: each member restores its own
                 y, _ = self.layer._product(x)
             else:
