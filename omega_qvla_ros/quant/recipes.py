@@ -36,7 +36,8 @@ Its choices, each measured on both packs (Pi0.5 / GR00T):
   shared inputs 0.0076 / 0.0062 at 0.77× / 0.79×; shared inputs without output rotations
   (this recipe) 0.0084 / 0.0061 at 0.99× / 0.96× (`bench policy`, 2 threads, torch._int_mm:
   0.84–0.89× / 0.90×). In closed loop (50 transfer-cube episodes, no recipe hands over)
-  Pi0.5 reaches/lifts 25/17 vs 27/24 with output rotations, GR00T 2/1 vs 11/7:
+  Pi0.5 reaches/lifts 25/17 vs 27/24 with output rotations, GR00T 2/1 vs 11/7 — within
+  the spread over calibration draws (GR00T, other seeds: 13/12 and 6/4 vs 6/3 and 9/6).
   `omega_qvla_outrot` keeps the output rotations.
 
 `omega_qvla_paper` and its one-change ablations (`omega_qvla_noperstep`, `hadamard`,
