@@ -617,14 +617,9 @@ class InputGroup:
         fused.kernel_weights = lead.kernel_weights
         fused.prepare(release_codes=True)  # its stacked codes go where its kernel holds weights
         self.layer, self.members = fused, members
-        self.bounds = {}
-        off = 0
-        for m in members:
-            self.bounds[id(m)] = (off, off + m.out_features)
-            off += m.out_features
+        self.sizes = [m.out_features for m in members]
         self._input: torch.Tensor | None = None
-        self._output: torch.Tensor | None = None
-        self._pending: set[int] = set()
+        self._pending: dict[int, torch.Tensor] = {}  # member -> its output, until it asks
 
     def output(self, member: QuantLinear, x: torch.Tensor) -> torch.Tensor:
         """`member`'s output for input x (see the class docstring)."""
@@ -636,16 +631,12 @@ class InputGroup:
                 y, _ = self.layer._product(x)
             else:
                 y = self.layer.forward(x)  # not a submodule of the model: no hooks to run
-            self._input, self._output = x, y
-            self._pending = {id(m) for m in self.members}
-        self._pending.discard(key)
-        a, b = self.bounds[key]
-        y = self._output
+            self._input = x
+            self._pending = {id(m): part for m, part in zip(self.members, y.split(self.sizes, dim=-1))}
+        y = self._pending.pop(key)
         if not self._pending:
-            self._input = self._output = None
-        if self.per_member:
-            return member._finish(y[:, a:b], x, False)
-        return y[..., a:b]
+            self._input = None
+        return member._finish(y, x, False) if self.per_member else y
 
 
 def link_input_groups(model: nn.Module) -> int:
