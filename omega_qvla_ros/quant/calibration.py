@@ -75,7 +75,7 @@ class Calibrator:
         st = self.stats[name]
         address, shape = x.data_ptr(), tuple(x.shape)
         x = x.detach().reshape(-1, st.in_features).float().cpu()
-        st.inputs.append((address, shape, float(x.double().sum())))
+        st.inputs.append((address, shape, float(x.sum(dtype=torch.float64))))
         st.calls += 1
         st.tokens += x.shape[0]
         if st.want_hessian:

@@ -253,8 +253,8 @@ class QuantLinear(nn.Module):
         if self.kernel_weights == "per_call":
             return  # nothing to build; the int4 codes stay (every call repacks from them)
         if self.siblings is not None and self.uses_integer_path() and self.weight_packed.device.type != "meta":
-            self._group()  # the group's one fused layer holds the kernel weights (built once)
-            if release_codes and self._group().layer.weight_packed.device.type == "meta":
+            group = self._group()  # the group's one fused layer holds the kernel weights (built once)
+            if release_codes and group.layer.weight_packed.device.type == "meta":
                 self._release_codes()
             return
         if self.uses_integer_path() and self.weight_packed.device.type != "meta":
@@ -579,8 +579,8 @@ INPUT_SIDE_SPEC = ("in_features", "group_size", "rotation", "act_mode", "steps",
 
 class InputGroup:
     """Sibling layers that read one input (q/k/v, gate/up) run as one layer: one rotation,
-    one activation quantization and one integer GEMM over their stacked weights, each
-    member then restoring its own output rotation and bias on its columns. At the shipped
+    one activation quantization and one integer GEMM over their stacked weights (and their
+    stacked output rotations and biases), each member taking its columns. At the shipped
     widths a rotation costs as much as the GEMM it feeds and every op has a fixed cost,
     so running three layers as one saves most of two layers' time.
 

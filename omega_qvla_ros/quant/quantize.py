@@ -153,7 +153,8 @@ def _solve_group(model: nn.Module, targets: dict[str, tuple[nn.Linear, str, Side
         if st.calls == 0:
             raise RuntimeError(f"layer {name} was never called during calibration; "
                                "check the calibration batches and the forward function")
-    leader = {name: group[0] for group in shared_input_groups(targets, cal.stats) for name in group}
+    groups = {group[0]: group for group in shared_input_groups(targets, cal.stats)}
+    leader = {name: lead for lead, group in groups.items() for name in group}
     solved: dict[str, nn.Module] = {}
     shared: dict[str, tuple] = {}  # group leader -> (rotation, its statistics, stacked weights)
     with torch.no_grad():
@@ -164,9 +165,9 @@ def _solve_group(model: nn.Module, targets: dict[str, tuple[nn.Linear, str, Side
                 rot, act, w = _input_rotation(mod.weight, sr, name, seed), None, None
             else:
                 if lead not in shared:
-                    w = torch.cat([targets[n][0].weight.detach() for n, ld in leader.items() if ld == lead])
+                    w = torch.cat([targets[n][0].weight.detach() for n in groups[lead]])
                     shared[lead] = (_input_rotation(w, sr, lead, seed), st, w)
-                rot, act, w = shared[lead]
+                rot, act, w = shared[lead] if name != groups[lead][-1] else shared.pop(lead)  # last: free them
             q, info = build_quant_linear(mod, sr, side, rot, st, path=path, backend=backend,
                                          act_stats=act, input_group=lead, input_weight=w)
             solved[name] = q
