@@ -14,6 +14,7 @@ from omega_qvla_ros.quant import (RECIPES, PackChecksumError, PackMissingTensorE
                                   PackShapeError, PackTruncatedError, PackVersionError,
                                   QuantLinear, load_pack, quantize, save_pack)
 from omega_qvla_ros.quant.context import denoising_step
+from omega_qvla_ros.quant import cpu_kernel
 from omega_qvla_ros.quant.int_gemm import fbgemm_available
 from omega_qvla_ros.quant.pack import sha256_file
 from omega_qvla_ros.tools.device_check import integer_layer
@@ -111,7 +112,7 @@ def test_integer_recipe_runs_integer_end_to_end(quantized):
     q.path = "auto"
 
 
-BACKENDS = ["exact", "int_mm"] + (["fbgemm"] if fbgemm_available() else [])
+BACKENDS = ["exact", "int_mm"] + (["fbgemm"] if fbgemm_available() else []) + (["avx2"] if cpu_kernel.available() else [])
 
 
 def integer_vs_reference(q: QuantLinear, backend: str, steps: int = 10) -> list[float]:

@@ -5,6 +5,10 @@
   codes in [-8, 7] are passed as floats with scale 1 and zero point 8 (uint8 0..15,
   exact); weights are per-output-channel qint8 holding the int4 codes, so the op
   returns Σ q_x q_w · s_w. No VNNI needed and no int16 saturation: |u·w| ≤ 15·8.
+- "avx2": x86 CPUs with AVX2 and no VNNI (the `auto` choice there where the kernel
+  builds): cpu_kernel.py, a C kernel of ours whose int4 × int4 products accumulate in
+  int16 (`vpmaddubsw`), with the activation quantization and the rescale in the same
+  call; exact. fbgemm is the fallback where it cannot be built.
 - "int_mm": CUDA, and x86 CPUs with VNNI (the `auto` choice there). `torch._int_mm`
   (int8 × int8 → int32, exact). On CUDA rows are padded to > 16 and K, N to multiples of
   8 as cuBLAS requires; on a CPU oneDNN takes any shape, and with VNNI it is 2–4× faster
@@ -32,9 +36,9 @@ import warnings
 
 import torch
 
-from . import triton_kernels
+from . import cpu_kernel, triton_kernels
 
-BACKENDS = ("auto", "fbgemm", "int_mm", "triton", "exact")
+BACKENDS = ("auto", "avx2", "fbgemm", "int_mm", "triton", "exact")
 
 
 @functools.lru_cache(maxsize=None)  # asked on every layer call; the engines never change
@@ -66,12 +70,16 @@ def cpu_has_vnni() -> bool:
 def pick_backend(device: torch.device, requested: str = "auto") -> str:
     if requested not in BACKENDS:
         raise ValueError(f"unknown integer backend {requested!r}; choose from {BACKENDS}")
+    if requested == "avx2" and not cpu_kernel.available():
+        raise ValueError(f"integer backend 'avx2' is not available here: {cpu_kernel.unavailable_reason()}")
     if requested != "auto":
         return requested
     if device.type == "cuda":  # the fused kernels where Triton is installed
         return "triton" if triton_kernels.available(device) else "int_mm"
     if device.type == "cpu" and cpu_has_vnni():
         return "int_mm"
+    if device.type == "cpu" and cpu_kernel.available():
+        return "avx2"
     if device.type == "cpu" and fbgemm_available():
         return "fbgemm"
     return "exact"

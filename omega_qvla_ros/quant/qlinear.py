@@ -17,7 +17,8 @@ weight scales (group_size None) and a per-token or per-tensor activation scale
 (modes "dynamic" and "per_step_factorized"). 128-group weight scales and the
 per-input-channel modes ("static", "per_step") run on the reference path only; a static
 per-channel scale folded into the weights ("static_tensor": channel divisor + one static
-scale) is integer-executable. Integer backends (int_gemm.BACKENDS): fbgemm on x86 CPUs,
+scale) is integer-executable. Integer backends (int_gemm.BACKENDS): on x86 CPUs our AVX2
+kernel (cpu_kernel.py) where there is no VNNI, torch._int_mm where there is, fbgemm else;
 the fused Triton kernels on CUDA (triton_kernels.py; torch._int_mm where they do not
 apply), torch's int4 CPU kernel for `kernel_weights="int4_bf16"`.
 
@@ -34,7 +35,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
-from . import int_gemm, triton_kernels
+from . import cpu_kernel, int_gemm, triton_kernels
 from .context import current_step, step_row
 from .int4 import dequantize_weight, num_groups, per_token_scales, quantize_codes
 from .packing import pack_int4, unpack_int4
@@ -164,6 +165,9 @@ class QuantLinear(nn.Module):
             self.register_buffer("act_step_scale", torch.ones(spec.steps, dtype=f32))
         self._cache: dict[str, object] = {}
         self.siblings: list[QuantLinear] | None = None  # its input group, leader first (link_input_groups)
+        # plain attributes (asked on every call: an nn.Module's missing attribute costs an exception)
+        self.codes_released = False  # the int4 codes given back at load (prepare)
+        self.triton_failed = False  # the fused kernels failed to build here: unfused from then on
 
     def _register_rot(self, prefix: str, n: int, block: int) -> None:
         """Rotation blocks: int8 codes + one scale per block, or fp16-exact floats."""
@@ -222,7 +226,7 @@ class QuantLinear(nn.Module):
         return super()._load_from_state_dict(*args, **kwargs)
 
     def _apply(self, fn, recurse=True):
-        if getattr(self, "codes_released", False):
+        if self.codes_released:
             raise RuntimeError("this layer gave back its int4 codes at load (integer_codes='drop'): it "
                                "cannot be moved or converted; load the pack again on the target device")
         self._clear_caches()
@@ -267,6 +271,8 @@ class QuantLinear(nn.Module):
                 self._int4_weights()
             elif backend == "fbgemm":
                 self._fbgemm_weights()
+            elif backend == "avx2":
+                self._kernel_weights("avx2_plan", self._avx2_plan)
             elif backend == "int_mm":
                 self._int_mm_weights()
             else:  # "triton" reads the pack's int4 words; "exact" unpacks them per call
@@ -285,7 +291,7 @@ class QuantLinear(nn.Module):
         if kind not in KERNEL_WEIGHTS:
             raise ValueError(f"kernel_weights must be one of {KERNEL_WEIGHTS}, got {kind!r}")
         self.kernel_weights = kind
-        for key in ("fbgemm", "wt_i8", "int4"):
+        for key in ("fbgemm", "avx2_plan", "wt_i8", "int4"):
             self._cache.pop(key, None)
         if self.siblings is not None:  # a group built for another kind is rebuilt (the leader's kind)
             group = self.siblings[0]._cache.get("input_group")
@@ -294,7 +300,7 @@ class QuantLinear(nn.Module):
         self.prepare(release_codes=release_codes)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
-        if getattr(self, "codes_released", False):
+        if self.codes_released:
             raise RuntimeError("this layer gave back its int4 codes at load (integer_codes='drop'); "
                                "load the pack again to save or inspect it")
         return super()._save_to_state_dict(destination, prefix, keep_vars)
@@ -435,6 +441,8 @@ class QuantLinear(nn.Module):
             if y is not None:
                 return y, not self.spec.out_rotation
             backend = self._backend(x.device)  # the kernels failed here: unfused from now on
+        if backend == "avx2":
+            return self._avx2_forward(x), False
         if backend == "fbgemm":
             return self._fbgemm_forward(x), False
         if backend == "int_mm" and x.device.type == "cpu":
@@ -459,6 +467,34 @@ class QuantLinear(nn.Module):
         s = self.activation_scale(z)
         return int_gemm.gemm_fbgemm((z / s).clamp_(-8, 7), packed) * s
 
+    def _avx2_forward(self, x: torch.Tensor, split: tuple[int, ...] | None = None
+                      ) -> torch.Tensor | list[torch.Tensor]:
+        """The integer path on our AVX2 kernel (cpu_kernel.py): rotation, activation
+        quantization, the int4 GEMM and the rescale in one call (a static per-tensor scale,
+        "static_tensor", is folded into the rotation and the packed weight scales). Dynamic
+        per-token scales and a channel divisor without a rotation are applied here first.
+        `split`: the columns as separate contiguous tensors (an input group's members)."""
+        w, rot, in_kernel = self._kernel_weights("avx2_plan", self._avx2_plan)
+        mode = self.spec.act_mode
+        if in_kernel:
+            z = x.reshape(-1, self.in_features)
+        else:
+            z = self._transformed_input(x)  # the kernel only reads z
+            if mode == "dynamic":
+                return cpu_kernel.linear(z, w, row_scales=self.activation_scale(z), split=split)
+        # "static_tensor": z (or its rotation) is already divided by the scale
+        scale = 1.0 if mode == "static_tensor" else self._tensor_scale()
+        return cpu_kernel.linear(z, w, scale, rotation=rot, split=split)
+
+    def _avx2_plan(self) -> tuple:
+        """(packed weights, the rotation the kernel applies or None, whether the kernel
+        takes x as it comes): what _avx2_forward needs, built once (kernel_weights "hold")."""
+        rot, div = self._fused_input_rotation()
+        in_kernel = not (self.spec.act_mode == "dynamic" or div is not None
+                         or (rot is not None and rot.blocks.shape[1:] != (64, 64)))
+        packed_rot = cpu_kernel.pack_rotation(rot) if in_kernel and rot is not None else None
+        return self._avx2_weights(), packed_rot, in_kernel
+
     def _int_mm_cpu_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The integer path on `torch._int_mm` on a CPU (oneDNN; fast with VNNI): the codes
         quantized in place as int8, one GEMM, one rescale by the per-row weight scales with
@@ -482,7 +518,7 @@ class QuantLinear(nn.Module):
         whole 64-blocks, codes in the pack's words) and have not failed to build."""
         if self.kernel_weights == "int4_bf16":
             return "int4_bf16"
-        key = ("backend", device.type, self.backend, getattr(self, "triton_failed", False))
+        key = ("backend", device.type, self.backend, self.triton_failed)
 
         def pick() -> str:
             backend = int_gemm.pick_backend(device, self.backend)
@@ -493,7 +529,7 @@ class QuantLinear(nn.Module):
 
     def _triton_capable(self) -> bool:
         rot, div = self._fused_input_rotation()
-        return (not getattr(self, "triton_failed", False) and not getattr(self, "codes_released", False)
+        return (not self.triton_failed and not self.codes_released
                 and self.spec.act_mode in ("static_tensor", "per_step_factorized")
                 and rot is not None and rot.tail is None and div is None)
 
@@ -556,6 +592,14 @@ class QuantLinear(nn.Module):
             return int_gemm.prepack_fbgemm(self.weight_codes(), scale)
         return self._kernel_weights("fbgemm", make)
 
+    def _avx2_weights(self) -> "cpu_kernel.PackedWeights":
+        """The AVX2 kernel's packed int8 weights and per-row scales (with a static
+        per-tensor activation scale folded in, as for fbgemm)."""
+        scale = self.weight_scale[:, 0]
+        if self.spec.act_mode == "static_tensor":
+            scale = (scale.double() * self.act_scale.double()).float()
+        return cpu_kernel.pack_weights(self.weight_codes(), scale)
+
     def _int4_weights(self) -> "int_gemm.Int4Weights":
         """The int4 codes in the CPU int4 kernel's layout (half a byte per weight), held."""
         return self._cached("int4", lambda: int_gemm.Int4Weights(self.weight_codes()))
@@ -597,6 +641,8 @@ class InputGroup:
         # (block-diagonal either way): the members' outputs are then plain column views
         whole = all(m.spec.out_rotation and getattr(m, "output_rot_tail", None) is None for m in members)
         self.per_member = not whole and any(m.spec.out_rotation for m in members)
+        # no output rotation anywhere: the product's columns are the members' outputs
+        self.direct = not any(m.spec.out_rotation for m in members)
         bias = not self.per_member and any(m.bias is not None for m in members)
         spec = LayerSpec(**{**lead.spec.to_dict(), "out_features": sum(m.out_features for m in members),
                             "bias": bias, "out_rotation": whole, "input_group": None})
@@ -617,7 +663,8 @@ class InputGroup:
         fused.kernel_weights = lead.kernel_weights
         fused.prepare(release_codes=True)  # its stacked codes go where its kernel holds weights
         self.layer, self.members = fused, members
-        self.sizes = [m.out_features for m in members]
+        self.sizes = tuple(m.out_features for m in members)
+        self.biases = [m.bias for m in members]  # the group is rebuilt when they are loaded again
         self._input: torch.Tensor | None = None
         self._pending: dict[int, torch.Tensor] = {}  # member -> its output, until it asks
 
@@ -627,12 +674,20 @@ class InputGroup:
         if not (self._input is x and key in self._pending):
             if self.layer.backend != self.members[0].backend:  # the group runs where its leader is told to
                 self.layer.backend = self.members[0].backend
-            if self.per_member:  # output rotations with tails: each member restores its own
-                y, _ = self.layer._product(x)
+            if self.direct and self.layer._backend(x.device) == "avx2":
+                # the kernel writes each member's columns as its own contiguous tensor (the
+                # attention and MLP after it then read contiguous memory, as in float)
+                parts = self.layer._avx2_forward(x, split=self.sizes)
+                lead, dtype = x.shape[:-1], x.dtype
+                self._pending = {id(m): (p if b is None else p.add_(b)).view(*lead, p.shape[1]).to(dtype)
+                                 for m, p, b in zip(self.members, parts, self.biases)}
             else:
-                y = self.layer.forward(x)  # not a submodule of the model: no hooks to run
+                if self.per_member:  # output rotations with tails: each member restores its own
+                    y, _ = self.layer._product(x)
+                else:
+                    y = self.layer.forward(x)  # not a submodule of the model: no hooks to run
+                self._pending = {id(m): part for m, part in zip(self.members, y.split(self.sizes, dim=-1))}
             self._input = x
-            self._pending = {id(m): part for m, part in zip(self.members, y.split(self.sizes, dim=-1))}
         y = self._pending.pop(key)
         if not self._pending:
             self._input = None

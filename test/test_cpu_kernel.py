@@ -1,0 +1,126 @@
+"""Our AVX2 W4A4 kernel (quant/cpu_kernel.py): exact against a float64 product of the same
+codes, at the shapes where its tiling, padding and int16 widening have edges; picked by
+`auto` on AVX2 CPUs without VNNI; a failed build falls back to fbgemm with its reason."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import torch
+
+from omega_qvla_ros.quant import cpu_kernel, int_gemm
+
+needs_kernel = pytest.mark.skipif(not cpu_kernel.available(), reason=str(cpu_kernel.unavailable_reason()))
+
+
+def reference(z, w_codes, w_scale, s):
+    codes = torch.clamp(torch.round(z / s), -8, 7)
+    return (codes.double() @ w_codes.double().t()) * w_scale.double() * torch.as_tensor(s).double()
+
+
+@needs_kernel
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 33, 17), (50, 128, 128), (13, 190, 49),
+                                   (5, 600, 70), (144, 192, 768), (3, 2048, 20)])
+def test_kernel_is_exact(m, k, n):
+    g = torch.Generator().manual_seed(m * 1000 + k + n)
+    w_codes = torch.randint(-8, 8, (n, k), generator=g)
+    w_scale = torch.rand(n, generator=g) + 0.1
+    z = torch.randn(m, k, generator=g) * 4
+    w = cpu_kernel.pack_weights(w_codes, w_scale)
+    for s, rows in ((0.7, None), (1.0, None), (1.0, torch.rand(m, 1, generator=g) + 0.2)):
+        y = cpu_kernel.linear(z, w, s, rows)
+        ref = reference(z, w_codes, w_scale, rows if rows is not None else s)
+        assert y.shape == (m, n) and y.dtype == torch.float32
+        assert float((y.double() - ref).abs().max() / ref.abs().max()) < 1e-6
+
+
+@needs_kernel
+def test_kernel_extreme_codes_do_not_saturate():
+    """Every product at its largest (activation code 7 or -8 against weight -8), over
+    more k than one int16 stretch: the int16 pair sums must widen in time."""
+    k = 1000
+    w_codes = torch.full((20, k), -8)
+    w = cpu_kernel.pack_weights(w_codes, torch.ones(20))
+    for code in (7.0, -8.0):
+        y = cpu_kernel.linear(torch.full((5, k), code), w)
+        assert torch.equal(y, torch.full((5, 20), code * -8 * k))
+
+
+@needs_kernel
+def test_kernel_rounds_half_to_even_as_torch():
+    z = torch.tensor([[0.5, 1.5, 2.5, -0.5, -1.5, 6.5, 7.5, -8.5, 100.0, -100.0] * 2])
+    w_codes = torch.eye(20, dtype=torch.int64)
+    y = cpu_kernel.linear(z, cpu_kernel.pack_weights(w_codes, torch.ones(20)))
+    assert torch.equal(y, torch.clamp(torch.round(z), -8, 7))
+
+
+@needs_kernel
+def test_kernel_rejects_a_wrong_width():
+    w = cpu_kernel.pack_weights(torch.zeros(4, 8, dtype=torch.int64), torch.ones(4))
+    with pytest.raises(ValueError, match="8"):
+        cpu_kernel.linear(torch.zeros(2, 9), w)
+
+
+def test_auto_picks_the_kernel_only_without_vnni():
+    cpu = torch.device("cpu")
+    if int_gemm.cpu_has_vnni():
+        assert int_gemm.pick_backend(cpu) == "int_mm"
+    elif cpu_kernel.available():
+        assert int_gemm.pick_backend(cpu) == "avx2"
+    else:
+        assert int_gemm.pick_backend(cpu) in ("fbgemm", "exact")
+
+
+def test_a_failed_build_falls_back_with_its_reason(tmp_path, monkeypatch):
+    """No compiler that works: `available()` is False with the compiler's reason, `auto`
+    takes fbgemm, and asking for "avx2" by name is a clear error."""
+    if cpu_kernel._cpu_ok() is not None:
+        pytest.skip(cpu_kernel._cpu_ok())
+    monkeypatch.setenv("OMEGA_QVLA_KERNEL_CACHE", str(tmp_path))  # nothing built there yet
+    monkeypatch.setenv("CC", "false")
+    cpu_kernel._lib.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="fbgemm"):
+            assert not cpu_kernel.available()
+        assert "did not build" in cpu_kernel.unavailable_reason()
+        if not int_gemm.cpu_has_vnni():
+            assert int_gemm.pick_backend(torch.device("cpu")) in ("fbgemm", "exact")
+        with pytest.raises(ValueError, match="not available"):
+            int_gemm.pick_backend(torch.device("cpu"), "avx2")
+    finally:
+        monkeypatch.undo()
+        cpu_kernel._lib.cache_clear()
+    assert not list(tmp_path.glob("*.so"))
+
+
+def test_kernel_builds_with_the_flags_it_names(tmp_path):
+    """The C source compiles without warnings with the module's flags (the build the
+    runtime does on first use)."""
+    cc = subprocess.run(["sh", "-c", "command -v cc || command -v gcc"], capture_output=True, text=True)
+    if cc.returncode != 0 or cpu_kernel._cpu_ok() is not None:
+        pytest.skip("no C compiler or not an AVX2 x86 CPU")
+    run = subprocess.run([cc.stdout.strip(), *cpu_kernel.FLAGS, "-Wall", "-Wextra", str(cpu_kernel.SOURCE),
+                          "-o", str(tmp_path / "k.so")], capture_output=True, text=True)
+    assert run.returncode == 0 and not run.stderr, run.stderr
+
+
+@needs_kernel
+@pytest.mark.parametrize("k", [40, 128, 200, 512])  # tail only; blocks; blocks and a tail
+def test_fused_rotation_equals_rotating_first(k):
+    """The kernel's own rotation (x R before quantizing) against rotation.py's, on a real
+    Ω-QVLA rotation: the same outputs up to codes that sit on a rounding edge."""
+    from omega_qvla_ros.quant.rotation import build_input_rotation
+
+    g = torch.Generator().manual_seed(k)
+    n, m = 70, 37
+    w_float = torch.randn(n, k, generator=g)
+    rot = build_input_rotation(w_float, "omega").to(dtype=torch.float32)
+    w_codes = torch.randint(-8, 8, (n, k), generator=g)
+    w = cpu_kernel.pack_weights(w_codes, torch.rand(n, generator=g) + 0.1)
+    x = torch.randn(m, k, generator=g) * 3
+    y = cpu_kernel.linear(x, w, 0.6, rotation=cpu_kernel.pack_rotation(rot))
+    want = cpu_kernel.linear(rot.apply(x), w, 0.6)
+    assert float((y - want).abs().max() / want.abs().max()) < 1e-5
+    with pytest.raises(ValueError, match="cover"):
+        cpu_kernel.linear(x[:, :-1], cpu_kernel.pack_weights(w_codes[:, :-1], torch.ones(n)), 1.0,
+                          rotation=cpu_kernel.pack_rotation(rot))
