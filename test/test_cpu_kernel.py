@@ -55,10 +55,14 @@ def test_kernel_rounds_half_to_even_as_torch():
 
 
 @needs_kernel
-def test_kernel_rejects_a_wrong_width():
+def test_kernel_rejects_a_wrong_width_or_device():
     w = cpu_kernel.pack_weights(torch.zeros(4, 8, dtype=torch.int64), torch.ones(4))
     with pytest.raises(ValueError, match="8"):
         cpu_kernel.linear(torch.zeros(2, 9), w)
+    with pytest.raises(ValueError, match="CPU"):
+        cpu_kernel.linear(torch.zeros(2, 8, device="meta"), w)
+    with pytest.raises(ValueError, match="CPU"):
+        int_gemm.pick_backend(torch.device("meta"), "avx2")
 
 
 def test_auto_picks_the_kernel_only_without_vnni():

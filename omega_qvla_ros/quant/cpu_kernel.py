@@ -175,6 +175,8 @@ def linear(z: torch.Tensor, w: PackedWeights, scale: float = 1.0,
     lib = _lib()
     if lib is None:
         raise RuntimeError(unavailable_reason())
+    if not z.is_cpu:  # the kernel reads host memory
+        raise ValueError(f"the AVX2 kernel takes CPU tensors, not {z.device}")
     if z.dtype != torch.float32 or not z.is_contiguous():
         z = z.float().contiguous()
     m, k = z.shape

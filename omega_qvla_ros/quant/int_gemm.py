@@ -70,6 +70,8 @@ def cpu_has_vnni() -> bool:
 def pick_backend(device: torch.device, requested: str = "auto") -> str:
     if requested not in BACKENDS:
         raise ValueError(f"unknown integer backend {requested!r}; choose from {BACKENDS}")
+    if requested == "avx2" and device.type != "cpu":
+        raise ValueError(f"integer backend 'avx2' runs on the CPU, not on {device.type}")
     if requested == "avx2" and not cpu_kernel.available():
         raise ValueError(f"integer backend 'avx2' is not available here: {cpu_kernel.unavailable_reason()}")
     if requested != "auto":

@@ -12,8 +12,10 @@
  * broadcast of the row's two codes multiplies all of them. A tile is 4 rows x 48
  * columns: 12 accumulators, 3 weight vectors, 1 broadcast (16 ymm registers).
  *
- * Rows are split over OpenMP threads (torch's own OpenMP runtime when built by
- * cpu_kernel.py, so torch.set_num_threads applies and no second pool competes).
+ * One call also rotates the input by the layer's 64-blocks (rotate_rows) and quantizes
+ * it, so a layer is one call. Rows are split over OpenMP threads, each taking its rows
+ * through every step (torch's own OpenMP runtime when built by cpu_kernel.py, so
+ * torch.set_num_threads applies and no second pool competes).
  */
 #include <immintrin.h>
 #include <omp.h>
