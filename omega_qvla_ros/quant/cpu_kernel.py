@@ -106,16 +106,17 @@ def unavailable_reason() -> str | None:
 @dataclass
 class PackedWeights:
     """int4 weight codes in the kernel's layout ([n/16][k/2][16][2] bytes, zero padded),
-    their row sums (the kernel's unsigned activation offset) and per-row float scales."""
+    8 × their row sums (what the activation codes' unsigned offset adds to each output)
+    and per-row float scales."""
 
     packed: torch.Tensor  # int8
-    colsum: torch.Tensor  # int32 [n]
+    offset: torch.Tensor  # int32 [n]
     scale: torch.Tensor  # float32 [n]
     n: int
     k: int
 
     def __post_init__(self) -> None:  # the kernel's arguments, read once (a call is µs)
-        self.args = (self.packed.data_ptr(), self.n, self.colsum.data_ptr(), self.scale.data_ptr())
+        self.args = (self.packed.data_ptr(), self.n, self.offset.data_ptr(), self.scale.data_ptr())
 
 
 def pack_weights(w_codes: torch.Tensor, w_scale: torch.Tensor) -> PackedWeights:
@@ -125,8 +126,8 @@ def pack_weights(w_codes: torch.Tensor, w_scale: torch.Tensor) -> PackedWeights:
     w = torch.zeros(blocks * BLOCK_COLS, kp, dtype=torch.int8)
     w[:n, :k] = w_codes.to(torch.int8).cpu()
     packed = w.view(blocks, BLOCK_COLS, kp // 2, 2).permute(0, 2, 1, 3).contiguous()
-    colsum = w_codes.cpu().to(torch.int32).sum(dim=1, dtype=torch.int32).contiguous()
-    return PackedWeights(packed, colsum, w_scale.detach().float().cpu().contiguous(), n, k)
+    offset = (8 * w_codes.cpu().to(torch.int32).sum(dim=1, dtype=torch.int32)).contiguous()
+    return PackedWeights(packed, offset, w_scale.detach().float().cpu().contiguous(), n, k)
 
 
 @dataclass
@@ -135,13 +136,16 @@ class PackedRotation:
     tail and the permutation, contiguous."""
 
     perm: torch.Tensor | None  # int64 [k]
-    blocks: torch.Tensor  # float32 [k // 64, 64, 64]
+    blocks: torch.Tensor | None  # float32 [k // 64, 64, 64]; None: a tail only
     tail: torch.Tensor | None  # float32 [r, r]
 
     def __post_init__(self) -> None:
-        nblk = self.blocks.shape[0] if self.blocks.dim() == 3 else 0
+        nblk = 0 if self.blocks is None else self.blocks.shape[0]
         self.size = nblk * 64 + (0 if self.tail is None else self.tail.shape[0])
-        self.args = (None if self.perm is None else self.perm.data_ptr(), self.blocks.data_ptr(), nblk,
+        # the kernel tells "rotate" from "not" by a block pointer: a tail-only rotation
+        # passes the tail's address there (no block of it is read)
+        anchor = self.tail if self.blocks is None else self.blocks
+        self.args = (None if self.perm is None else self.perm.data_ptr(), anchor.data_ptr(), nblk,
                      None if self.tail is None else self.tail.data_ptr())
 
 
@@ -149,9 +153,7 @@ def pack_rotation(rot) -> PackedRotation:
     if rot.blocks.shape[0] and rot.blocks.shape[1] != 64:
         raise ValueError(f"the kernel rotates 64-blocks, not {rot.blocks.shape[1]}")
     perm = None if rot.perm is None else rot.perm.to(torch.int64).contiguous()
-    blocks = rot.blocks.float().contiguous()
-    if not blocks.shape[0]:
-        blocks = torch.zeros(1, dtype=torch.float32)  # a valid address; no blocks are read
+    blocks = rot.blocks.float().contiguous() if rot.blocks.shape[0] else None
     return PackedRotation(perm, blocks, None if rot.tail is None else rot.tail.float().contiguous())
 
 

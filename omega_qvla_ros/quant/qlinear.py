@@ -582,23 +582,21 @@ class QuantLinear(nn.Module):
         only when `kernel_weights` is "per_call"."""
         return make() if self.kernel_weights == "per_call" else self._cached(key, make)
 
+    def _kernel_row_scales(self) -> torch.Tensor:
+        """The per-row weight scales a CPU kernel multiplies its integer sums by (float64),
+        a static per-tensor activation scale folded in ("static_tensor": one multiply
+        fewer per call)."""
+        scale = self.weight_scale[:, 0].double()
+        return scale * self.act_scale.double() if self.spec.act_mode == "static_tensor" else scale
+
     def _fbgemm_weights(self):
-        """fbgemm's prepacked int8 weights (one byte per weight); their per-row scales carry
-        a static per-tensor activation scale too ("static_tensor": one multiply fewer per call)."""
-        def make():
-            scale = self.weight_scale[:, 0]
-            if self.spec.act_mode == "static_tensor":
-                scale = scale.double() * self.act_scale.double()
-            return int_gemm.prepack_fbgemm(self.weight_codes(), scale)
-        return self._kernel_weights("fbgemm", make)
+        """fbgemm's prepacked int8 weights (one byte per weight) and _kernel_row_scales."""
+        return self._kernel_weights("fbgemm", lambda: int_gemm.prepack_fbgemm(
+            self.weight_codes(), self._kernel_row_scales()))
 
     def _avx2_weights(self) -> "cpu_kernel.PackedWeights":
-        """The AVX2 kernel's packed int8 weights and per-row scales (with a static
-        per-tensor activation scale folded in, as for fbgemm)."""
-        scale = self.weight_scale[:, 0]
-        if self.spec.act_mode == "static_tensor":
-            scale = (scale.double() * self.act_scale.double()).float()
-        return cpu_kernel.pack_weights(self.weight_codes(), scale)
+        """The AVX2 kernel's packed int8 weights and _kernel_row_scales (in float32)."""
+        return cpu_kernel.pack_weights(self.weight_codes(), self._kernel_row_scales())
 
     def _int4_weights(self) -> "int_gemm.Int4Weights":
         """The int4 codes in the CPU int4 kernel's layout (half a byte per weight), held."""

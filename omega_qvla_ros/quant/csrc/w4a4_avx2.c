@@ -1,8 +1,9 @@
 /* W4A4 linear for x86 CPUs with AVX2 and no VNNI (why: quant/cpu_kernel.py).
  *
- * y[m, n] = (sum_k u[m,k] w[n,k] - 8 colsum[n]) * wscale[n] * s_m, where
+ * y[m, n] = (sum_k u[m,k] w[n,k] - offset[n]) * wscale[n] * s_m, where
  * u = clamp(round_half_even(z / s_m), -8, 7) + 8 are the activation codes of z as
- * unsigned bytes (0..15) and w the int4 weight codes as signed bytes (-8..7).
+ * unsigned bytes (0..15), w the int4 weight codes as signed bytes (-8..7) and
+ * offset[n] = 8 sum_k w[n,k] (what the unsigned codes' +8 adds; built with the weights).
  * _mm256_maddubs_epi16 multiplies 32 unsigned by 32 signed bytes and adds pairs into
  * 16 int16 lanes: |pair| <= 2 * 15 * 8 = 240, so 128 pairs sum in int16 (30720 <
  * 32767) before they are widened to int32; every sum is exact.
@@ -132,13 +133,12 @@ static inline __attribute__((always_inline)) void tile(
     memcpy(out, wide, sizeof wide);
 }
 
-/* One tile's outputs: y[row][c] = (acc - 8 colsum) * wscale * s_row for the tile's
+/* One tile's outputs: y[row][c] = (acc - offset) * wscale * s_row for the tile's
    columns [c0, c1), written to the output that holds column c: outputs ys[0..) hold the
    columns [0, ends[0]), [ends[0], ends[1]), ... as rows of their own width (a group of
    layers that read one input gets one contiguous tensor per layer). */
-static void store(const int32_t *acc, int mr, int64_t row0, int64_t c0, int64_t c1, const int32_t *colsum,
+static void store(const int32_t *acc, int mr, int64_t row0, int64_t c0, int64_t c1, const int32_t *offset,
                   const float *wscale, const float *sm, const int64_t *ends, float *const *ys) {
-    const __m256i eight = _mm256_set1_epi32(8);
     for (int r = 0; r < mr; r++) {
         const int32_t *ar = acc + r * NR * NB - c0;
         const __m256 smv = _mm256_set1_ps(sm[r]);
@@ -150,16 +150,16 @@ static void store(const int32_t *acc, int mr, int64_t row0, int64_t c0, int64_t 
             float *yr = ys[sg] + (row0 + r) * (ends[sg] - start) - start;
             for (; c + 8 <= stop; c += 8) {
                 __m256i a = _mm256_sub_epi32(_mm256_loadu_si256((const __m256i *)(ar + c)),
-                                             _mm256_mullo_epi32(eight, _mm256_loadu_si256((const __m256i *)(colsum + c))));
+                                             _mm256_loadu_si256((const __m256i *)(offset + c)));
                 _mm256_storeu_ps(yr + c, _mm256_mul_ps(_mm256_cvtepi32_ps(a),
                                                        _mm256_mul_ps(_mm256_loadu_ps(wscale + c), smv)));
             }
-            for (; c < stop; c++) yr[c] = (float)(ar[c] - 8 * colsum[c]) * (wscale[c] * sm[r]);
+            for (; c < stop; c++) yr[c] = (float)(ar[c] - offset[c]) * (wscale[c] * sm[r]);
         }
     }
 }
 
-/* z [m, k] float32, w packed, colsum/wscale [n], s one scale or rs [m] one per row
+/* z [m, k] float32, w packed, offset/wscale [n], s one scale or rs [m] one per row
    (rs != NULL); the outputs ys (see store: nseg of them, ends[nseg - 1] == n), float32;
    work: m * (k rounded up to even) bytes.
    With blocks != NULL the codes are those of z R (rotate_rows into rot_work, m * k
@@ -168,7 +168,7 @@ static void store(const int32_t *acc, int mr, int64_t row0, int64_t c0, int64_t 
    weight blocks at a time (the tile's weights stay in cache while the chunk passes). */
 void w4a4_linear(const float *z, int64_t m, int64_t k, const int64_t *perm, const float *blocks,
                  int64_t nblk, const float *tail, float *rot_work, const int8_t *w, int64_t n,
-                 const int32_t *colsum, const float *wscale, float s, const float *rs,
+                 const int32_t *offset, const float *wscale, float s, const float *rs,
                  uint8_t *work, const int64_t *ends, float *const *ys) {
     const int64_t kp = (k + 1) & ~(int64_t)1, pairs = kp / 2, nblocks = (n + NB - 1) / NB;
     const int64_t mc = 64;
@@ -202,7 +202,7 @@ void w4a4_linear(const float *z, int64_t m, int64_t k, const int64_t *perm, cons
                     }
 #undef T
                     for (int r = 0; r < mr; r++) sm[r] = rs ? rs[i0 + r] : s;
-                    store(&acc[0][0], mr, i0, c0, c1, colsum, wscale, sm, ends, ys);
+                    store(&acc[0][0], mr, i0, c0, c1, offset, wscale, sm, ends, ys);
                 }
             }
     }
