@@ -155,7 +155,8 @@ def stack_section(path: Path) -> str:
 
     r = json.loads(path.read_text())
     return (f"### Decoder layer stacks at the published Pi0.5 widths (`omega-qvla bench stack`)\n\n"
-            f"`{path.relative_to(ROOT)}`, torch {r['torch']}:\n\n```\n{format_text(r)}\n```")
+            f"`{path.relative_to(ROOT)}`, torch {r['torch']}:\n\n```\n{format_text(r)}\n```"
+            + (f"\n\n{r['note']}" if r.get("note") else ""))
 
 
 def main() -> int:

@@ -19,14 +19,16 @@ def reference(z, w_codes, w_scale, s):
 
 
 @needs_kernel
-@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 33, 17), (50, 128, 128), (13, 190, 49),
+@pytest.mark.parametrize("nibbles", [False, True])  # int8 weights; int4 unpacked per tile
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 33, 17), (50, 128, 128), (13, 190, 49), (9, 6, 40),
                                    (5, 600, 70), (144, 192, 768), (3, 2048, 20)])
-def test_kernel_is_exact(m, k, n):
+def test_kernel_is_exact(m, k, n, nibbles):
     g = torch.Generator().manual_seed(m * 1000 + k + n)
     w_codes = torch.randint(-8, 8, (n, k), generator=g)
     w_scale = torch.rand(n, generator=g) + 0.1
     z = torch.randn(m, k, generator=g) * 4
-    w = cpu_kernel.pack_weights(w_codes, w_scale)
+    w = cpu_kernel.pack_weights(w_codes, w_scale, nibbles=nibbles)
+    assert w.packed.numel() <= (-(-n // 16) * 16) * (k + 3) // (2 if nibbles else 1) + 64
     for s, rows in ((0.7, None), (1.0, None), (1.0, torch.rand(m, 1, generator=g) + 0.2)):
         y = cpu_kernel.linear(z, w, s, rows)
         ref = reference(z, w_codes, w_scale, rows if rows is not None else s)
@@ -40,10 +42,11 @@ def test_kernel_extreme_codes_do_not_saturate():
     more k than one int16 stretch: the int16 pair sums must widen in time."""
     k = 1000
     w_codes = torch.full((20, k), -8)
-    w = cpu_kernel.pack_weights(w_codes, torch.ones(20))
-    for code in (7.0, -8.0):
-        y = cpu_kernel.linear(torch.full((5, k), code), w)
-        assert torch.equal(y, torch.full((5, 20), code * -8 * k))
+    for nibbles in (False, True):
+        w = cpu_kernel.pack_weights(w_codes, torch.ones(20), nibbles=nibbles)
+        for code in (7.0, -8.0):
+            y = cpu_kernel.linear(torch.full((5, k), code), w)
+            assert torch.equal(y, torch.full((5, 20), code * -8 * k))
 
 
 @needs_kernel
@@ -128,3 +131,37 @@ def test_fused_rotation_equals_rotating_first(k):
     with pytest.raises(ValueError, match="cover"):
         cpu_kernel.linear(x[:, :-1], cpu_kernel.pack_weights(w_codes[:, :-1], torch.ones(n)), 1.0,
                           rotation=cpu_kernel.pack_rotation(rot))
+
+
+@needs_kernel
+def test_a_plan_reused_across_row_counts_and_layers():
+    """Plans called again and again, on many rows and on few (each thread's scratch grown,
+    then reused by a narrower and by a wider layer, one of them on int4 weights; chunks of
+    64 rows and of 12 rotated rows with remainders), split into parts or not: every call
+    as a fresh rotate-then-multiply. A wrong split or width is refused when the plan is
+    made or called."""
+    from omega_qvla_ros.quant.rotation import build_input_rotation
+
+    g = torch.Generator().manual_seed(11)
+    plans = []
+    for k, n in ((600, 70), (130, 300), (1100, 33)):
+        rot = build_input_rotation(torch.randn(n, k, generator=g), "omega").to(dtype=torch.float32)
+        w_codes = torch.randint(-8, 8, (n, k), generator=g)
+        w = cpu_kernel.pack_weights(w_codes, torch.rand(n, generator=g) + 0.1, nibbles=k == 130)
+        split = (n - 20, 20)
+        plans.append((rot, w, cpu_kernel.Plan(w, cpu_kernel.pack_rotation(rot)),
+                      cpu_kernel.Plan(w, cpu_kernel.pack_rotation(rot), split), split))
+    for m in (301, 5, 130, 1, 77):
+        for rot, w, plan, split_plan, split in plans:
+            x = torch.randn(m, w.k, generator=g) * 3
+            want = cpu_kernel.linear(rot.apply(x), w, 0.5)
+            y = plan(x, 0.5)
+            assert y.shape == (m, w.n) and float((y - want).abs().max() / want.abs().max()) < 1e-5
+            parts = split_plan(x, 0.5)
+            assert [p.shape[1] for p in parts] == list(split) and all(p.is_contiguous() for p in parts)
+            assert torch.equal(torch.cat(parts, dim=1), y)
+    rot, w = plans[0][0], plans[0][1]
+    with pytest.raises(ValueError, match="add up"):
+        cpu_kernel.Plan(w, split=(w.n, 1))
+    with pytest.raises(ValueError, match="features"):
+        plans[0][2](torch.zeros(3, w.k + 1))

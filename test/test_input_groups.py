@@ -11,7 +11,7 @@ from torch import nn
 
 from omega_qvla_ros.models import build_model, model_info
 from omega_qvla_ros.models.calibrate import quantize_model, synthetic_observations
-from omega_qvla_ros.quant import RECIPES, quantize
+from omega_qvla_ros.quant import RECIPES, cpu_kernel, quantize
 from omega_qvla_ros.quant.context import denoising_step
 from omega_qvla_ros.quant.pack import load_pack, save_pack
 from omega_qvla_ros.quant.qlinear import QuantLinear, link_input_groups
@@ -159,3 +159,92 @@ def test_link_refuses_members_that_differ(family_models):
     getattr(other, buf).mul_(2)
     with pytest.raises(ValueError, match=f"differ in {buf}"):
         link_input_groups(m)
+
+
+@pytest.mark.skipif(not cpu_kernel.available(), reason=str(cpu_kernel.unavailable_reason()))
+def test_avx2_fast_forward_is_the_general_forward():
+    """On the AVX2 kernel a layer's or a group's second call takes the short forward
+    (QuantLinear._avx2_fast): the same outputs bit for bit as the first, general call; a
+    changed backend or a load leaves it; a deep copy runs its own weights, not the
+    original's."""
+    fp = Siblings((128, 96, 128)).eval()
+    m = copy.deepcopy(fp)
+    quantize(m, RECIPES["omega_qvla"].with_scopes(action_head=[r"attn\.[abcd]$"]), _batches(3, 0))
+    att = m.attn
+    for q in _layers(m).values():
+        q.backend = "avx2"
+    x = _batches(1, 4)[0]
+    names = ("a", "b", "c", "d")
+
+    def outputs(model, inp):
+        with torch.no_grad(), denoising_step(1, STEPS):
+            return [getattr(model.attn, n)(inp) for n in names]
+    first = outputs(m, x)
+    assert all(getattr(att, n)._cache["avx2_fast"][1] is not None for n in names)
+    again = outputs(m, x)
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    ref = outputs(_unlinked(m), x)
+    assert all(float((a - r).abs().max() / r.abs().max()) < 1e-5 for a, r in zip(again, ref))
+    # another backend: the general forward, on that backend
+    for q in _layers(m).values():
+        q.backend = "exact"
+    exact = outputs(m, x)
+    assert all(getattr(att, n)._cache["avx2_fast"][1] is None for n in names)
+    assert all(float((a - r).abs().max() / r.abs().max()) < 1e-5 for a, r in zip(exact, ref))
+    for q in _layers(m).values():
+        q.backend = "avx2"
+    # a deep copy of a model that has run: scaling its weights scales its outputs
+    twin = copy.deepcopy(m)
+    for n in names:
+        getattr(twin.attn, n).weight_scale.mul_(2)
+    for q in _layers(twin).values():
+        q._clear_caches()  # weights changed in place: as a load would
+    doubled = outputs(twin, x)
+    assert all(torch.allclose(d, 2 * a - getattr(att, n).bias, rtol=1e-5, atol=1e-5)
+               for d, a, n in zip(doubled, outputs(m, x), names))
+
+
+def test_dropped_codes_refuse_another_backend(family_models, tmp_path):
+    """A pack loaded with integer_codes='drop' keeps only its kernel's weights: asked to
+    run another backend it says so (it computed from the empty placeholder before)."""
+    family, fp, q, obs = family_models
+    d = save_pack(q, tmp_path / "pack", model_info(q, "tiny"), recipe=q.quantization_report["recipe_dict"])
+    lean, _ = load_pack(d, integer_codes="drop")
+    assert torch.isfinite(_actions(lean, obs[0])).all()
+    for m in _layers(lean).values():
+        m.backend = "exact"
+    with pytest.raises(RuntimeError, match="gave back its int4 codes"):
+        _actions(lean, obs[0])
+
+
+@pytest.mark.skipif(not cpu_kernel.available(), reason=str(cpu_kernel.unavailable_reason()))
+def test_int4_avx2_holds_the_packs_size_bit_exactly(family_models, tmp_path, monkeypatch):
+    """kernel_weights "int4_avx2": our AVX2 kernel holds the int4 codes (half a byte per
+    weight, as in the pack) and gives the same actions bit for bit as int8 weights held;
+    `auto` picks it for a big pack where the integer backend is that kernel."""
+    from omega_qvla_ros.quant import int_gemm, pack
+
+    family, fp, q, obs = family_models
+    d = save_pack(q, tmp_path / "pack", model_info(q, "tiny"), recipe=q.quantization_report["recipe_dict"])
+    hold, _ = load_pack(d, kernel_weights="hold")
+    ref = _actions(hold, obs[0])
+    monkeypatch.setattr(pack, "KERNEL_LARGE_BYTES", 0)  # this tiny pack counts as big
+    lean, _ = load_pack(d, kernel_weights="auto", integer_codes="drop")
+    integer = [m for m in _layers(lean).values() if m.uses_integer_path()]
+    want = "int4_avx2" if int_gemm.pick_backend(torch.device("cpu")) == "avx2" else None
+    if want is None:
+        lean, _ = load_pack(d, kernel_weights="int4_avx2", integer_codes="drop")
+        integer = [m for m in _layers(lean).values() if m.uses_integer_path()]
+    assert integer and all(m.kernel_weights == "int4_avx2" for m in integer)
+    assert torch.equal(_actions(lean, obs[0]), ref)
+
+    def held_bytes(model):
+        plans = []
+        for m in _layers(model).values():
+            holder = m.siblings[0]._cache["input_group"].layer if m.siblings is not None else m
+            plan = holder._cache.get("avx2_plan")
+            if plan is not None and all(p is not plan[0] for p in plans):
+                plans.append(plan[0])
+        return sum(p.w.packed.numel() * p.w.packed.element_size() for p in plans)
+    codes = sum(m.weight_packed.numel() * 4 for m in _layers(hold).values() if m.uses_integer_path())
+    assert 0.9 * codes < held_bytes(lean) < 1.25 * codes < 0.7 * held_bytes(hold)

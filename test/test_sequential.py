@@ -121,7 +121,8 @@ def test_lean_loading_keeps_half_weights_and_gives_the_same_actions(tmp_path, mo
 def test_kernel_weights_per_call_gives_the_same_actions_and_holds_nothing(tmp_path, monkeypatch):
     """kernel_weights='per_call' rebuilds each integer kernel's int8 weights from the int4
     codes on every call and keeps none (the codes stay): actions bit-identical. 'auto' keeps
-    a big pack's layers at int4 (int4_bf16 where torch has the CPU kernel, else per_call)."""
+    a big pack's layers at int4 (int4_avx2 where our AVX2 kernel is the backend, else
+    int4_bf16 where torch has the CPU kernel, else per_call)."""
     from omega_qvla_ros.quant import pack as pack_mod
 
     fp = build_model("pi05", "tiny", seed=1).eval()
@@ -140,11 +141,12 @@ def test_kernel_weights_per_call_gives_the_same_actions_and_holds_nothing(tmp_pa
     monkeypatch.setattr(pack_mod, "quantized_weight_bytes", lambda manifest: 1 << 30)  # "a big pack"
     auto, _ = load_pack(tmp_path / "p", integer_codes="drop", kernel_weights="auto")
     sides = {(m.spec.side, m.kernel_weights) for m in auto.modules() if isinstance(m, QuantLinear)}
-    lean = "int4_bf16" if int_gemm.int4_bf16_available() else "per_call"
+    lean = ("int4_avx2" if int_gemm.pick_backend(torch.device("cpu")) == "avx2"
+            else "int4_bf16" if int_gemm.int4_bf16_available() else "per_call")
     assert sides == {("backbone", lean), ("action_head", lean)}
     with torch.no_grad():
         got = auto.sample_actions(obs[0], noise=n)
-    if lean == "per_call":
+    if lean != "int4_bf16":  # exact kernels
         assert torch.equal(got, want)
     else:  # bf16-rounded backbone outputs: close to the exact kernels, not equal
         assert not torch.equal(got, want) and (got - want).abs().max() < 0.05 * want.abs().max()

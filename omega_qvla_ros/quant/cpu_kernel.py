@@ -12,6 +12,12 @@ for 128 pairs without saturating, so one multiply-add and one add do 32
 multiply-accumulates. The kernel also quantizes the activations (round half to even,
 as torch.round) and rescales its output in the same call: one call per layer.
 
+Each OpenMP thread keeps its scratch (the codes of 64 rows, 12 rotated rows; with int4
+weights, `pack_weights(nibbles=True)`, up to 8 MB of codes and one unpacked weight tile)
+between calls, grown to the widest layer seen (about 1.8 MB per thread at 16384 inputs
+on int8 weights): a fresh buffer per call cost more in page faults than the rotation
+itself at 800 × 16384.
+
 The library is built once per source version into a per-user cache
 (`$OMEGA_QVLA_KERNEL_CACHE`, else `~/.cache/omega_qvla_ros`), with OpenMP from the
 libgomp torch already loaded (torch.set_num_threads applies to it). Where the CPU has no
@@ -23,6 +29,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import itertools
 import os
 import platform
 import shutil
@@ -35,7 +42,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).parent / "csrc" / "w4a4_avx2.c"
-FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c11")
+FLAGS = ("-O2", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c11")
 BLOCK_COLS = 16  # output columns per packed weight block (csrc: NB)
 _reason: list[str] = []
 
@@ -54,9 +61,23 @@ def _cpu_ok() -> str | None:
     return None
 
 
+def _read_source() -> bytes | None:
+    try:
+        return SOURCE.read_bytes()
+    except OSError:
+        return None
+
+
+# the source as this module was imported with: its argument struct (_Args) must match the
+# library, also when the file changes under a running process (a checkout being edited)
+_SOURCE_BYTES = _read_source()
+
+
 def _build() -> Path:
     """The compiled library for this source and these flags (built when missing)."""
-    src = SOURCE.read_bytes()
+    src = _SOURCE_BYTES
+    if src is None:
+        raise RuntimeError(f"the kernel source {SOURCE} is missing from the installation")
     key = hashlib.sha256(src + " ".join(FLAGS).encode()).hexdigest()[:16]
     out = _cache_dir() / f"w4a4_avx2_{key}.so"
     if out.exists():
@@ -66,8 +87,9 @@ def _build() -> Path:
         raise RuntimeError("no C compiler (cc/gcc) on PATH")
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:  # built aside, renamed in: atomic
-        part = Path(tmp) / out.name
-        run = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(part)], capture_output=True, text=True)
+        part, c_file = Path(tmp) / out.name, Path(tmp) / SOURCE.name
+        c_file.write_bytes(src)
+        run = subprocess.run([cc, *FLAGS, str(c_file), "-o", str(part)], capture_output=True, text=True)
         if run.returncode != 0:
             raise RuntimeError(f"{cc} failed: {run.stderr.strip()[-400:]}")
         os.replace(part, out)
@@ -80,10 +102,8 @@ def _lib() -> ctypes.CDLL | None:
     if why is None:
         try:
             lib = ctypes.CDLL(str(_build()))
-            P, I = ctypes.c_void_p, ctypes.c_int64
-            lib.w4a4_linear.restype = None
-            lib.w4a4_linear.argtypes = [P, I, I, P, P, I, P, P, P, I, P, P, ctypes.c_float, P, P,
-                                        ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_void_p)]
+            lib.w4a4_linear_args.restype = ctypes.c_int
+            lib.w4a4_linear_args.argtypes = [ctypes.c_void_p]
             return lib
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:
             why = f"the AVX2 kernel did not build or load: {e}"
@@ -105,29 +125,38 @@ def unavailable_reason() -> str | None:
 
 @dataclass
 class PackedWeights:
-    """int4 weight codes in the kernel's layout ([n/16][k/2][16][2] bytes, zero padded),
-    8 × their row sums (what the activation codes' unsigned offset adds to each output)
-    and per-row float scales."""
+    """int4 weight codes in the kernel's layout and per-row float scales: int8, one byte
+    per code ([n/16][k/2][16][2], zero padded), or with `nibbles` the same blocks at half a
+    byte per code (two k-pairs per 32 bytes, codes + 8 in the low and high nibbles: the
+    pack's own size, unpacked by the kernel per tile, about 5% slower at 50 tokens);
+    `offset` is 8 × the row sums (what the activation codes' unsigned offset adds)."""
 
-    packed: torch.Tensor  # int8
+    packed: torch.Tensor  # int8 or uint8 (nibbles)
     offset: torch.Tensor  # int32 [n]
     scale: torch.Tensor  # float32 [n]
     n: int
     k: int
+    nibbles: bool = False
 
     def __post_init__(self) -> None:  # the kernel's arguments, read once (a call is µs)
-        self.args = (self.packed.data_ptr(), self.n, self.offset.data_ptr(), self.scale.data_ptr())
+        self.args = (self.packed.data_ptr(), int(self.nibbles), self.n, self.offset.data_ptr(),
+                     self.scale.data_ptr())
 
 
-def pack_weights(w_codes: torch.Tensor, w_scale: torch.Tensor) -> PackedWeights:
+def pack_weights(w_codes: torch.Tensor, w_scale: torch.Tensor, nibbles: bool = False) -> PackedWeights:
     """codes [n, k] in [-8, 7] (any integer dtype) and per-row scales [n]."""
     n, k = w_codes.shape
     blocks, kp = -(-n // BLOCK_COLS), k + (k & 1)
+    if nibbles:
+        kp += kp % 4  # whole pairs of k-pairs
     w = torch.zeros(blocks * BLOCK_COLS, kp, dtype=torch.int8)
     w[:n, :k] = w_codes.to(torch.int8).cpu()
     packed = w.view(blocks, BLOCK_COLS, kp // 2, 2).permute(0, 2, 1, 3).contiguous()
+    if nibbles:
+        u = (packed.view(blocks, kp // 4, 2, 32).to(torch.int16) + 8).to(torch.uint8)
+        packed = (u[:, :, 0] | (u[:, :, 1] << 4)).contiguous()
     offset = (8 * w_codes.cpu().to(torch.int32).sum(dim=1, dtype=torch.int32)).contiguous()
-    return PackedWeights(packed, offset, w_scale.detach().float().cpu().contiguous(), n, k)
+    return PackedWeights(packed, offset, w_scale.detach().float().cpu().contiguous(), n, k, nibbles)
 
 
 @dataclass
@@ -157,14 +186,67 @@ def pack_rotation(rot) -> PackedRotation:
     return PackedRotation(perm, blocks, None if rot.tail is None else rot.tail.float().contiguous())
 
 
-@functools.lru_cache(maxsize=256)
-def _ends(sizes: tuple[int, ...]) -> ctypes.Array:
-    """The outputs' column ends as the kernel takes them (built once per split)."""
-    ends = [sum(sizes[:i + 1]) for i in range(len(sizes))]
-    return (ctypes.c_int64 * len(ends))(*ends)
+class _Args(ctypes.Structure):
+    """csrc's w4a4_args: one call's arguments."""
+    _fields_ = [("z", ctypes.c_void_p), ("m", ctypes.c_int64), ("k", ctypes.c_int64),
+                ("perm", ctypes.c_void_p), ("blocks", ctypes.c_void_p), ("nblk", ctypes.c_int64),
+                ("tail", ctypes.c_void_p), ("w", ctypes.c_void_p), ("nibbles", ctypes.c_int64),
+                ("n", ctypes.c_int64),
+                ("offset", ctypes.c_void_p), ("wscale", ctypes.c_void_p), ("rs", ctypes.c_void_p),
+                ("ends", ctypes.c_void_p), ("ys", ctypes.c_void_p), ("s", ctypes.c_float)]
 
 
 _NO_ROTATION = (None, None, 0, None)
+
+
+class Plan:
+    """One layer's kernel call with its constant arguments bound once (weights, rotation,
+    how the outputs are split): a call then checks its input, allocates the outputs and
+    converts one pointer (a layer at the shipped widths runs in tens of microseconds, and
+    converting fifteen ctypes arguments and rebuilding the split cost several of them).
+    Holds `w` and `rotation`, whose memory the kernel reads."""
+
+    def __init__(self, w: PackedWeights, rotation: PackedRotation | None = None,
+                 split: tuple[int, ...] | None = None) -> None:
+        lib = _lib()
+        if lib is None:
+            raise RuntimeError(unavailable_reason())
+        if rotation is not None and rotation.size != w.k:
+            raise ValueError(f"the rotation covers {rotation.size} features, the weights {w.k}")
+        self.sizes = (w.n,) if split is None else tuple(int(c) for c in split)
+        if sum(self.sizes) != w.n or min(self.sizes) <= 0:
+            raise ValueError(f"split {self.sizes} does not add up to the {w.n} outputs")
+        self.w, self.rotation, self.split = w, rotation, split is not None
+        self._ends = (ctypes.c_int64 * len(self.sizes))(*itertools.accumulate(self.sizes))
+        self._outputs = ctypes.c_void_p * len(self.sizes)
+        perm, blocks, nblk, tail = _NO_ROTATION if rotation is None else rotation.args
+        packed, nibbles, n, offset, scale = w.args
+        args = _Args(None, 0, w.k, perm, blocks, nblk, tail, packed, nibbles, n, offset, scale, None,
+                     ctypes.addressof(self._ends), None, 1.0)
+        self._template = bytes(args)
+        self._fn = lib.w4a4_linear_args
+
+    def __call__(self, z: torch.Tensor, scale: float = 1.0,
+                 row_scales: torch.Tensor | None = None) -> torch.Tensor | list[torch.Tensor]:
+        """See linear()."""
+        if not z.is_cpu:  # the kernel reads host memory
+            raise ValueError(f"the AVX2 kernel takes CPU tensors, not {z.device}")
+        if z.dtype != torch.float32 or not z.is_contiguous():
+            z = z.float().contiguous()
+        m, k = z.shape
+        if k != self.w.k:
+            raise ValueError(f"input has {k} features, the weights {self.w.k}")
+        a = _Args.from_buffer_copy(self._template)  # this call's own (a plan may be shared by threads)
+        if row_scales is not None:
+            rs = row_scales.reshape(m)
+            rs = rs if rs.dtype == torch.float32 and rs.is_contiguous() else rs.float().contiguous()
+            a.rs = rs.data_ptr()
+        ys = [torch.empty(m, c, dtype=torch.float32) for c in self.sizes]
+        outputs = self._outputs(*[y.data_ptr() for y in ys])
+        a.z, a.m, a.s, a.ys = z.data_ptr(), m, scale, ctypes.addressof(outputs)
+        if self._fn(ctypes.addressof(a)):
+            raise MemoryError("the AVX2 kernel could not allocate its per-thread scratch")
+        return ys if self.split else ys[0]
 
 
 def linear(z: torch.Tensor, w: PackedWeights, scale: float = 1.0,
@@ -173,34 +255,6 @@ def linear(z: torch.Tensor, w: PackedWeights, scale: float = 1.0,
     """Σ_k q[m,k] q_w[n,k] · s_w[n] · s_m with q = clamp(round(z' / s_m), -8, 7), for float32
     z [m, k] on the CPU, z' = z or, with `rotation`, z R (computed in the kernel);
     s_m = `scale`, or `row_scales` [m] (or [m, 1]) per row. With `split` (column counts
-    summing to n) the result is one contiguous tensor per part, written by the kernel."""
-    lib = _lib()
-    if lib is None:
-        raise RuntimeError(unavailable_reason())
-    if not z.is_cpu:  # the kernel reads host memory
-        raise ValueError(f"the AVX2 kernel takes CPU tensors, not {z.device}")
-    if z.dtype != torch.float32 or not z.is_contiguous():
-        z = z.float().contiguous()
-    m, k = z.shape
-    if k != w.k:
-        raise ValueError(f"input has {k} features, the weights {w.k}")
-    if rotation is not None and rotation.size != k:
-        raise ValueError(f"the rotation does not cover the input's {k} features")
-    rs = None
-    if row_scales is not None:
-        rs = row_scales.reshape(m)
-        rs = rs if rs.dtype == torch.float32 and rs.is_contiguous() else rs.float().contiguous()
-    sizes = (w.n,) if split is None else split
-    ends = _ends(sizes)
-    if ends[len(sizes) - 1] != w.n:
-        raise ValueError(f"split {sizes} does not add up to the {w.n} outputs")
-    ys = [torch.empty(m, c, dtype=torch.float32) for c in sizes]
-    # scratch: the activation codes (m × k rounded up to even bytes), then the rotated rows
-    codes = (m * (k + (k & 1)) + 63) // 64 * 64
-    work = torch.empty(codes + (0 if rotation is None else 4 * m * k), dtype=torch.uint8)
-    base = work.data_ptr()
-    lib.w4a4_linear(z.data_ptr(), m, k, *(_NO_ROTATION if rotation is None else rotation.args),
-                    None if rotation is None else base + codes, *w.args, float(scale),
-                    None if rs is None else rs.data_ptr(), base, ends,
-                    (ctypes.c_void_p * len(ys))(*[y.data_ptr() for y in ys]))
-    return ys[0] if split is None else ys
+    summing to n) the result is one contiguous tensor per part, written by the kernel.
+    A layer called many times binds its arguments once with Plan."""
+    return Plan(w, rotation, split)(z, scale, row_scales)

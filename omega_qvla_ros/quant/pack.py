@@ -32,7 +32,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .int_gemm import int4_bf16_available
+from . import cpu_kernel
+from .int_gemm import int4_bf16_available, pick_backend
 from .qlinear import KERNEL_WEIGHTS, LayerSpec, QuantLinear, link_input_groups, storage_dtype
 
 FORMAT = "omega-qvla-pack"
@@ -444,12 +445,15 @@ def load_pack(pack_dir: str | os.PathLike, build_model: ModelBuilder | None = No
     ("stored" when they exceed 512 MiB). `integer_codes`: "drop" gives back a layer's
     packed int4 codes once its integer kernel holds them (the model can then run, not
     be saved again). `kernel_weights`: "hold" (integer kernels keep int8 weights, one
-    byte per weight: twice the int4 codes, the fastest), "int4_bf16" (the int4 codes held
+    byte per weight: twice the int4 codes, the fastest), "int4_avx2" (our AVX2 kernel holds
+    the int4 codes at half a byte per weight and unpacks them per tile: the pack's memory,
+    exact; x86 CPUs with AVX2, where it is the `auto` backend), "int4_bf16" (the int4 codes held
     at half a byte per weight in torch's CPU int4 kernel: the pack's memory, outputs
     rounded to bf16, ≤ 2^-8 relative per layer), "per_call" (int8 weights rebuilt from the
     int4 codes on each call: the pack's memory, exact, slow — ~8 ns per weight here) or
     "auto": for a pack whose int4 weights exceed KERNEL_LARGE_BYTES (published sizes), every
-    integer layer on "int4_bf16" where torch has that kernel (CPU), else "per_call" — no
+    integer layer on "int4_avx2" where the layers' backend is our AVX2 kernel (x86 without
+    VNNI), else "int4_bf16" where torch has that kernel (CPU), else "per_call" — no
     layer then holds unpacked weights; "hold" for smaller packs (bit-exact, fastest). The
     bf16 rounding is not bit-equal to the exact kernels, but no worse against FP: shipped
     Pi0.5 W4A4, 40 expert-episode observations, action rel-MSE vs FP 0.00958 (int4_bf16)
@@ -457,10 +461,14 @@ def load_pack(pack_dir: str | os.PathLike, build_model: ModelBuilder | None = No
     each other about as much as each differs from FP."""
     if kernel_weights not in KERNEL_WEIGHTS + ("auto",):
         raise ValueError(f"kernel_weights must be one of {KERNEL_WEIGHTS + ('auto',)}, got {kernel_weights!r}")
-    int4_ok = torch.device(device).type == "cpu" and int4_bf16_available()
+    on_cpu = torch.device(device).type == "cpu"
+    int4_ok = on_cpu and int4_bf16_available()
     if kernel_weights == "int4_bf16" and not int4_ok:
         raise ValueError("kernel_weights 'int4_bf16' needs a CPU device and torch's CPU int4 kernel "
                          "(aten._weight_int4pack_mm_for_cpu); use hold or per_call")
+    if kernel_weights == "int4_avx2" and not (on_cpu and cpu_kernel.available()):
+        raise ValueError("kernel_weights 'int4_avx2' needs a CPU device and our AVX2 kernel "
+                         f"({cpu_kernel.unavailable_reason() or device}); use hold, int4_bf16 or per_call")
     manifest = read_manifest(pack_dir)
     verify_files(pack_dir, manifest)
     info = manifest["model"]
@@ -505,7 +513,12 @@ def load_pack(pack_dir: str | os.PathLike, build_model: ModelBuilder | None = No
         raise PackFormatError(f"{pack_dir}: {e}") from None
     if kernel_weights == "auto":
         big = quantized_weight_bytes(manifest) > KERNEL_LARGE_BYTES
-        kernel_weights = ("int4_bf16" if int4_ok else "per_call") if big else "hold"
+        if not big:
+            kernel_weights = "hold"
+        elif on_cpu and pick_backend(torch.device("cpu"), backend) == "avx2":
+            kernel_weights = "int4_avx2"  # exact, and faster than int4_bf16 without AVX-512
+        else:
+            kernel_weights = "int4_bf16" if int4_ok else "per_call"
     for m in model.modules():
         if isinstance(m, QuantLinear):
             m.set_kernel_weights(kernel_weights, release_codes=integer_codes == "drop")

@@ -20,7 +20,8 @@ per-channel scale folded into the weights ("static_tensor": channel divisor + on
 scale) is integer-executable. Integer backends (int_gemm.BACKENDS): on x86 CPUs our AVX2
 kernel (cpu_kernel.py) where there is no VNNI, torch._int_mm where there is, fbgemm else;
 the fused Triton kernels on CUDA (triton_kernels.py; torch._int_mm where they do not
-apply), torch's int4 CPU kernel for `kernel_weights="int4_bf16"`.
+apply), torch's int4 CPU kernel for `kernel_weights="int4_bf16"`, our AVX2 kernel on the
+int4 codes for `kernel_weights="int4_avx2"`.
 
 Input groups (`LayerSpec.input_group`, InputGroup): layers that read one input (q/k/v,
 gate/up) and were quantized with one rotation and one set of activation scales run on
@@ -30,6 +31,7 @@ stacked weights — and each takes its columns of the result.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -62,7 +64,7 @@ def storage_dtype(name: str, t: torch.Tensor) -> torch.dtype:
 
 
 ACT_MODES = ("none", "dynamic", "static", "static_tensor", "per_step", "per_step_factorized")
-KERNEL_WEIGHTS = ("hold", "per_call", "int4_bf16")
+KERNEL_WEIGHTS = ("hold", "per_call", "int4_bf16", "int4_avx2")
 INTEGER_ACT_MODES = ("dynamic", "static_tensor", "per_step_factorized")
 PATHS = ("auto", "reference", "integer")
 
@@ -168,6 +170,7 @@ class QuantLinear(nn.Module):
         # plain attributes (asked on every call: an nn.Module's missing attribute costs an exception)
         self.codes_released = False  # the int4 codes given back at load (prepare)
         self.triton_failed = False  # the fused kernels failed to build here: unfused from then on
+        self.avx2_split: tuple[int, ...] | None = None  # an input group's member widths (InputGroup)
 
     def _register_rot(self, prefix: str, n: int, block: int) -> None:
         """Rotation blocks: int8 codes + one scale per block, or fp16-exact floats."""
@@ -221,6 +224,12 @@ class QuantLinear(nn.Module):
         if self.siblings is not None:  # the group's fused layer holds this layer's weights too
             self.siblings[0]._cache.pop("input_group", None)
 
+    def __getstate__(self) -> dict:
+        """A copy (deepcopy, pickle) starts with empty caches: they hold kernel plans with
+        C pointers into this layer's tensors and functions bound to this layer."""
+        state = super().__getstate__()
+        return {**state, "_cache": {}}
+
     def _load_from_state_dict(self, *args, **kwargs):
         self._clear_caches()
         return super()._load_from_state_dict(*args, **kwargs)
@@ -240,6 +249,11 @@ class QuantLinear(nn.Module):
     def weight_codes(self) -> torch.Tensor:
         """int8 codes [out, in], unpacked on every call (never cached: a model's worth of
         unpacked codes would double its memory)."""
+        if self.codes_released:  # unpacking the placeholder would give garbage, not weights
+            raise RuntimeError(
+                "this layer gave back its int4 codes (integer_codes='drop' at load, or it is an input "
+                "group's stacked layer): only the kernel it was built for can run it; keep that "
+                "backend and kernel_weights, or load the pack again")
         return unpack_int4(self.weight_packed, self.in_features)
 
     def dequantized_weight(self) -> torch.Tensor:
@@ -262,6 +276,11 @@ class QuantLinear(nn.Module):
                 self._release_codes()
             return
         if self.uses_integer_path() and self.weight_packed.device.type != "meta":
+            if self.kernel_weights == "int4_avx2" and (self.weight_packed.device.type != "cpu"
+                                                      or not cpu_kernel.available()):
+                raise ValueError("kernel_weights 'int4_avx2' needs our AVX2 kernel and a CPU device "
+                                 f"({cpu_kernel.unavailable_reason() or self.weight_packed.device}); "
+                                 "use 'hold', 'int4_bf16' or 'per_call'")
             backend = self._backend(self.weight_packed.device)
             if backend == "int4_bf16":
                 if self.weight_packed.device.type != "cpu" or not int_gemm.int4_bf16_available():
@@ -291,7 +310,7 @@ class QuantLinear(nn.Module):
         if kind not in KERNEL_WEIGHTS:
             raise ValueError(f"kernel_weights must be one of {KERNEL_WEIGHTS}, got {kind!r}")
         self.kernel_weights = kind
-        for key in ("fbgemm", "avx2_plan", "wt_i8", "int4"):
+        for key in ("fbgemm", "avx2_plan", "avx2_fast", "wt_i8", "int4"):
             self._cache.pop(key, None)
         if self.siblings is not None:  # a group built for another kind is rebuilt (the leader's kind)
             group = self.siblings[0]._cache.get("input_group")
@@ -406,10 +425,61 @@ class QuantLinear(nn.Module):
         return (torch.clamp(torch.round(z), -8, 7) if prescaled else quantize_codes(z, s)), s
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fast = self._cache.get("avx2_fast")
+        if fast is not None and fast[1] is not None and x.is_cpu and \
+                fast[0] == (self.path, self.backend, self.kernel_weights):
+            y = fast[1](x)
+            if y is not None:
+                return y
         if self.siblings is not None and self.uses_integer_path():
-            return self._group().output(self, x)
-        y, bias_added = self._product(x)
-        return self._finish(y, x, bias_added)
+            y = self._group().output(self, x)
+        else:
+            y, bias_added = self._product(x)
+            y = self._finish(y, x, bias_added)
+        if (fast is None or fast[0] != (self.path, self.backend, self.kernel_weights)) and x.is_cpu:
+            self._cache["avx2_fast"] = ((self.path, self.backend, self.kernel_weights), self._avx2_fast())
+        return y
+
+    def _avx2_fast(self) -> Callable[[torch.Tensor], torch.Tensor | None] | None:
+        """The whole forward on the AVX2 kernel as one short function, for the layers whose
+        call is nothing else (integer path, the kernel rotating and quantizing, one scale
+        per tensor, no output rotation): at the shipped widths a layer's kernel call takes
+        20-60 us and the general forward's Python added 10-30 us more to it. None where
+        the general forward is needed. Built after the first call, kept with the caches
+        (a load or a move clears them) for this path, backend and kernel_weights. The
+        function answers None when its group has been rebuilt: the general forward then
+        runs."""
+        if not self.uses_integer_path() or self.kernel_weights == "per_call" or \
+                self.spec.act_mode not in ("static_tensor", "per_step_factorized"):
+            return None
+        if self.siblings is not None:
+            group = self._group()
+            if not (group.direct and group.layer._backend(torch.device("cpu")) == "avx2"
+                    and group.layer._kernel_weights("avx2_plan", group.layer._avx2_plan)[1]):
+                return None
+            leader = self.siblings[0]
+
+            def member(x: torch.Tensor) -> torch.Tensor | None:
+                g = leader._cache.get("input_group")
+                return None if g is None else g.fast_output(self, x)
+            return member
+        if self._backend(torch.device("cpu")) != "avx2" or self._cached(
+                "rot_output_run", lambda: runtime_form(self._rotation("output"))) is not None:
+            return None
+        plan, in_kernel = self._kernel_weights("avx2_plan", self._avx2_plan)
+        if not in_kernel:
+            return None
+        k, n, bias, tensor_scale = self.in_features, self.out_features, self.bias, self._tensor_scale
+        static = self.spec.act_mode == "static_tensor"
+
+        def single(x: torch.Tensor) -> torch.Tensor:
+            y = plan(x.reshape(-1, k), 1.0 if static else tensor_scale())
+            if bias is not None:
+                y.add_(bias)
+            if x.dim() != 2:
+                y = y.view(*x.shape[:-1], n)
+            return y if x.dtype is torch.float32 else y.to(x.dtype)
+        return single
 
     def _finish(self, y: torch.Tensor, x: torch.Tensor, bias_added: bool) -> torch.Tensor:
         """The product y [tokens, out] (before the output rotation) as this layer's output
@@ -426,7 +496,12 @@ class QuantLinear(nn.Module):
         """This layer's input group (its leader builds and holds it; rebuilt after a load
         or a move, which clear the caches)."""
         leader = self.siblings[0]
-        return leader._cached("input_group", lambda: InputGroup(leader.siblings))
+        group = leader._cache.get("input_group")
+        if group is None or group.layer.backend != leader.backend:
+            # (re)built for the leader's backend: the stacked layer keeps only the weights of
+            # the kernel it was built for (its int4 codes are given back)
+            group = leader._cache["input_group"] = InputGroup(leader.siblings)
+        return group
 
     def _product(self, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """(the layer's product before its output rotation, whether the bias is in it)."""
@@ -467,33 +542,33 @@ class QuantLinear(nn.Module):
         s = self.activation_scale(z)
         return int_gemm.gemm_fbgemm((z / s).clamp_(-8, 7), packed) * s
 
-    def _avx2_forward(self, x: torch.Tensor, split: tuple[int, ...] | None = None
-                      ) -> torch.Tensor | list[torch.Tensor]:
+    def _avx2_forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         """The integer path on our AVX2 kernel (cpu_kernel.py): rotation, activation
         quantization, the int4 GEMM and the rescale in one call (a static per-tensor scale,
         "static_tensor", is folded into the rotation and the packed weight scales). Dynamic
         per-token scales and a channel divisor without a rotation are applied here first.
-        `split`: the columns as separate contiguous tensors (an input group's members)."""
-        w, rot, in_kernel = self._kernel_weights("avx2_plan", self._avx2_plan)
+        With `avx2_split` set (an input group's fused layer) the columns come back as one
+        contiguous tensor per part."""
+        plan, in_kernel = self._kernel_weights("avx2_plan", self._avx2_plan)
         mode = self.spec.act_mode
         if in_kernel:
             z = x.reshape(-1, self.in_features)
         else:
             z = self._transformed_input(x)  # the kernel only reads z
             if mode == "dynamic":
-                return cpu_kernel.linear(z, w, row_scales=self.activation_scale(z), split=split)
+                return plan(z, row_scales=self.activation_scale(z))
         # "static_tensor": z (or its rotation) is already divided by the scale
-        scale = 1.0 if mode == "static_tensor" else self._tensor_scale()
-        return cpu_kernel.linear(z, w, scale, rotation=rot, split=split)
+        return plan(z, 1.0 if mode == "static_tensor" else self._tensor_scale())
 
-    def _avx2_plan(self) -> tuple:
-        """(packed weights, the rotation the kernel applies or None, whether the kernel
-        takes x as it comes): what _avx2_forward needs, built once (kernel_weights "hold")."""
+    def _avx2_plan(self) -> tuple["cpu_kernel.Plan", bool]:
+        """(the kernel call with this layer's packed weights and, where the kernel applies
+        it, rotation bound; whether the kernel takes x as it comes): built once
+        (kernel_weights "hold")."""
         rot, div = self._fused_input_rotation()
         in_kernel = not (self.spec.act_mode == "dynamic" or div is not None
                          or (rot is not None and rot.blocks.shape[1:] != (64, 64)))
         packed_rot = cpu_kernel.pack_rotation(rot) if in_kernel and rot is not None else None
-        return self._avx2_weights(), packed_rot, in_kernel
+        return cpu_kernel.Plan(self._avx2_weights(), packed_rot, self.avx2_split), in_kernel
 
     def _int_mm_cpu_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The integer path on `torch._int_mm` on a CPU (oneDNN; fast with VNNI): the codes
@@ -518,6 +593,8 @@ class QuantLinear(nn.Module):
         whole 64-blocks, codes in the pack's words) and have not failed to build."""
         if self.kernel_weights == "int4_bf16":
             return "int4_bf16"
+        if self.kernel_weights == "int4_avx2":
+            return "avx2"
         key = ("backend", device.type, self.backend, self.triton_failed)
 
         def pick() -> str:
@@ -595,8 +672,10 @@ class QuantLinear(nn.Module):
             self.weight_codes(), self._kernel_row_scales()))
 
     def _avx2_weights(self) -> "cpu_kernel.PackedWeights":
-        """The AVX2 kernel's packed int8 weights and _kernel_row_scales (in float32)."""
-        return cpu_kernel.pack_weights(self.weight_codes(), self._kernel_row_scales())
+        """The AVX2 kernel's packed weights (int8, or int4 for kernel_weights "int4_avx2")
+        and _kernel_row_scales (in float32)."""
+        return cpu_kernel.pack_weights(self.weight_codes(), self._kernel_row_scales(),
+                                       nibbles=self.kernel_weights == "int4_avx2")
 
     def _int4_weights(self) -> "int_gemm.Int4Weights":
         """The int4 codes in the CPU int4 kernel's layout (half a byte per weight), held."""
@@ -647,6 +726,7 @@ class InputGroup:
         with torch.device(lead.weight_packed.device):
             fused = QuantLinear(spec, path=lead.path, backend=lead.backend)
         fused.weight_packed = torch.cat([m.weight_packed for m in members])
+        fused.codes_released = any(m.codes_released for m in members)  # nothing to build from: a clear error
         fused.weight_scale = torch.cat([m.weight_scale for m in members])
         if bias:
             fused.bias = torch.cat([m.bias if m.bias is not None else torch.zeros_like(m.weight_scale[:, 0])
@@ -659,9 +739,11 @@ class InputGroup:
             if getattr(lead, name, None) is not None:
                 setattr(fused, name, getattr(lead, name))
         fused.kernel_weights = lead.kernel_weights
+        self.sizes = tuple(m.out_features for m in members)
+        # no output rotation: the AVX2 kernel writes each member's columns as its own tensor
+        fused.avx2_split = self.sizes if self.direct else None
         fused.prepare(release_codes=True)  # its stacked codes go where its kernel holds weights
         self.layer, self.members = fused, members
-        self.sizes = tuple(m.out_features for m in members)
         self.biases = [m.bias for m in members]  # the group is rebuilt when they are loaded again
         self._input: torch.Tensor | None = None
         self._pending: dict[int, torch.Tensor] = {}  # member -> its output, until it asks
@@ -670,15 +752,8 @@ class InputGroup:
         """`member`'s output for input x (see the class docstring)."""
         key = id(member)
         if not (self._input is x and key in self._pending):
-            if self.layer.backend != self.members[0].backend:  # the group runs where its leader is told to
-                self.layer.backend = self.members[0].backend
             if self.direct and self.layer._backend(x.device) == "avx2":
-                # the kernel writes each member's columns as its own contiguous tensor (the
-                # attention and MLP after it then read contiguous memory, as in float)
-                parts = self.layer._avx2_forward(x, split=self.sizes)
-                lead, dtype = x.shape[:-1], x.dtype
-                self._pending = {id(m): (p if b is None else p.add_(b)).view(*lead, p.shape[1]).to(dtype)
-                                 for m, p, b in zip(self.members, parts, self.biases)}
+                self._pending = self._avx2_outputs(x)
             else:
                 if self.per_member:  # output rotations with tails: each member restores its own
                     y, _ = self.layer._product(x)
@@ -690,6 +765,36 @@ class InputGroup:
         if not self._pending:
             self._input = None
         return member._finish(y, x, False) if self.per_member else y
+
+    def _avx2_outputs(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
+        """Every member's output for x from one AVX2 kernel call: the kernel writes each
+        member's columns as its own contiguous tensor (the attention and MLP after it then
+        read contiguous memory, as in float)."""
+        lay = self.layer
+        parts = lay._avx2_forward(x)
+        lead, reshape, dtype = x.shape[:-1], x.dim() != 2, x.dtype
+        out = {}
+        for m, p, b in zip(self.members, parts, self.biases):
+            if b is not None:
+                p.add_(b)
+            if reshape:
+                p = p.view(*lead, p.shape[1])
+            out[id(m)] = p if dtype is torch.float32 else p.to(dtype)
+        return out
+
+    def fast_output(self, member: QuantLinear, x: torch.Tensor) -> torch.Tensor | None:
+        """output() for a group on the AVX2 kernel without output rotations (see
+        QuantLinear._avx2_fast); None when the leader's backend changed since."""
+        key, pending = id(member), self._pending
+        if not (self._input is x and key in pending):
+            if self.layer.backend != self.members[0].backend:
+                return None
+            pending = self._pending = self._avx2_outputs(x)
+            self._input = x
+        y = pending.pop(key)
+        if not pending:
+            self._input = None
+        return y
 
 
 def link_input_groups(model: nn.Module) -> int:

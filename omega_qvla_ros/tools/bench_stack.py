@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from omega_qvla_ros.models.layers import DecoderLayer
-from omega_qvla_ros.quant import int_gemm
+from omega_qvla_ros.quant import cpu_kernel, int_gemm
 from omega_qvla_ros.quant.qlinear import QuantLinear
 from omega_qvla_ros.quant.quantize import quantize
 from omega_qvla_ros.quant.recipes import get_recipe
@@ -41,15 +41,20 @@ class Stack(nn.Module):
         return x
 
 
-def _time(f, x: torch.Tensor, repeats: int) -> float:
+def _times(models: dict[str, nn.Module], x: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Seconds per forward of each model, the fastest of `repeats` rounds; the models take
+    turns within a round (this shared machine drifts by 10% within minutes: turns keep the
+    ratios side by side)."""
+    ts: dict[str, list[float]] = {k: [] for k in models}
     with torch.inference_mode():
-        f(x)
-        ts = []
+        for m in models.values():
+            m(x)
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            f(x)
-            ts.append(time.perf_counter() - t0)
-    return min(ts)
+            for k, m in models.items():
+                t0 = time.perf_counter()
+                m(x)
+                ts[k].append(time.perf_counter() - t0)
+    return {k: min(v) for k, v in ts.items()}
 
 
 def _part(width: int, mlp: int, layers: int, tokens: int, recipe: str, side: str, repeats: int, seed: int) -> dict:
@@ -65,19 +70,33 @@ def _part(width: int, mlp: int, layers: int, tokens: int, recipe: str, side: str
         if isinstance(m, QuantLinear):
             m.prepare()
     integer = sum(1 for m in q.modules() if isinstance(m, QuantLinear) and m.uses_integer_path())
-    t_fp, t_q = _time(fp, x, repeats), _time(q, x, repeats)
+    # the same quantized stack holding int4 weights (the pack's size) in each kernel that can
+    variants = {"fp32": fp, "w4a4": q}
+    for kind in _int4_kinds():
+        v = copy.deepcopy(q)
+        for m in v.modules():
+            if isinstance(m, QuantLinear):
+                m.set_kernel_weights(kind)
+        variants[kind] = v
+    t = _times(variants, x, repeats)
+    t_fp, t_q = t["fp32"], t["w4a4"]
     with torch.inference_mode():
-        err = float(((q(x) - fp(x)) ** 2).mean() / (fp(x) ** 2).mean())
+        y = q(x)
+        err = float(((y - fp(x)) ** 2).mean() / (fp(x) ** 2).mean())
+        exact = ({"int4_avx2_equals_hold": bool(torch.equal(variants["int4_avx2"](x), y))}
+                 if "int4_avx2" in variants else {})  # exact kernels: the same outputs as int8 held
     out = {"width": width, "mlp": mlp, "layers": layers, "tokens": tokens, "fp32_s": t_fp, "w4a4_s": t_q,
            "speed_vs_fp32": t_fp / t_q, "integer_layers": integer, "quantized_layers": 7 * layers,
-           "output_rel_mse": err}
-    if int_gemm.int4_bf16_available():  # the bounded-memory kernel (kernel_weights "int4_bf16")
-        for m in q.modules():
-            if isinstance(m, QuantLinear):
-                m.set_kernel_weights("int4_bf16")
-        t4 = _time(q, x, repeats)
-        out |= {"w4a4_int4_bf16_s": t4, "int4_bf16_speed_vs_fp32": t_fp / t4}
+           "output_rel_mse": err, **exact}
+    for kind in _int4_kinds():
+        out |= {f"w4a4_{kind}_s": t[kind], f"{kind}_speed_vs_fp32": t_fp / t[kind]}
     return out
+
+
+def _int4_kinds() -> list[str]:
+    """The int4 kernel_weights this machine runs: our AVX2 kernel's, torch's int4 kernel."""
+    return ((["int4_avx2"] if cpu_kernel.available() else [])
+            + (["int4_bf16"] if int_gemm.int4_bf16_available() else []))
 
 
 def run(recipe: str = "omega_qvla", layers: int = 2, tokens: int = 800, steps: int = 10, repeats: int = 3,
@@ -87,13 +106,17 @@ def run(recipe: str = "omega_qvla", layers: int = 2, tokens: int = 800, steps: i
     fp = trunk["fp32_s"] + steps * expert["fp32_s"]
     q = trunk["w4a4_s"] + steps * expert["w4a4_s"]
     chunk = {"fp32_s": fp, "w4a4_s": q, "speed_vs_fp32": fp / q}
-    if "w4a4_int4_bf16_s" in trunk:
-        q4 = trunk["w4a4_int4_bf16_s"] + steps * expert["w4a4_int4_bf16_s"]
-        chunk |= {"w4a4_int4_bf16_s": q4, "int4_bf16_speed_vs_fp32": fp / q4}
+    for kind in _int4_kinds():
+        q4 = trunk[f"w4a4_{kind}_s"] + steps * expert[f"w4a4_{kind}_s"]
+        chunk |= {f"w4a4_{kind}_s": q4, f"{kind}_speed_vs_fp32": fp / q4}
     from omega_qvla_ros.tools.machine import describe
 
     return {"benchmark": "stack", "recipe": recipe, "threads": torch.get_num_threads(), "torch": torch.__version__,
             "machine": describe(), "trunk": trunk, "expert": expert, "steps": steps, "chunk_equivalent": chunk}
+
+
+def _kinds(part: dict) -> list[str]:
+    return [k for k in ("int4_avx2", "int4_bf16") if f"{k}_speed_vs_fp32" in part]
 
 
 def format_text(r: dict) -> str:
@@ -104,9 +127,9 @@ def format_text(r: dict) -> str:
         lines.append(f"  {part}: {p['layers']} layers {p['width']}/{p['mlp']}, {p['tokens']} tokens: FP32 "
                      f"{p['fp32_s'] * 1e3:.0f} ms, W4A4 {p['w4a4_s'] * 1e3:.0f} ms ({p['speed_vs_fp32']:.2f}×), "
                      f"{p['integer_layers']}/{p['quantized_layers']} integer, rel-MSE {p['output_rel_mse']:.4f}"
-                     + (f"; int4 weights held (int4_bf16) {p['w4a4_int4_bf16_s'] * 1e3:.0f} ms "
-                        f"({p['int4_bf16_speed_vs_fp32']:.2f}×)" if "w4a4_int4_bf16_s" in p else ""))
+                     + "".join(f"; int4 weights held ({k}) {p[f'w4a4_{k}_s'] * 1e3:.0f} ms "
+                               f"({p[f'{k}_speed_vs_fp32']:.2f}×)" for k in _kinds(p)))
     c = r["chunk_equivalent"]
     lines.append(f"  chunk (trunk + {r['steps']} × expert): {c['speed_vs_fp32']:.2f}×"
-                 + (f" (int4_bf16: {c['int4_bf16_speed_vs_fp32']:.2f}×)" if "int4_bf16_speed_vs_fp32" in c else ""))
+                 + "".join(f" ({k}: {c[f'{k}_speed_vs_fp32']:.2f}×)" for k in _kinds(c)))
     return "\n".join(lines)

@@ -15,12 +15,14 @@
  *
  * One call also rotates the input by the layer's 64-blocks (rotate_rows) and quantizes
  * it, so a layer is one call. Rows are split over OpenMP threads, each taking its rows
- * through every step (torch's own OpenMP runtime when built by cpu_kernel.py, so
- * torch.set_num_threads applies and no second pool competes).
+ * through every step, 64 rows at a time, in scratch of its own kept between calls
+ * (torch's own OpenMP runtime when built by cpu_kernel.py, so torch.set_num_threads
+ * applies and no second pool competes).
  */
 #include <immintrin.h>
 #include <omp.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define NB 16
@@ -51,86 +53,115 @@ static void quantize_row(const float *zr, int64_t k, int64_t kp, float s, uint8_
     for (; j < kp; j++) ur[j] = 8;  /* padding (its weights are 0) */
 }
 
-/* rows x R for up to RR rows and 32 of a 64-block's output columns: out[r][0..32) =
-   sum_j x[r][perm(b*64 + j)] * rb[j][0..32), rb row-major with stride 64. */
-#define RR 3
-static inline __attribute__((always_inline)) void rot_tile(
-        const float *x, int64_t k, const int64_t *perm, int64_t j0, const float *rb, int rows,
-        float *out) {
-    __m256 acc[RR][4];
-    for (int r = 0; r < rows; r++)
-        for (int v = 0; v < 4; v++) acc[r][v] = _mm256_setzero_ps();
+/* o[r][0..16) = sum_j in[r][j] * rq[j][0..16) for RT rows of 64 inputs (in, stride 64)
+   and 16 of a 64-block's output columns (rq row-major, stride 64): twelve named
+   accumulators, two block vectors and a broadcast, so that twelve independent
+   multiply-adds are in flight per input (two FMA units of latency 4 need eight).
+   Not inlined, so that its registers are allocated on their own (see tile). */
+#define RT 6
+static __attribute__((noinline)) void rot_quarter(const float *in, const float *rq, float *o) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0,
+           b0 = a0, b1 = a0, b2 = a0, b3 = a0, b4 = a0, b5 = a0;
     for (int j = 0; j < 64; j++) {
-        const int64_t col = perm ? perm[j0 + j] : j0 + j;
-        __m256 rv[4];
-        for (int v = 0; v < 4; v++) rv[v] = _mm256_loadu_ps(rb + j * 64 + v * 8);
-        for (int r = 0; r < rows; r++) {
-            const __m256 a = _mm256_set1_ps(x[r * k + col]);
-            for (int v = 0; v < 4; v++) acc[r][v] = _mm256_fmadd_ps(a, rv[v], acc[r][v]);
-        }
+        const __m256 r0 = _mm256_loadu_ps(rq + j * 64), r1 = _mm256_loadu_ps(rq + j * 64 + 8);
+        __m256 x;
+#define ROW(R) x = _mm256_broadcast_ss(in + R * 64 + j); \
+        a##R = _mm256_fmadd_ps(x, r0, a##R); b##R = _mm256_fmadd_ps(x, r1, b##R);
+        ROW(0) ROW(1) ROW(2) ROW(3) ROW(4) ROW(5)
+#undef ROW
     }
-    for (int r = 0; r < rows; r++)
-        for (int v = 0; v < 4; v++) _mm256_storeu_ps(out + r * k + v * 8, acc[r][v]);
+#define OUT(R) _mm256_storeu_ps(o + R * 64, a##R); _mm256_storeu_ps(o + R * 64 + 8, b##R);
+    OUT(0) OUT(1) OUT(2) OUT(3) OUT(4) OUT(5)
+#undef OUT
 }
 
-/* Rows [i0, i1) of x R into out (same layout as x), R = P · blockdiag(blocks, tail)
-   (rotation.py's BlockRotation: x[perm], then each 64-block times its block, blocks
-   row-major [in][out]). Blocks outer, rows inner: a block's half stays in L1 while every
-   row passes, k * 64 multiply-adds per row instead of a dense rotation's k * k. */
+/* Rows [i0, i1) of x R into out (rows of k from out[0]), R = P · blockdiag(blocks,
+   tail) (rotation.py's BlockRotation: x[perm], then each 64-block times its block,
+   blocks row-major [in][out]). The permuted rows are gathered into out first (one row's
+   random reads stay in cache), then blocks outer, RT rows at a time inner, their 64
+   inputs copied aside so that out is rotated in place: a block stays in L1 while the
+   rows pass, each row read in contiguous 256-byte pieces; k * 64 multiply-adds per row
+   instead of a dense rotation's k * k. */
 static void rotate_rows(const float *x, int64_t i0, int64_t i1, int64_t k, const int64_t *perm,
                         const float *blocks, int64_t nblk, const float *tail, float *out) {
+    const int64_t r = k - nblk * 64, rows = i1 - i0;
+    const float *src = x + i0 * k;
+    float in[RT * 64], o[RT * 64], tin[64];
+    if (perm) {
+        for (int64_t i = 0; i < rows; i++)
+            for (int64_t j = 0; j < k; j++) out[i * k + j] = src[i * k + perm[j]];
+        src = out;
+    }
     for (int64_t b = 0; b < nblk; b++)
-        for (int h = 0; h < 2; h++) {
-            const float *rb = blocks + b * 64 * 64 + h * 32;
-            int64_t i = i0;
-            for (; i + RR <= i1; i += RR)
-                rot_tile(x + i * k, k, perm, b * 64, rb, RR, out + i * k + b * 64 + h * 32);
-            for (; i < i1; i++)
-                rot_tile(x + i * k, k, perm, b * 64, rb, 1, out + i * k + b * 64 + h * 32);
+        for (int64_t i = 0; i < rows; i += RT) {
+            const int64_t n = rows - i < RT ? rows - i : RT;  /* a short last group repeats its first row */
+            for (int64_t t = 0; t < RT; t++)
+                memcpy(in + t * 64, src + (i + (t < n ? t : 0)) * k + b * 64, 64 * sizeof(float));
+            for (int q = 0; q < 4; q++) rot_quarter(in, blocks + b * 64 * 64 + q * 16, o + q * 16);
+            for (int64_t t = 0; t < n; t++) memcpy(out + (i + t) * k + b * 64, o + t * 64, 64 * sizeof(float));
         }
-    const int64_t r = k - nblk * 64;
-    for (int64_t i = i0; r > 0 && i < i1; i++) {
-        const float *xr = x + i * k;
+    for (int64_t i = 0; r > 0 && i < rows; i++) {  /* the tail (r < 64 features) */
+        memcpy(tin, src + i * k + nblk * 64, r * sizeof(float));
         float *ot = out + i * k + nblk * 64;
         for (int64_t c = 0; c < r; c++) ot[c] = 0.0f;
-        for (int64_t j = 0; j < r; j++) {
-            const float xj = xr[perm ? perm[nblk * 64 + j] : nblk * 64 + j];
-            for (int64_t c = 0; c < r; c++) ot[c] += xj * tail[j * r + c];
-        }
+        for (int64_t j = 0; j < r; j++)
+            for (int64_t c = 0; c < r; c++) ot[c] += tin[j] * tail[j * r + c];
     }
 }
 
-static inline __attribute__((always_inline)) void tile(
-        const uint8_t *u, int64_t kp, const int8_t *w, int64_t pairs, int mr, int nr, int32_t *out) {
-    __m256i acc[MR][NR];
-    int32_t wide[MR][NR * NB];
-    memset(wide, 0, sizeof wide);
-    for (int64_t p0 = 0; p0 < pairs; p0 += WIDEN_PAIRS) {
-        int64_t p1 = p0 + WIDEN_PAIRS < pairs ? p0 + WIDEN_PAIRS : pairs;
-        for (int r = 0; r < mr; r++)
-            for (int c = 0; c < nr; c++) acc[r][c] = _mm256_setzero_si256();
-        for (int64_t p = p0; p < p1; p++) {
-            __m256i wv[NR];
-            for (int c = 0; c < nr; c++)
-                wv[c] = _mm256_loadu_si256((const __m256i *)(w + ((int64_t)c * pairs + p) * 32));
-            for (int r = 0; r < mr; r++) {
-                int16_t pr;
-                memcpy(&pr, u + r * kp + 2 * p, 2);
-                const __m256i a = _mm256_set1_epi16(pr);
-                for (int c = 0; c < nr; c++)
-                    acc[r][c] = _mm256_add_epi16(acc[r][c], _mm256_maddubs_epi16(a, wv[c]));
-            }
-        }
-        for (int r = 0; r < mr; r++)
-            for (int c = 0; c < nr; c++) {
-                __m256i lo = _mm256_cvtepi16_epi32(_mm256_castsi256_si128(acc[r][c]));
-                __m256i hi = _mm256_cvtepi16_epi32(_mm256_extracti128_si256(acc[r][c], 1));
-                __m256i *d = (__m256i *)&wide[r][c * NB];
-                _mm256_storeu_si256(d, _mm256_add_epi32(_mm256_loadu_si256(d), lo));
-                _mm256_storeu_si256(d + 1, _mm256_add_epi32(_mm256_loadu_si256(d + 1), hi));
-            }
+/* Per-thread scratch, kept between calls and grown to the largest asked for: a chunk's
+   activation codes, rotated rows and unpacked int4 weights (a few hundred KB per thread;
+   a fresh buffer per call cost its page faults, more than the rotation itself at 800 x
+   16384). */
+static _Thread_local void *scratch_codes, *scratch_rot, *scratch_w;
+static _Thread_local size_t scratch_codes_size, scratch_rot_size, scratch_w_size;
+
+static void *scratch(void **p, size_t *size, size_t need) {
+    if (need > *size) {
+        free(*p);
+        *p = aligned_alloc(64, (need + 63) / 64 * 64);
+        *size = *p ? need : 0;
     }
-    memcpy(out, wide, sizeof wide);
+    return *p;
+}
+
+/* out[r][c * 16 + j] = sum over the k-pairs of row u[r]'s codes times weight block w[c]
+   (4 rows x 3 blocks of 16 columns; a tile at the matrix's edge repeats a row or a block
+   and ignores that result). The twelve accumulators are named so that they stay in the
+   16 ymm registers (12 accumulators, 3 weight vectors, 1 broadcast): the function is not
+   inlined and the file is built at -O2 (cpu_kernel.FLAGS); gcc 12 at -O3, inlined into
+   the caller, or with the accumulators in an array, spilled some of them to the stack, a
+   store and a reload per multiply-add (1.7x slower). */
+static __attribute__((noinline)) void tile(const uint8_t *const *u, const int8_t *const *w, int64_t pairs, int32_t *out) {
+    const int8_t *w0 = w[0], *w1 = w[1], *w2 = w[2];
+    const uint8_t *u0 = u[0], *u1 = u[1], *u2 = u[2], *u3 = u[3];
+    __m256i wide[MR * NR * 2];
+    for (int i = 0; i < MR * NR * 2; i++) wide[i] = _mm256_setzero_si256();
+    for (int64_t p0 = 0; p0 < pairs; p0 += WIDEN_PAIRS) {
+        const int64_t p1 = p0 + WIDEN_PAIRS < pairs ? p0 + WIDEN_PAIRS : pairs;
+        __m256i c00 = _mm256_setzero_si256(), c01 = c00, c02 = c00, c10 = c00, c11 = c00, c12 = c00,
+                c20 = c00, c21 = c00, c22 = c00, c30 = c00, c31 = c00, c32 = c00;
+        for (int64_t p = p0; p < p1; p++) {
+            const __m256i x0 = _mm256_loadu_si256((const __m256i *)(w0 + p * 32));
+            const __m256i x1 = _mm256_loadu_si256((const __m256i *)(w1 + p * 32));
+            const __m256i x2 = _mm256_loadu_si256((const __m256i *)(w2 + p * 32));
+            int16_t pr;
+            __m256i a;
+#define ROW(R) memcpy(&pr, u##R + 2 * p, 2); a = _mm256_set1_epi16(pr);          \
+            c##R##0 = _mm256_add_epi16(c##R##0, _mm256_maddubs_epi16(a, x0));   \
+            c##R##1 = _mm256_add_epi16(c##R##1, _mm256_maddubs_epi16(a, x1));   \
+            c##R##2 = _mm256_add_epi16(c##R##2, _mm256_maddubs_epi16(a, x2));
+            ROW(0) ROW(1) ROW(2) ROW(3)
+#undef ROW
+        }
+        const __m256i cs[MR * NR] = {c00, c01, c02, c10, c11, c12, c20, c21, c22, c30, c31, c32};
+        for (int i = 0; i < MR * NR; i++) {  /* widen the int16 sums into int32 */
+            wide[2 * i] = _mm256_add_epi32(wide[2 * i], _mm256_cvtepi16_epi32(_mm256_castsi256_si128(cs[i])));
+            wide[2 * i + 1] = _mm256_add_epi32(wide[2 * i + 1],
+                                               _mm256_cvtepi16_epi32(_mm256_extracti128_si256(cs[i], 1)));
+        }
+    }
+    for (int i = 0; i < MR * NR * 2; i++) _mm256_storeu_si256((__m256i *)(out + 8 * i), wide[i]);
 }
 
 /* One tile's outputs: y[row][c] = (acc - offset) * wscale * s_row for the tile's
@@ -159,51 +190,118 @@ static void store(const int32_t *acc, int mr, int64_t row0, int64_t c0, int64_t 
     }
 }
 
-/* z [m, k] float32, w packed, offset/wscale [n], s one scale or rs [m] one per row
-   (rs != NULL); the outputs ys (see store: nseg of them, ends[nseg - 1] == n), float32;
-   work: m * (k rounded up to even) bytes.
-   With blocks != NULL the codes are those of z R (rotate_rows into rot_work, m * k
-   floats). Each thread takes its own rows through every step (one fork, no barrier):
-   rotation, quantization, then the GEMM in chunks of MC rows against one tile of NR
-   weight blocks at a time (the tile's weights stay in cache while the chunk passes). */
-void w4a4_linear(const float *z, int64_t m, int64_t k, const int64_t *perm, const float *blocks,
-                 int64_t nblk, const float *tail, float *rot_work, const int8_t *w, int64_t n,
-                 const int32_t *offset, const float *wscale, float s, const float *rs,
-                 uint8_t *work, const int64_t *ends, float *const *ys) {
+/* NR (nr real) weight blocks in the int8 layout the tile reads (block c at out + c *
+   pairs * 32) from their int4 form (cpu_kernel.pack_weights(nibbles=True)): 32 bytes hold
+   two k-pairs of one 16-column block, the first pair in the low nibbles, codes + 8 (the
+   int4 codes held at the pack's size, unpacked once per chunk of rows and tile). */
+static void unpack_blocks(const uint8_t *wn, int64_t pairs, int nr, int8_t *out) {
+    const int64_t quads = (pairs + 1) / 2;
+    const __m256i mask = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(8);
+    for (int c = 0; c < nr; c++) {
+        const uint8_t *src = wn + c * quads * 32;
+        int8_t *dst = out + c * pairs * 32;
+        for (int64_t i = 0; i < quads; i++) {
+            const __m256i v = _mm256_loadu_si256((const __m256i *)(src + i * 32));
+            _mm256_storeu_si256((__m256i *)(dst + 2 * i * 32), _mm256_sub_epi8(_mm256_and_si256(v, mask), eight));
+            if (2 * i + 1 < pairs)
+                _mm256_storeu_si256((__m256i *)(dst + (2 * i + 1) * 32),
+                                    _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(v, 4), mask), eight));
+        }
+    }
+}
+
+/* z [m, k] float32, w packed (int8, or int4 with nibbles != 0), offset/wscale [n], s one scale or rs [m] one per row
+   (rs != NULL); the outputs ys (see store: nseg of them, ends[nseg - 1] == n), float32.
+   With blocks != NULL the codes are those of z R. Each thread takes its own rows
+   through every step (one fork, no barrier), MC rows at a time (more with int4 weights):
+   rotation (ROT_ROWS rows at a time), quantization, then the GEMM against one tile of NR
+   weight blocks at a time (the tile's weights stay in cache while the chunk passes).
+   Returns 0, or -1 when a thread's scratch could not be allocated (outputs undefined). */
+#define MC 64
+#define NIB_CODES (8 << 20)
+#define ROT_ROWS (2 * RT)
+int w4a4_linear(const float *z, int64_t m, int64_t k, const int64_t *perm, const float *blocks,
+                int64_t nblk, const float *tail, const int8_t *w, int nibbles, int64_t n,
+                const int32_t *offset, const float *wscale, float s, const float *rs, const int64_t *ends,
+                float *const *ys) {
     const int64_t kp = (k + 1) & ~(int64_t)1, pairs = kp / 2, nblocks = (n + NB - 1) / NB;
-    const int64_t mc = 64;
-#pragma omp parallel if (m * n * k >= 65536 && m >= 2 * MR)
+    int failed = 0;
+#pragma omp parallel if (m * n * k >= 65536 && m >= 2 * MR) reduction(| : failed)
     {
         const int64_t threads = omp_get_num_threads(), me = omp_get_thread_num();
         /* this thread's rows, whole tiles of MR where possible */
         const int64_t tiles = (m + MR - 1) / MR;
         const int64_t first = tiles * me / threads * MR, last_tile = tiles * (me + 1) / threads * MR;
         const int64_t last = last_tile < m ? last_tile : m;
-        const float *src = z;
-        if (blocks) {
-            rotate_rows(z, first, last, k, perm, blocks, nblk, tail, rot_work);
-            src = rot_work;
-        }
-        for (int64_t i = first; i < last; i++) quantize_row(src + i * k, k, kp, rs ? rs[i] : s, work + i * kp);
+        /* int4 weights are unpacked once per chunk and tile: their chunks are as many rows
+           as NIB_CODES bytes of codes hold (a 16384-deep layer unpacked per 64 rows ran 1.4x
+           slower than on int8 weights) */
+        int64_t mc = nibbles ? NIB_CODES / kp / MR * MR : MC;
+        mc = mc < MC ? MC : mc;
+        uint8_t *codes = last > first ? scratch(&scratch_codes, &scratch_codes_size, mc * kp) : NULL;
+        float *rot = blocks && last > first ? scratch(&scratch_rot, &scratch_rot_size, ROT_ROWS * k * sizeof(float)) : NULL;
+        int8_t *wscr = nibbles && last > first ? scratch(&scratch_w, &scratch_w_size, NR * pairs * 32) : NULL;
+        if (last > first && (!codes || (blocks && !rot) || (nibbles && !wscr))) failed = 1;
         int32_t acc[MR][NR * NB];
         float sm[MR];
-        for (int64_t c0r = first; c0r < last; c0r += mc)
+        for (int64_t c0r = first; !failed && c0r < last; c0r += mc) {
+            const int64_t c1r = c0r + mc < last ? c0r + mc : last;
+            for (int64_t i = c0r; i < c1r; i += ROT_ROWS) {
+                const int64_t i1 = i + ROT_ROWS < c1r ? i + ROT_ROWS : c1r;
+                const float *src = z + i * k;
+                if (blocks) {
+                    rotate_rows(z, i, i1, k, perm, blocks, nblk, tail, rot);
+                    src = rot;
+                }
+                for (int64_t j = i; j < i1; j++)
+                    quantize_row(src + (j - i) * k, k, kp, rs ? rs[j] : s, codes + (j - c0r) * kp);
+            }
             for (int64_t b = 0; b < nblocks; b += NR) {
                 const int nr = nblocks - b < NR ? (int)(nblocks - b) : NR;
                 const int8_t *wb = w + b * pairs * 32;
+                if (nibbles) {
+                    unpack_blocks((const uint8_t *)w + b * ((pairs + 1) / 2) * 32, pairs, nr, wscr);
+                    wb = wscr;
+                }
                 const int64_t c0 = b * NB, c1 = c0 + nr * NB < n ? c0 + nr * NB : n;
-                for (int64_t i0 = c0r; i0 < last && i0 < c0r + mc; i0 += MR) {
-                    const int mr = last - i0 < MR ? (int)(last - i0) : MR;
-                    const uint8_t *u = work + i0 * kp;
-#define T(A, B) case A * 4 + B: tile(u, kp, wb, pairs, A, B, &acc[0][0]); break
-                    switch (mr * 4 + nr) {
-                        T(4, 3); T(4, 2); T(4, 1); T(3, 3); T(3, 2); T(3, 1);
-                        T(2, 3); T(2, 2); T(2, 1); T(1, 3); T(1, 2); default: T(1, 1);
-                    }
-#undef T
+                for (int64_t i0 = c0r; i0 < c1r; i0 += MR) {
+                    const int mr = c1r - i0 < MR ? (int)(c1r - i0) : MR;
+                    const uint8_t *u[MR];
+                    const int8_t *wt[NR];
+                    for (int r = 0; r < MR; r++) u[r] = codes + (i0 - c0r + (r < mr ? r : 0)) * kp;
+                    for (int c = 0; c < NR; c++) wt[c] = wb + (c < nr ? c : 0) * pairs * 32;
+                    tile(u, wt, pairs, &acc[0][0]);
                     for (int r = 0; r < mr; r++) sm[r] = rs ? rs[i0 + r] : s;
                     store(&acc[0][0], mr, i0, c0, c1, offset, wscale, sm, ends, ys);
                 }
             }
+        }
     }
+    return failed ? -1 : 0;
+}
+
+/* w4a4_linear's arguments in one struct: a layer's constant ones are set once in
+   Python (cpu_kernel.Plan) and copied per call with its input and outputs, so that a
+   call converts one pointer instead of fifteen arguments (ctypes: ~0.25 us each). */
+typedef struct {
+    const float *z;
+    int64_t m, k;
+    const int64_t *perm;
+    const float *blocks;
+    int64_t nblk;
+    const float *tail;
+    const int8_t *w;
+    int64_t nibbles;
+    int64_t n;
+    const int32_t *offset;
+    const float *wscale;
+    const float *rs;
+    const int64_t *ends;
+    float *const *ys;
+    float s;
+} w4a4_args;
+
+int w4a4_linear_args(const w4a4_args *a) {
+    return w4a4_linear(a->z, a->m, a->k, a->perm, a->blocks, a->nblk, a->tail, a->w, (int)a->nibbles, a->n, a->offset,
+                       a->wscale, a->s, a->rs, a->ends, a->ys);
 }
