@@ -747,6 +747,7 @@ class InputGroup:
         self.biases = [m.bias for m in members]  # the group is rebuilt when they are loaded again
         self._input: torch.Tensor | None = None
         self._pending: dict[int, torch.Tensor] = {}  # member -> its output, until it asks
+        self._fast: bool | None = None  # runs as fast_output can (decided on its first call)
 
     def output(self, member: QuantLinear, x: torch.Tensor) -> torch.Tensor:
         """`member`'s output for input x (see the class docstring)."""
@@ -784,11 +785,14 @@ class InputGroup:
 
     def fast_output(self, member: QuantLinear, x: torch.Tensor) -> torch.Tensor | None:
         """output() for a group on the AVX2 kernel without output rotations (see
-        QuantLinear._avx2_fast); None when the leader's backend changed since."""
+        QuantLinear._avx2_fast); None when this group does not run so, or the leader's
+        backend changed since it was built (output() then rebuilds it)."""
+        if self._fast is None:
+            self._fast = self.direct and self.layer._backend(torch.device("cpu")) == "avx2"
+        if not self._fast or self.layer.backend != self.members[0].backend:
+            return None
         key, pending = id(member), self._pending
         if not (self._input is x and key in pending):
-            if self.layer.backend != self.members[0].backend:
-                return None
             pending = self._pending = self._avx2_outputs(x)
             self._input = x
         y = pending.pop(key)

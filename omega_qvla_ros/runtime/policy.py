@@ -64,9 +64,9 @@ class Policy:
                   control_dt: float = 0.02, lean: bool = True, kernel_weights: str | None = None) -> "Policy":
         """Load a pack to run it. `lean` (the default): large unquantized parts stay at
         their stored half precision when they are big (> 512 MiB), integer layers give
-        back their int4 codes once their kernels hold them, and in a big pack the
-        backbone's integer layers keep their weights at int4 in torch's CPU int4 kernel
-        (`kernel_weights` "auto", see quant.pack.load_pack) — a W4A4 process then holds
+        back their int4 codes once their kernels hold them, and in a big pack the integer
+        layers keep their weights at int4 (our AVX2 kernel on x86 without VNNI, else torch's
+        CPU int4 kernel: `kernel_weights` "auto", see quant.pack.load_pack) — a W4A4 process then holds
         about the pack's size plus activations. `kernel_weights="hold"` keeps every int8 kernel weight
         (faster, twice the int4 bytes); `lean=False` keeps everything in float32."""
         dev = pick_device(device)

@@ -238,6 +238,8 @@ int w4a4_linear(const float *z, int64_t m, int64_t k, const int64_t *perm, const
            slower than on int8 weights) */
         int64_t mc = nibbles ? NIB_CODES / kp / MR * MR : MC;
         mc = mc < MC ? MC : mc;
+        const int64_t own = (last - first + MR - 1) / MR * MR;  /* no more scratch than the rows */
+        mc = nibbles && mc > own ? own : mc;
         uint8_t *codes = last > first ? scratch(&scratch_codes, &scratch_codes_size, mc * kp) : NULL;
         float *rot = blocks && last > first ? scratch(&scratch_rot, &scratch_rot_size, ROT_ROWS * k * sizeof(float)) : NULL;
         int8_t *wscr = nibbles && last > first ? scratch(&scratch_w, &scratch_w_size, NR * pairs * 32) : NULL;
