@@ -128,7 +128,7 @@ class PackedWeights:
     """int4 weight codes in the kernel's layout and per-row float scales: int8, one byte
     per code ([n/16][k/2][16][2], zero padded), or with `nibbles` the same blocks at half a
     byte per code (two k-pairs per 32 bytes, codes + 8 in the low and high nibbles: the
-    pack's own size, unpacked by the kernel per tile, about 5% slower at 50 tokens);
+    pack's own size, unpacked by the kernel per tile, 2–4% slower at 50 tokens);
     `offset` is 8 × the row sums (what the activation codes' unsigned offset adds)."""
 
     packed: torch.Tensor  # int8 or uint8 (nibbles)

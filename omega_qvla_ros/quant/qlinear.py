@@ -426,8 +426,9 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fast = self._cache.get("avx2_fast")
-        if fast is not None and fast[1] is not None and x.is_cpu and \
-                fast[0] == (self.path, self.backend, self.kernel_weights):
+        key = (self.path, self.backend, self.kernel_weights)
+        current = fast is not None and fast[0] == key
+        if current and fast[1] is not None and x.is_cpu:
             y = fast[1](x)
             if y is not None:
                 return y
@@ -436,8 +437,8 @@ class QuantLinear(nn.Module):
         else:
             y, bias_added = self._product(x)
             y = self._finish(y, x, bias_added)
-        if (fast is None or fast[0] != (self.path, self.backend, self.kernel_weights)) and x.is_cpu:
-            self._cache["avx2_fast"] = ((self.path, self.backend, self.kernel_weights), self._avx2_fast())
+        if not current and x.is_cpu:
+            self._cache["avx2_fast"] = (key, self._avx2_fast())
         return y
 
     def _avx2_fast(self) -> Callable[[torch.Tensor], torch.Tensor | None] | None:
@@ -453,9 +454,7 @@ class QuantLinear(nn.Module):
                 self.spec.act_mode not in ("static_tensor", "per_step_factorized"):
             return None
         if self.siblings is not None:
-            group = self._group()
-            if not (group.direct and group.layer._backend(torch.device("cpu")) == "avx2"
-                    and group.layer._kernel_weights("avx2_plan", group.layer._avx2_plan)[1]):
+            if not self._group().runs_on_avx2():
                 return None
             leader = self.siblings[0]
 
@@ -747,7 +746,7 @@ class InputGroup:
         self.biases = [m.bias for m in members]  # the group is rebuilt when they are loaded again
         self._input: torch.Tensor | None = None
         self._pending: dict[int, torch.Tensor] = {}  # member -> its output, until it asks
-        self._fast: bool | None = None  # runs as fast_output can (decided on its first call)
+        self._avx2: bool | None = None  # runs_on_avx2, decided on its first ask
 
     def output(self, member: QuantLinear, x: torch.Tensor) -> torch.Tensor:
         """`member`'s output for input x (see the class docstring)."""
@@ -783,23 +782,20 @@ class InputGroup:
             out[id(m)] = p if dtype is torch.float32 else p.to(dtype)
         return out
 
-    def fast_output(self, member: QuantLinear, x: torch.Tensor) -> torch.Tensor | None:
-        """output() for a group on the AVX2 kernel without output rotations (see
-        QuantLinear._avx2_fast); None when this group does not run so, or the leader's
-        backend changed since it was built (output() then rebuilds it)."""
-        if self._fast is None:
-            self._fast = self.direct and self.layer._backend(torch.device("cpu")) == "avx2"
-        if not self._fast or self.layer.backend != self.members[0].backend:
-            return None
-        key, pending = id(member), self._pending
-        if not (self._input is x and key in pending):
-            pending = self._pending = self._avx2_outputs(x)
-            self._input = x
-        y = pending.pop(key)
-        if not pending:
-            self._input = None
-        return y
+    def runs_on_avx2(self) -> bool:
+        """Whether the group runs as one AVX2 kernel call writing its members' outputs
+        (no output rotations; the fused layer's backend, fixed when it was built)."""
+        if self._avx2 is None:
+            self._avx2 = self.direct and self.layer._backend(torch.device("cpu")) == "avx2"
+        return self._avx2
 
+    def fast_output(self, member: QuantLinear, x: torch.Tensor) -> torch.Tensor | None:
+        """output() for QuantLinear._avx2_fast; None when this group does not run on the
+        AVX2 kernel, or the leader's backend changed since it was built (the general
+        forward then rebuilds it)."""
+        if not self.runs_on_avx2() or self.layer.backend != self.members[0].backend:
+            return None
+        return self.output(member, x)
 
 def link_input_groups(model: nn.Module) -> int:
     """Give every QuantLinear of `model` whose spec names an input group its siblings

@@ -72,7 +72,8 @@ def _part(width: int, mlp: int, layers: int, tokens: int, recipe: str, side: str
     integer = sum(1 for m in q.modules() if isinstance(m, QuantLinear) and m.uses_integer_path())
     # the same quantized stack holding int4 weights (the pack's size) in each kernel that can
     variants = {"fp32": fp, "w4a4": q}
-    for kind in _int4_kinds():
+    kinds = _int4_kinds()
+    for kind in kinds:
         v = copy.deepcopy(q)
         for m in v.modules():
             if isinstance(m, QuantLinear):
@@ -81,22 +82,25 @@ def _part(width: int, mlp: int, layers: int, tokens: int, recipe: str, side: str
     t = _times(variants, x, repeats)
     t_fp, t_q = t["fp32"], t["w4a4"]
     with torch.inference_mode():
-        y = q(x)
-        err = float(((y - fp(x)) ** 2).mean() / (fp(x) ** 2).mean())
+        y, y_fp = q(x), fp(x)
+        err = float(((y - y_fp) ** 2).mean() / (y_fp ** 2).mean())
         exact = ({"int4_avx2_equals_hold": bool(torch.equal(variants["int4_avx2"](x), y))}
                  if "int4_avx2" in variants else {})  # exact kernels: the same outputs as int8 held
     out = {"width": width, "mlp": mlp, "layers": layers, "tokens": tokens, "fp32_s": t_fp, "w4a4_s": t_q,
            "speed_vs_fp32": t_fp / t_q, "integer_layers": integer, "quantized_layers": 7 * layers,
            "output_rel_mse": err, **exact}
-    for kind in _int4_kinds():
+    for kind in kinds:
         out |= {f"w4a4_{kind}_s": t[kind], f"{kind}_speed_vs_fp32": t_fp / t[kind]}
     return out
 
 
+INT4_KINDS = ("int4_avx2", "int4_bf16")  # int4 kernel_weights: our AVX2 kernel's, torch's int4 kernel
+
+
 def _int4_kinds() -> list[str]:
-    """The int4 kernel_weights this machine runs: our AVX2 kernel's, torch's int4 kernel."""
-    return ((["int4_avx2"] if cpu_kernel.available() else [])
-            + (["int4_bf16"] if int_gemm.int4_bf16_available() else []))
+    """The INT4_KINDS this machine runs."""
+    runs = {"int4_avx2": cpu_kernel.available(), "int4_bf16": int_gemm.int4_bf16_available()}
+    return [k for k in INT4_KINDS if runs[k]]
 
 
 def run(recipe: str = "omega_qvla", layers: int = 2, tokens: int = 800, steps: int = 10, repeats: int = 3,
@@ -106,7 +110,7 @@ def run(recipe: str = "omega_qvla", layers: int = 2, tokens: int = 800, steps: i
     fp = trunk["fp32_s"] + steps * expert["fp32_s"]
     q = trunk["w4a4_s"] + steps * expert["w4a4_s"]
     chunk = {"fp32_s": fp, "w4a4_s": q, "speed_vs_fp32": fp / q}
-    for kind in _int4_kinds():
+    for kind in _kinds(trunk):
         q4 = trunk[f"w4a4_{kind}_s"] + steps * expert[f"w4a4_{kind}_s"]
         chunk |= {f"w4a4_{kind}_s": q4, f"{kind}_speed_vs_fp32": fp / q4}
     from omega_qvla_ros.tools.machine import describe
@@ -116,7 +120,8 @@ def run(recipe: str = "omega_qvla", layers: int = 2, tokens: int = 800, steps: i
 
 
 def _kinds(part: dict) -> list[str]:
-    return [k for k in ("int4_avx2", "int4_bf16") if f"{k}_speed_vs_fp32" in part]
+    """The INT4_KINDS a part of a result holds."""
+    return [k for k in INT4_KINDS if f"{k}_speed_vs_fp32" in part]
 
 
 def format_text(r: dict) -> str:

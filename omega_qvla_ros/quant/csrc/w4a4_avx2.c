@@ -210,8 +210,31 @@ static void unpack_blocks(const uint8_t *wn, int64_t pairs, int nr, int8_t *out)
     }
 }
 
-/* z [m, k] float32, w packed (int8, or int4 with nibbles != 0), offset/wscale [n], s one scale or rs [m] one per row
-   (rs != NULL); the outputs ys (see store: nseg of them, ends[nseg - 1] == n), float32.
+/* One call's arguments in one struct: a layer's constant ones are set once in Python
+   (cpu_kernel.Plan, whose _Args mirrors this) and copied per call with its input and
+   outputs, so that a call converts one pointer instead of fifteen arguments (ctypes:
+   ~0.25 us each). */
+typedef struct {
+    const float *z;
+    int64_t m, k;
+    const int64_t *perm;
+    const float *blocks;
+    int64_t nblk;
+    const float *tail;
+    const int8_t *w;
+    int64_t nibbles;
+    int64_t n;
+    const int32_t *offset;
+    const float *wscale;
+    const float *rs;
+    const int64_t *ends;
+    float *const *ys;
+    float s;
+} w4a4_args;
+
+/* z [m, k] float32, w packed (int8, or int4 with nibbles != 0), offset/wscale [n], s one
+   scale or rs [m] one per row (rs != NULL); the outputs ys (see store: nseg of them,
+   ends[nseg - 1] == n), float32.
    With blocks != NULL the codes are those of z R. Each thread takes its own rows
    through every step (one fork, no barrier), MC rows at a time (more with int4 weights):
    rotation (ROT_ROWS rows at a time), quantization, then the GEMM against one tile of NR
@@ -220,10 +243,14 @@ static void unpack_blocks(const uint8_t *wn, int64_t pairs, int nr, int8_t *out)
 #define MC 64
 #define NIB_CODES (8 << 20)
 #define ROT_ROWS (2 * RT)
-int w4a4_linear(const float *z, int64_t m, int64_t k, const int64_t *perm, const float *blocks,
-                int64_t nblk, const float *tail, const int8_t *w, int nibbles, int64_t n,
-                const int32_t *offset, const float *wscale, float s, const float *rs, const int64_t *ends,
-                float *const *ys) {
+int w4a4_linear_args(const w4a4_args *a) {
+    const float *z = a->z, *blocks = a->blocks, *tail = a->tail, *wscale = a->wscale, *rs = a->rs;
+    const int64_t m = a->m, k = a->k, nblk = a->nblk, n = a->n, *perm = a->perm, *ends = a->ends;
+    const int8_t *w = a->w;
+    const int nibbles = a->nibbles != 0;
+    const int32_t *offset = a->offset;
+    const float s = a->s;
+    float *const *ys = a->ys;
     const int64_t kp = (k + 1) & ~(int64_t)1, pairs = kp / 2, nblocks = (n + NB - 1) / NB;
     int failed = 0;
 #pragma omp parallel if (m * n * k >= 65536 && m >= 2 * MR) reduction(| : failed)
@@ -280,30 +307,4 @@ int w4a4_linear(const float *z, int64_t m, int64_t k, const int64_t *perm, const
         }
     }
     return failed ? -1 : 0;
-}
-
-/* w4a4_linear's arguments in one struct: a layer's constant ones are set once in
-   Python (cpu_kernel.Plan) and copied per call with its input and outputs, so that a
-   call converts one pointer instead of fifteen arguments (ctypes: ~0.25 us each). */
-typedef struct {
-    const float *z;
-    int64_t m, k;
-    const int64_t *perm;
-    const float *blocks;
-    int64_t nblk;
-    const float *tail;
-    const int8_t *w;
-    int64_t nibbles;
-    int64_t n;
-    const int32_t *offset;
-    const float *wscale;
-    const float *rs;
-    const int64_t *ends;
-    float *const *ys;
-    float s;
-} w4a4_args;
-
-int w4a4_linear_args(const w4a4_args *a) {
-    return w4a4_linear(a->z, a->m, a->k, a->perm, a->blocks, a->nblk, a->tail, a->w, (int)a->nibbles, a->n, a->offset,
-                       a->wscale, a->s, a->rs, a->ends, a->ys);
 }
