@@ -62,9 +62,9 @@ bench-eval: setup
 	  --workers 2 --blend crossfade --latency 0.15 --out bench/results/eval_gr00t_latency.json
 	@# temporal ensembling: a new chunk every 2 steps, overlaps averaged (new chunk's weight 0.2)
 	$(VENV)/bin/omega-qvla eval --family pi05 --recipes fp16,omega_qvla,rtn --tasks transfer_cube --episodes 50 \
-	  --replan-every 2 --blend average --blend-new-weight 0.2 --out bench/results/eval_pi05_ensemble.json
+	  --replan-every 2 --blend average --blend-new-weight 0.2 --workers 2 --out bench/results/eval_pi05_ensemble.json
 	$(VENV)/bin/omega-qvla eval --family gr00t --recipes fp16,omega_qvla --tasks transfer_cube --episodes 50 \
-	  --replan-every 2 --blend average --blend-new-weight 0.2 --out bench/results/eval_gr00t_ensemble.json
+	  --replan-every 2 --blend average --blend-new-weight 0.2 --workers 2 --out bench/results/eval_gr00t_ensemble.json
 	@# calibration on the FP policy's own rollouts vs the expert's (same seeds, transfer-cube only)
 	for f in $(EVAL_FAMILIES); do \
 	  $(VENV)/bin/omega-qvla eval --family $$f --recipes omega_qvla,omega_qvla_dynamic --tasks transfer_cube \

@@ -260,6 +260,26 @@ def test_eval_json_shape_and_seeds(tmp_path):
     assert meta["execute_horizon"] == meta["replan_every"] == 10  # tiny chunks: 10 actions, executed whole
 
 
+def test_eval_workers_split_the_episodes_of_one_task(tmp_path):
+    """--workers splits one task's episodes (worker k of n runs k, k+n, …) and the merged
+    result counts every episode once, in seed order."""
+    import json as _json
+
+    from omega_qvla_ros.tools.cli import main
+    from omega_qvla_ros.tools.eval_cmd import evaluate
+
+    part = evaluate("random:pi05:tiny", 0, ["fp16"], ["transfer_cube"], ["transfer_cube"], episodes=3,
+                    first_seed=100000, calib_episodes=1, calib_frames=1, execute_horizon=10, threads=1,
+                    log=False, shard=(1, 2))
+    assert list(part["result"]["fp16"]["transfer_cube"]) == [1]
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", "random:pi05:tiny", "--recipes", "fp16", "--tasks", "transfer_cube",
+                 "--episodes", "3", "--workers", "2", "--calib-episodes", "1", "--calib-frames", "1",
+                 "--out", str(out), "--json"]) == 0
+    e = _json.loads(out.read_text())["fp16"]["transfer_cube"]
+    assert e["episodes"] == 3 and len(e["max_rewards"]) == 3
+
+
 def test_on_policy_calibration_takes_the_policys_own_states():
     """--calib-source policy: observations come from the FP policy's closed-loop rollouts
     (evenly spaced among its inference times), not from the expert's episode."""

@@ -3,7 +3,8 @@
 Every recipe is calibrated on the same observations from scripted-expert episodes
 (seeds 90000+, disjoint from training seeds 0… and evaluation seeds 100000+) and runs
 the same evaluation seeds with the same per-episode noise, so recipes differ only by
-quantization. Tasks run in parallel worker processes (`--workers`); each worker
+quantization. Episodes are split among parallel worker processes (`--workers`: worker k of
+n runs episodes k, k+n, …); each worker
 rebuilds the quantized models itself (deterministic), nothing is pickled.
 
 JSON: {"<recipe>": {"<task>": {"episodes", "successes", "success_rate", "ci95",
@@ -48,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="simulated inference latency: a chunk reaches the controller this long after its "
                         "observation while the arm keeps moving (0: synchronous, the simulator waits)")
     p.add_argument("--max-inflight", type=int, default=1, help="inference requests in flight at once")
-    p.add_argument("--workers", type=int, default=1, help="worker processes (tasks are split among them)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (episodes are split among them)")
     p.add_argument("--out", help="also write the JSON here")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
@@ -94,15 +95,17 @@ def evaluate(model_spec: str | None, seed: int, recipes: list[str], tasks: list[
              episodes: int, first_seed: int, calib_episodes: int, calib_frames: int, execute_horizon: int,
              replan_every: int = 0, blend: str = "none", blend_new_weight: float = 0.7,
              latency: float = 0.0, max_inflight: int = 1, threads: int = 0, log: bool = True,
-             calib_source: str = "expert") -> dict:
-    """Success per recipe for `tasks` (calibration always from `calib_tasks`)."""
+             calib_source: str = "expert", shard: tuple[int, int] = (0, 1)) -> dict:
+    """Each episode's outcome per recipe and task, keyed by its episode index (calibration
+    always from `calib_tasks`). `shard` (k, n) runs episodes k, k+n, … only: workers split the
+    episodes, so one task's 50 episodes spread over every core."""
     import copy
 
     import torch
 
     from omega_qvla_ros.models.calibrate import quantize_model
     from omega_qvla_ros.sim.aloha import AlohaSim
-    from omega_qvla_ros.sim.closed_loop import run_policy_episode, summarize
+    from omega_qvla_ros.sim.closed_loop import run_policy_episode
     from omega_qvla_ros.tools.model_source import load_fp_model
 
     if threads:
@@ -119,12 +122,13 @@ def evaluate(model_spec: str | None, seed: int, recipes: list[str], tasks: list[
         result[recipe] = {}
         for task in tasks:
             with AlohaSim(task, image_size=fp.config.vision.image_size, cameras=tuple(pol.cameras)) as sim:
-                runs = [run_policy_episode(pol, sim, first_seed + i, execute_horizon, replan_every=replan_every,
-                                           blend=blend, new_weight=blend_new_weight, latency_s=latency,
-                                           max_inflight=max_inflight) for i in range(episodes)]
-            result[recipe][task] = summary = summarize(runs)
+                runs = {i: run_policy_episode(pol, sim, first_seed + i, execute_horizon, replan_every=replan_every,
+                                              blend=blend, new_weight=blend_new_weight, latency_s=latency,
+                                              max_inflight=max_inflight) for i in range(shard[0], episodes, shard[1])}
+            result[recipe][task] = runs
             if log:
-                print(f"{recipe:22s} {task:14s} {summary['successes']}/{episodes}", file=sys.stderr, flush=True)
+                print(f"{recipe:22s} {task:14s} {sum(r['success'] for r in runs.values())}/{len(runs)}"
+                      + (f" (episodes {shard[0]}::{shard[1]})" if shard[1] > 1 else ""), file=sys.stderr, flush=True)
     return {"result": result, "calibration_observations": len(calib), "family": src.description["family"],
             "action_horizon": fp.config.action_horizon}
 
@@ -143,19 +147,22 @@ def run(args: argparse.Namespace) -> int:
                   calib_frames=args.calib_frames, execute_horizon=args.execute_horizon,
                   replan_every=args.replan_every, blend=args.blend, blend_new_weight=args.blend_new_weight,
                   latency=args.latency, max_inflight=args.max_inflight, calib_source=args.calib_source)
-    workers = max(1, min(args.workers, len(tasks)))
+    from omega_qvla_ros.sim.closed_loop import summarize
+
+    workers = max(1, min(args.workers, args.episodes))
     if workers == 1:
         parts = [evaluate(tasks=tasks, **common)]
     else:
         import multiprocessing as mp
 
-        groups = [tasks[i::workers] for i in range(workers)]
         with mp.get_context("spawn").Pool(workers) as pool:
-            parts = pool.map(_worker, [dict(tasks=g, threads=1, **common) for g in groups])
+            parts = pool.map(_worker, [dict(tasks=tasks, threads=1, shard=(k, workers), **common)
+                                       for k in range(workers)])
     result: dict = {r: {} for r in recipes}
-    for part in parts:
-        for r, per_task in part["result"].items():
-            result[r].update(per_task)
+    for r in recipes:
+        for t in tasks:
+            runs = {i: run for part in parts for i, run in part["result"][r][t].items()}
+            result[r][t] = summarize([runs[i] for i in sorted(runs)])
     result["_meta"] = {
         "command": "omega-qvla " + " ".join(sys.argv[1:]) if sys.argv and "omega" in sys.argv[0] else None,
         "model": repo_relative(spec) if spec else "shipped default", "family": parts[0]["family"], "tasks": tasks,
