@@ -4,8 +4,8 @@ Every recipe is calibrated on the same observations from scripted-expert episode
 (seeds 90000+, disjoint from training seeds 0… and evaluation seeds 100000+) and runs
 the same evaluation seeds with the same per-episode noise, so recipes differ only by
 quantization. Episodes are split among parallel worker processes (`--workers`: worker k of
-n runs episodes k, k+n, …); each worker
-rebuilds the quantized models itself (deterministic), nothing is pickled.
+n runs episodes k, k+n, …); each worker rebuilds the quantized models itself
+(deterministic), nothing is pickled.
 
 JSON: {"<recipe>": {"<task>": {"episodes", "successes", "success_rate", "ci95",
 "max_rewards"}}, "_meta": {command, model, seeds, calibration, seconds}}.
@@ -138,6 +138,8 @@ def _worker(kw: dict) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from omega_qvla_ros.sim.closed_loop import summarize
+
     tasks = [t for t in args.tasks.split(",") if t]
     recipes = [r for r in args.recipes.split(",") if r]
     t0 = time.time()
@@ -147,8 +149,6 @@ def run(args: argparse.Namespace) -> int:
                   calib_frames=args.calib_frames, execute_horizon=args.execute_horizon,
                   replan_every=args.replan_every, blend=args.blend, blend_new_weight=args.blend_new_weight,
                   latency=args.latency, max_inflight=args.max_inflight, calib_source=args.calib_source)
-    from omega_qvla_ros.sim.closed_loop import summarize
-
     workers = max(1, min(args.workers, args.episodes))
     if workers == 1:
         parts = [evaluate(tasks=tasks, **common)]
