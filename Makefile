@@ -65,6 +65,10 @@ bench-eval: setup
 	  --replan-every 2 --blend average --blend-new-weight 0.2 --workers 2 --out bench/results/eval_pi05_ensemble.json
 	$(VENV)/bin/omega-qvla eval --family gr00t --recipes fp16,omega_qvla --tasks transfer_cube --episodes 50 \
 	  --replan-every 2 --blend average --blend-new-weight 0.2 --workers 2 --out bench/results/eval_gr00t_ensemble.json
+	@# the same under 50 ms of inference latency, a new chunk every 3 steps (what a ~50 ms W4A4 inference allows)
+	$(VENV)/bin/omega-qvla eval --family pi05 --recipes fp16,omega_qvla --tasks transfer_cube --episodes 50 \
+	  --latency 0.05 --replan-every 3 --blend average --blend-new-weight 0.2 --workers 2 \
+	  --out bench/results/eval_pi05_ensemble_latency.json
 	@# calibration on the FP policy's own rollouts vs the expert's (same seeds, transfer-cube only)
 	for f in $(EVAL_FAMILIES); do \
 	  $(VENV)/bin/omega-qvla eval --family $$f --recipes omega_qvla,omega_qvla_dynamic --tasks transfer_cube \

@@ -248,3 +248,24 @@ def test_int4_avx2_holds_the_packs_size_bit_exactly(family_models, tmp_path, mon
         return sum(p.w.packed.numel() * p.w.packed.element_size() for p in plans)
     codes = sum(m.weight_packed.numel() * 4 for m in _layers(hold).values() if m.uses_integer_path())
     assert 0.9 * codes < held_bytes(lean) < 1.25 * codes < 0.7 * held_bytes(hold)
+
+
+@pytest.mark.parametrize("act", ["gelu_tanh", "silu"])
+def test_gated_mlp_in_place_inference_equals_autograd_forward(act):
+    """Inference runs the MLP's activation and product in place on the gate's output
+    (layers.GatedMLP): the same numbers as the autograd forward, in float and with
+    gate/up quantized as one group (whose kernel call hands out both outputs: the
+    in-place gate must leave the up output it holds intact)."""
+    from omega_qvla_ros.models.layers import GatedMLP
+    torch.manual_seed(0)
+    mlp = GatedMLP(64, 256, act).eval()
+    x = torch.randn(2, 40, 64)
+    q = quantize(copy.deepcopy(mlp), RECIPES["omega_qvla"].with_scopes(backbone=[r"(gate|up|down)_proj$"]),
+                 [torch.randn(2, 40, 64) for _ in range(2)])
+    assert link_input_groups(q) == 1
+    for m in (mlp, q):
+        with torch.enable_grad():
+            ref = m(x).detach()
+        with torch.inference_mode():
+            assert torch.equal(m(x), ref)
+            assert torch.equal(m(x), ref)  # twice: nothing the first call left behind is spent

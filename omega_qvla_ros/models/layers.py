@@ -145,8 +145,14 @@ class GatedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = self.gate_proj(x)
-        g = F.gelu(g, approximate="tanh") if self.act == "gelu_tanh" else F.silu(g)
-        return self.down_proj(g * self.up_proj(x))
+        if torch.is_grad_enabled():
+            g = F.gelu(g, approximate="tanh") if self.act == "gelu_tanh" else F.silu(g)
+            return self.down_proj(g * self.up_proj(x))
+        # inference: in place on the gate's own output. Measured on one core at 800 × 16384:
+        # gelu into a fresh tensor 87 ms, in place 50 ms; g * up 48 ms, in place 8 ms (a
+        # fresh 52 MB tensor is ~35 ms of page faults)
+        g = torch._C._nn.gelu_(g, approximate="tanh") if self.act == "gelu_tanh" else F.silu(g, inplace=True)
+        return self.down_proj(g.mul_(self.up_proj(x)))
 
 
 class _GeluProj(nn.Module):
