@@ -133,6 +133,15 @@ class Attention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1)), own
 
 
+def activation(y: torch.Tensor, act: str) -> torch.Tensor:
+    """gelu-tanh or silu of a layer's output `y`; at inference in place (y must be the
+    caller's own tensor). Measured on one core at 800 × 16384: gelu into a fresh tensor
+    87 ms, in place 50 ms (a fresh 52 MB tensor is ~35 ms of page faults)."""
+    if torch.is_grad_enabled():
+        return F.gelu(y, approximate="tanh") if act == "gelu_tanh" else F.silu(y)
+    return torch.ops.aten.gelu_(y, approximate="tanh") if act == "gelu_tanh" else F.silu(y, inplace=True)
+
+
 class GatedMLP(nn.Module):
     """gate_proj/up_proj/down_proj MLP: GeGLU (Gemma, gelu-tanh) or SwiGLU (Qwen, silu)."""
 
@@ -144,15 +153,9 @@ class GatedMLP(nn.Module):
         self.act = act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = self.gate_proj(x)
-        if torch.is_grad_enabled():
-            g = F.gelu(g, approximate="tanh") if self.act == "gelu_tanh" else F.silu(g)
-            return self.down_proj(g * self.up_proj(x))
-        # inference: in place on the gate's own output. Measured on one core at 800 × 16384:
-        # gelu into a fresh tensor 87 ms, in place 50 ms; g * up 48 ms, in place 8 ms (a
-        # fresh 52 MB tensor is ~35 ms of page faults)
-        g = torch._C._nn.gelu_(g, approximate="tanh") if self.act == "gelu_tanh" else F.silu(g, inplace=True)
-        return self.down_proj(g.mul_(self.up_proj(x)))
+        g = activation(self.gate_proj(x), self.act)
+        u = self.up_proj(x)
+        return self.down_proj(g * u if torch.is_grad_enabled() else g.mul_(u))
 
 
 class _GeluProj(nn.Module):
@@ -161,7 +164,7 @@ class _GeluProj(nn.Module):
         self.proj = nn.Linear(dim, hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.gelu(self.proj(x), approximate="tanh")
+        return activation(self.proj(x), "gelu_tanh")
 
 
 class FeedForward(nn.Module):
@@ -218,7 +221,7 @@ class SiglipMLP(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        return self.fc2(activation(self.fc1(x), "gelu_tanh"))
 
 
 class SiglipLayer(nn.Module):
