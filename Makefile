@@ -29,7 +29,7 @@ $(VENV)/.stamp: requirements/dev.txt setup.py setup.cfg
 	touch $@
 
 test: setup
-	$(VPY) -m pytest -q test
+	$(VPY) -m pytest -q --durations=15 test
 
 bench: setup
 	$(VPY) -m pip install -q --disable-pip-version-check -r requirements/bench.txt
@@ -69,6 +69,12 @@ bench-eval: setup
 	$(VENV)/bin/omega-qvla eval --family pi05 --recipes fp16,omega_qvla --tasks transfer_cube --episodes 50 \
 	  --latency 0.05 --replan-every 3 --blend average --blend-new-weight 0.2 --workers 2 \
 	  --out bench/results/eval_pi05_ensemble_latency.json
+	@# the default fine-tuned on the simulator's narrower top camera (cam_table): chunks of 25 and ensembled
+	$(VENV)/bin/omega-qvla eval --model models/pi05_small_aloha_cam_table --recipes fp16,omega_qvla,rtn \
+	  --tasks transfer_cube --episodes 50 --workers 2 --out bench/results/eval_pi05_cam_table.json
+	$(VENV)/bin/omega-qvla eval --model models/pi05_small_aloha_cam_table --recipes fp16,omega_qvla,rtn \
+	  --tasks transfer_cube --episodes 50 --replan-every 2 --blend average --blend-new-weight 0.2 --workers 2 \
+	  --out bench/results/eval_pi05_cam_table_ensemble.json
 	@# calibration on the FP policy's own rollouts vs the expert's (same seeds, transfer-cube only)
 	for f in $(EVAL_FAMILIES); do \
 	  $(VENV)/bin/omega-qvla eval --family $$f --recipes omega_qvla,omega_qvla_dynamic --tasks transfer_cube \

@@ -120,6 +120,23 @@ def test_shipped_gr00t_pack_is_what_eval_family_gr00t_loads():
     assert model_spec("some/pack", "gr00t") == "some/pack"  # --model wins
 
 
+def test_shipped_table_camera_pack_is_the_default_fine_tuned_on_cam_table():
+    """models/pi05_small_aloha_cam_table: the default Pi0.5 pack fine-tuned on the
+    simulator's narrower top camera; it verifies, reads `cam_table` (a camera the simulator
+    mounts) and keeps the default's joint normalisation."""
+    from omega_qvla_ros.quant.pack import load_pack
+    from omega_qvla_ros.sim.aloha import CAMERAS
+
+    _, base = load_pack(REPO / "models" / "pi05_small_aloha")
+    model, man = load_pack(REPO / "models" / "pi05_small_aloha_cam_table")
+    assert (REPO / "models" / "pi05_small_aloha_cam_table" / "MODEL_CARD.md").is_file()
+    assert man["model"]["family"] == "pi05" and man["recipe"]["name"] == "fp16"
+    assert man["processor"]["cameras"] == man["extra"]["cameras"] == ["cam_table"] and "cam_table" in CAMERAS
+    assert man["processor"]["state_norm"] == base["processor"]["state_norm"]
+    training = man["extra"]["training"]
+    assert training["steps"] == 3000 and "--init-from models/pi05_small_aloha " in training["commands"][0][1]
+
+
 def test_a_fresh_process_loads_a_pack_without_importing_the_models_first():
     """The model families register on import of omega_qvla_ros.models; load_pack must
     not depend on someone having imported it (a node or tool that loads a pack first)."""

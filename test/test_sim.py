@@ -49,6 +49,24 @@ def test_scripted_expert_succeeds(task, seeds):
             assert rolls.max() < 1.6, (task, s, rolls.max(0))  # measured ≤ 1.4 over 30 seeds
 
 
+def test_table_camera_is_added_without_changing_the_scene():
+    """`cam_table` (the top camera with a narrower lens, mounted through MjSpec) renders
+    the cube larger, while physics and the shipped cameras stay bit-equal to the scene
+    loaded as gym-aloha ships it."""
+    def red_pixels(img):
+        return int(((img[..., 0] > 150) & (img[..., 1] < 80)).sum())
+
+    with AlohaSim("transfer_cube", image_size=96, cameras=("cam_high", "cam_table")) as a, \
+            AlohaSim("transfer_cube", image_size=96, cameras=("cam_high",)) as b:
+        oa, ob = a.reset(100000), b.reset(100000)
+        act = np.concatenate([oa.qpos[:7] + 0.05, oa.qpos[7:]])
+        for _ in range(10):
+            oa, ob = a.step(act), b.step(act)
+        assert np.array_equal(oa.qpos, ob.qpos) and np.array_equal(oa.images["cam_high"], ob.images["cam_high"])
+        assert a.model.ncam == b.model.ncam + 1
+        assert red_pixels(oa.images["cam_table"]) >= 1.8 * red_pixels(oa.images["cam_high"]) > 0
+
+
 def test_object_poses_randomised_per_seed():
     with AlohaSim("transfer_cube", render=False) as sim:
         sim.reset(3)
@@ -198,6 +216,16 @@ def test_train_resumes_from_checkpoint(short_episodes, tmp_path, capsys):
     assert main(["train", "--family", "gr00t", "--size", "tiny", "--data", str(one), "--out", str(tmp_path / "new"),
                  "--steps", "1", "--batch", "2", "--include-failed", "--keep-normalisation", "--json"]) == 1
     assert "no checkpoint" in capsys.readouterr().err
+    # --cameras picks the data's cameras the model reads, in order; a wrong count is one line
+    assert main(["train", "--family", "gr00t", "--size", "tiny", "--data", str(shard), "--out", str(tmp_path / "cams"),
+                 "--steps", "1", "--batch", "2", "--include-failed", "--cameras", "cam_left_wrist,cam_high",
+                 "--export", str(tmp_path / "fp_cams"), "--json"]) == 0
+    man = _json.loads((tmp_path / "fp_cams" / "manifest.json").read_text())
+    assert man["processor"]["cameras"] == man["extra"]["cameras"] == ["cam_left_wrist", "cam_high"]
+    assert main(["train", "--family", "gr00t", "--size", "tiny", "--data", str(shard), "--out", str(tmp_path / "c1"),
+                 "--steps", "1", "--batch", "2", "--include-failed", "--cameras", "cam_high", "--json"]) != 0
+    err = capsys.readouterr().err
+    assert "reads 2 camera(s)" in err and len(err.strip().splitlines()) == 1
 
 
 def test_train_starts_from_another_models_frozen_vision_tower(short_episodes, tmp_path, capsys):
@@ -311,8 +339,24 @@ def test_closed_loop_runs_policy_through_the_runtime(tmp_path):
         q = sim.qpos()
         # replanning every 2 steps: 10 chunks, merged by the blend instead of replacing
         r2 = run_policy_episode(pol, sim, seed=3, execute_horizon=5, steps=20, replan_every=2, blend="average")
+        # --noise-scale multiplies each chunk's starting noise (0: the prior's mean)
+        seen = {}
+
+        class Spy:
+            def __getattr__(self, name):
+                return getattr(pol, name)
+
+            def infer(self, raw, noise=None):
+                seen.setdefault(scale, []).append(noise.clone())
+                return pol.infer(raw, noise=noise)
+
+        for scale in (1.0, 0.5, 0.0):
+            run_policy_episode(Spy(), sim, seed=3, execute_horizon=5, steps=10, noise_scale=scale)
     assert r["chunks"] == 4 and r["success"] is False
     assert r2["chunks"] == 10
+    assert len(seen[1.0]) == 2 and seen[1.0][0].abs().max() > 0
+    assert all(torch.equal(a * 0.5, b) for a, b in zip(seen[1.0], seen[0.5]))
+    assert all(not z.any() for z in seen[0.0])
     assert np.all(np.isfinite(q))
     lo, hi = wilson_ci95(45, 50)
     assert 0.78 < lo < 0.80 and 0.95 < hi < 0.97

@@ -41,9 +41,10 @@ def episode_controller(policy, execute_horizon: int = 25, replan_every: int | No
 def run_policy_episode(policy, sim: AlohaSim, seed: int, execute_horizon: int = 25,
                        steps: int = EPISODE_STEPS, noise_seed: int | None = None,
                        replan_every: int | None = None, blend: str = "none", new_weight: float = 0.7,
-                       latency_s: float = 0.0, max_inflight: int = 1) -> dict:
+                       latency_s: float = 0.0, max_inflight: int = 1, noise_scale: float = 1.0) -> dict:
     """One episode through the shared controller; returns success, reward level, chunks
-    and how many ticks the policy drove / starved."""
+    and how many ticks the policy drove / starved. `noise_scale` multiplies the flow's
+    starting noise (0: every chunk starts from the prior's mean, no sampling noise)."""
     sim.reset(seed)
     ctl = episode_controller(policy, execute_horizon, replan_every, blend, new_weight, latency_s, max_inflight)
     g = torch.Generator().manual_seed(seed if noise_seed is None else noise_seed)
@@ -59,7 +60,7 @@ def run_policy_episode(policy, sim: AlohaSim, seed: int, execute_horizon: int = 
             obs = sim.observe(render=True)
             raw = RawObservation(obs.images, list(JOINT_NAMES), obs.qpos.astype(np.float64),
                                  INSTRUCTIONS[sim.task], now)
-            noise = torch.randn(1, cfg.action_horizon, cfg.action_dim, generator=g)
+            noise = torch.randn(1, cfg.action_horizon, cfg.action_dim, generator=g) * noise_scale
             chunk = policy.infer(raw, noise=noise)
             chunk.stamp = now
             ctl.request_sent(now)

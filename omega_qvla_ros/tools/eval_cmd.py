@@ -48,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latency", type=float, default=0.0, metavar="SECONDS",
                    help="simulated inference latency: a chunk reaches the controller this long after its "
                         "observation while the arm keeps moving (0: synchronous, the simulator waits)")
+    p.add_argument("--noise-scale", type=float, default=1.0,
+                   help="scale of the flow's starting noise (0: start from the prior's mean)")
     p.add_argument("--max-inflight", type=int, default=1, help="inference requests in flight at once")
     p.add_argument("--workers", type=int, default=1, help="worker processes (episodes are split among them)")
     p.add_argument("--out", help="also write the JSON here")
@@ -95,7 +97,7 @@ def evaluate(model_spec: str | None, seed: int, recipes: list[str], tasks: list[
              episodes: int, first_seed: int, calib_episodes: int, calib_frames: int, execute_horizon: int,
              replan_every: int = 0, blend: str = "none", blend_new_weight: float = 0.7,
              latency: float = 0.0, max_inflight: int = 1, threads: int = 0, log: bool = True,
-             calib_source: str = "expert", shard: tuple[int, int] = (0, 1)) -> dict:
+             calib_source: str = "expert", shard: tuple[int, int] = (0, 1), noise_scale: float = 1.0) -> dict:
     """Each episode's outcome per recipe and task, keyed by its episode index (calibration
     always from `calib_tasks`). `shard` (k, n) runs episodes k, k+n, … only: workers split the
     episodes, so one task's 50 episodes spread over every core."""
@@ -124,7 +126,7 @@ def evaluate(model_spec: str | None, seed: int, recipes: list[str], tasks: list[
             with AlohaSim(task, image_size=fp.config.vision.image_size, cameras=tuple(pol.cameras)) as sim:
                 runs = {i: run_policy_episode(pol, sim, first_seed + i, execute_horizon, replan_every=replan_every,
                                               blend=blend, new_weight=blend_new_weight, latency_s=latency,
-                                              max_inflight=max_inflight) for i in range(shard[0], episodes, shard[1])}
+                                              max_inflight=max_inflight, noise_scale=noise_scale) for i in range(shard[0], episodes, shard[1])}
             result[recipe][task] = runs
             if log:
                 print(f"{recipe:22s} {task:14s} {sum(r['success'] for r in runs.values())}/{len(runs)}"
@@ -148,7 +150,8 @@ def run(args: argparse.Namespace) -> int:
                   episodes=args.episodes, first_seed=args.first_seed, calib_episodes=args.calib_episodes,
                   calib_frames=args.calib_frames, execute_horizon=args.execute_horizon,
                   replan_every=args.replan_every, blend=args.blend, blend_new_weight=args.blend_new_weight,
-                  latency=args.latency, max_inflight=args.max_inflight, calib_source=args.calib_source)
+                  latency=args.latency, max_inflight=args.max_inflight, calib_source=args.calib_source,
+                  noise_scale=args.noise_scale)
     workers = max(1, min(args.workers, args.episodes))
     if workers == 1:
         parts = [evaluate(tasks=tasks, **common)]
@@ -174,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
         "execute_horizon": min(args.execute_horizon, parts[0]["action_horizon"]),
         "replan_every": min(args.replan_every or args.execute_horizon, parts[0]["action_horizon"]),
         "blend": args.blend, "latency_s": args.latency, "max_inflight": args.max_inflight,
+        "noise_scale": args.noise_scale,
         "seconds": time.time() - t0}
     if args.out:
         from pathlib import Path

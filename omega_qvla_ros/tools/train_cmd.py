@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "keep its normalisation: fine-tuning a trained model on more data")
     p.add_argument("--freeze-vision", action="store_true",
                    help="do not train the vision tower (GR00T N1.5 keeps its VLM frozen)")
+    p.add_argument("--cameras", help="comma-separated camera names the model reads, in order (default: the "
+                   "robot's first cameras, cam_high for the small sizes); the data must hold them")
     p.add_argument("--include-failed", action="store_true", help="also train on unsuccessful episodes")
     p.add_argument("--export", metavar="PACK", help="after training, write the FP model as an fp16 pack "
                    "(config, joint normalisation and training record in its manifest)")
@@ -160,7 +162,10 @@ def run(args: argparse.Namespace) -> int:
         norm, init_from = _init_from_pack(model, args.init_from, norm)
     elif args.keep_normalisation or args.init_from:
         norm = _checkpoint_normalizer(Path(args.out) / "checkpoint", norm)
-    cams = robot.cameras[: model.config.cameras]
+    cams = [c for c in args.cameras.split(",") if c] if args.cameras else robot.cameras[: model.config.cameras]
+    if len(cams) != model.config.cameras:
+        raise SystemExit(f"--cameras: the {args.family} {args.size} model reads {model.config.cameras} camera(s), "
+                         f"got {len(cams)} ({','.join(cams)})")
     cfg = model.config
     proc = ProcessorConfig(cameras=cams, joint_names=list(robot.joint_names), image_size=cfg.vision.image_size,
                            max_tokens=cfg.max_tokens, state_norm=norm, action_norm=norm, state_clip=1.5)
