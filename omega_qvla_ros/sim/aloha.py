@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("MUJOCO_GL", "egl")
-try:  # libtriton must load before the EGL renderer's Mesa LLVM: the other way round, torch's
-    import triton  # noqa: F401  (own import of it, e.g. when an optimizer is built) segfaults
+try:  # load libtriton before MuJoCo's EGL renderer brings in Mesa's LLVM: in the other order
+    import triton  # noqa: F401  torch's own later import of triton (building an optimizer) segfaults
 except ImportError:
     pass
 import mujoco  # noqa: E402
@@ -65,7 +65,7 @@ def sample_object_pose(task: str, seed: int) -> np.ndarray:
     return np.concatenate([peg, quat, socket, quat])
 
 
-def load_scene(task: str, added_cameras: list[str] = ()) -> "mujoco.MjModel":
+def load_scene(task: str, added_cameras: tuple[str, ...] = ()) -> "mujoco.MjModel":
     """gym-aloha's scene for `task`, with the named ADDED_CAMERAS mounted (only then is it
     compiled through MjSpec; the scene is otherwise loaded as shipped)."""
     path = str(assets_dir() / f"bimanual_viperx_{task}.xml")
@@ -99,7 +99,7 @@ class AlohaSim:
             if c not in CAMERAS:
                 raise ValueError(f"unknown camera {c!r}; choose from {sorted(CAMERAS)}")
         self.task, self.cameras, self.render_enabled = task, tuple(cameras), render
-        self.model = load_scene(task, [CAMERAS[c] for c in cameras if CAMERAS[c] in ADDED_CAMERAS])
+        self.model = load_scene(task, tuple(CAMERAS[c] for c in cameras if CAMERAS[c] in ADDED_CAMERAS))
         self.model.light_castshadow[:] = 0
         self.model.vis.quality.offsamples = 0
         self.data = mujoco.MjData(self.model)

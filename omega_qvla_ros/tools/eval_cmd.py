@@ -126,7 +126,8 @@ def evaluate(model_spec: str | None, seed: int, recipes: list[str], tasks: list[
             with AlohaSim(task, image_size=fp.config.vision.image_size, cameras=tuple(pol.cameras)) as sim:
                 runs = {i: run_policy_episode(pol, sim, first_seed + i, execute_horizon, replan_every=replan_every,
                                               blend=blend, new_weight=blend_new_weight, latency_s=latency,
-                                              max_inflight=max_inflight, noise_scale=noise_scale) for i in range(shard[0], episodes, shard[1])}
+                                              max_inflight=max_inflight, noise_scale=noise_scale)
+                        for i in range(shard[0], episodes, shard[1])}
             result[recipe][task] = runs
             if log:
                 print(f"{recipe:22s} {task:14s} {sum(r['success'] for r in runs.values())}/{len(runs)}"
