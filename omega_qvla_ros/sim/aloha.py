@@ -30,7 +30,7 @@ JOINT_NAMES = [f"{side}_{j}" for side in ("left", "right") for j in
                ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate", "gripper")]
 CAMERAS = {"cam_high": "top", "cam_left_wrist": "left_wrist", "cam_right_wrist": "right_wrist",
            "cam_table": "table_zoom"}
-# Cameras this package adds to gym-aloha's scenes: (MJCF name, camera it copies, its fovy).
+# Cameras this package adds to gym-aloha's scenes: MJCF name -> (camera it copies, its fovy).
 # `cam_table` is the top camera with a narrower lens (56° instead of 78°): the table fills
 # the frame and the cube covers ~1.5x more pixels per side at the same image size.
 ADDED_CAMERAS = {"table_zoom": ("top", 56.0)}
@@ -65,14 +65,16 @@ def sample_object_pose(task: str, seed: int) -> np.ndarray:
     return np.concatenate([peg, quat, socket, quat])
 
 
-def load_scene(task: str, added_cameras: tuple[str, ...] = ()) -> "mujoco.MjModel":
-    """gym-aloha's scene for `task`, with the named ADDED_CAMERAS mounted (only then is it
-    compiled through MjSpec; the scene is otherwise loaded as shipped)."""
+def load_scene(task: str, cameras: tuple[str, ...] = ()) -> "mujoco.MjModel":
+    """gym-aloha's scene for `task` with whichever of `cameras` (CAMERAS names) it lacks
+    mounted from ADDED_CAMERAS (only then is it compiled through MjSpec; otherwise the
+    scene is loaded as shipped)."""
     path = str(assets_dir() / f"bimanual_viperx_{task}.xml")
-    if not added_cameras:
+    added = [CAMERAS[c] for c in cameras if CAMERAS[c] in ADDED_CAMERAS]
+    if not added:
         return mujoco.MjModel.from_xml_path(path)
     spec = mujoco.MjSpec.from_file(path)
-    for name in added_cameras:
+    for name in added:
         base, fovy = ADDED_CAMERAS[name]
         ref = next(c for c in spec.cameras if c.name == base)
         spec.worldbody.add_camera(name=name, pos=ref.pos, quat=ref.quat, fovy=fovy, mode=ref.mode,
@@ -99,7 +101,7 @@ class AlohaSim:
             if c not in CAMERAS:
                 raise ValueError(f"unknown camera {c!r}; choose from {sorted(CAMERAS)}")
         self.task, self.cameras, self.render_enabled = task, tuple(cameras), render
-        self.model = load_scene(task, tuple(CAMERAS[c] for c in cameras if CAMERAS[c] in ADDED_CAMERAS))
+        self.model = load_scene(task, self.cameras)
         self.model.light_castshadow[:] = 0
         self.model.vis.quality.offsamples = 0
         self.data = mujoco.MjData(self.model)
