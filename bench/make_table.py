@@ -159,6 +159,26 @@ def stack_section(path: Path) -> str:
             + (f"\n\n{r['note']}" if r.get("note") else ""))
 
 
+def activation_section(path: Path) -> str:
+    """bench/activation_sensitivity.py's rows: which layers' int4 activations cost accuracy."""
+    r = json.loads(path.read_text())
+    src = r["model"].get("source") or r["model"].get("family")
+    c = r["controller"]
+    flags = (f" --replan-every {c['replan_every']} --blend {c['blend']} --blend-new-weight {c['new_weight']:g}"
+             if c.get("replan_every") else "")
+    lines = [f"### Which layers' int4 activations cost the `{src}` policy its accuracy",
+             "", f"`.venv/bin/python bench/activation_sensitivity.py --model {src}{flags}` → "
+             f"`{path.relative_to(ROOT)}`: {r['recipe']} quantized once, then one group of layers at a "
+             "time with its activations in float (int4 weights kept); action error vs FP on "
+             f"{r['on_policy_observations']} observations of the FP policy's own closed-loop "
+             f"{r['task']} rollouts (seeds {r['rollout_seeds'][0]}–{r['rollout_seeds'][-1]}).", "",
+             "| activations in float | layers | action rel-MSE vs FP | mean \\|Δ\\| joints |", "|---|---|---|---|"]
+    for label, row in r["rows"].items():
+        lines.append(f"| {label.removesuffix(': activations in float')} | {row['layers_in_float']} | "
+                     f"{row['rel_mse_vs_fp']:.4f} | {row['mean_abs_joint_error']:.4f} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parts = []
     q = ROOT / "bench" / "results" / "quant.json"
@@ -186,11 +206,19 @@ def main() -> int:
         from omega_qvla_ros.tools.bench_sensitivity import format_text as sens_text
 
         r = json.loads(sens.read_text())
-        fam = r["model"].get("family")
-        parts.append(f"### Where W4A4 loses the {fam} policy (`omega-qvla bench sensitivity --family {fam}`)\n\n"
+        src = r["model"].get("source") or r["model"].get("family")
+        cmd = f"omega-qvla bench sensitivity --model {src}"
+        if r.get("replan_every", r["execute_horizon"]) != r["execute_horizon"]:
+            cmd += (f" --replan-every {r['replan_every']} --blend {r['blend']}"
+                    f" --blend-new-weight {r['blend_new_weight']:g}")
+        if r.get("parts_requested"):
+            cmd += " --parts " + repr(",".join(r["parts_requested"]))
+        parts.append(f"### Where W4A4 loses the `{src}` policy\n\n`{cmd}` → "
                      f"`{sens.relative_to(ROOT)}`, chart `{sens.with_suffix('.svg').relative_to(ROOT)}`; "
                      "action error on the FP policy's own closed-loop observations, closed loop on the "
                      "first evaluation seeds.\n\n" + sens_text(r))
+    for act in sorted((ROOT / "bench" / "results").glob("activation_sensitivity_*.json")):
+        parts.append(activation_section(act))
     full = sorted((ROOT / "bench" / "results").glob("full_*.json"))
     if full:
         parts.append(full_section(full))

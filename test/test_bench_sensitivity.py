@@ -54,3 +54,17 @@ def test_perturbed_model_adds_error_of_the_asked_size():
     assert 0.008 < rel < 0.012 and torch.equal(out[..., 14:], ref[..., 14:])
     assert torch.equal(PerturbedModel(Fixed(), 0.01, 14, seed=3).sample_actions(None), out)
     assert a.config == "cfg"
+
+
+def test_unknown_part_is_refused_before_any_work(capsys):
+    """`bench sensitivity --parts`: a label that names no part fails before calibration or
+    rollouts, naming the parts there are; the CLI says it in one line."""
+    from omega_qvla_ros.tools.bench_sensitivity import run
+    from omega_qvla_ros.tools.cli import main
+
+    with pytest.raises(ValueError, match=r"unknown part\(s\) \['the gripper'\]; choose from \['all'"):
+        run("random:pi05:tiny", only=["all", "the gripper"])
+    capsys.readouterr()
+    assert main(["bench", "sensitivity", "--model", "random:pi05:tiny", "--parts", "backbone,the gripper"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("omega-qvla bench: unknown part(s) ['the gripper']") and err.count("\n") == 1

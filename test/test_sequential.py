@@ -17,17 +17,17 @@ from omega_qvla_ros.quant import int_gemm
 from omega_qvla_ros.quant.qlinear import LayerSpec, QuantLinear
 
 
-@pytest.mark.parametrize("family,recipe", [("pi05", "omega_qvla"), ("gr00t", "omega_qvla"),
-                                           ("pi05", "omega_qvla_int"), ("gr00t", "rtn")])
-def test_sequential_equals_all_in_memory(tmp_path, family, recipe):
-    _sequential_equals_all_in_memory(tmp_path, family, recipe)
-
-
-@pytest.mark.parametrize("family", ["pi05", "gr00t"])
-def test_hessian_budget_groups_change_nothing(tmp_path, family, monkeypatch):
+# The default with a Hessian budget smaller than any layer's, on each family; two other
+# recipes with the whole Hessian.
+@pytest.mark.parametrize("family,recipe,budget", [("pi05", "omega_qvla", 1), ("gr00t", "omega_qvla", 1),
+                                                  ("pi05", "omega_qvla_int", None), ("gr00t", "rtn", None)])
+def test_sequential_equals_all_in_memory(tmp_path, family, recipe, budget, monkeypatch):
     """With a Hessian budget smaller than any layer's, the action stage calibrates and
     solves one parent module's layers at a time (siblings that may share an input stay
     together; its run repeated on the FP model): still bit for bit."""
+    if budget is None:
+        _sequential_equals_all_in_memory(tmp_path, family, recipe)
+        return
     import importlib
 
     from omega_qvla_ros.models import sequential
@@ -38,8 +38,8 @@ def test_hessian_budget_groups_change_nothing(tmp_path, family, monkeypatch):
     solve = qmod._solve_group
     monkeypatch.setattr(qmod, "_solve_group", lambda model, targets, *a, **k: (
         groups.append(len(targets)), solve(model, targets, *a, **k))[1])
-    monkeypatch.setattr(sequential, "HESSIAN_BUDGET", 1)
-    _sequential_equals_all_in_memory(tmp_path, family, "omega_qvla")
+    monkeypatch.setattr(sequential, "HESSIAN_BUDGET", budget)
+    _sequential_equals_all_in_memory(tmp_path, family, recipe)
     assert sum(1 for g in groups if g <= 4) >= 4  # the action stage: one attention or MLP at a time
 
 

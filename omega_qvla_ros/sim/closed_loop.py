@@ -81,9 +81,11 @@ def run_policy_episode(policy, sim: AlohaSim, seed: int, execute_horizon: int = 
             "useless_chunks": s["useless_chunks"]}
 
 
-def on_policy_observations(policy, task: str, seeds: list[int], execute_horizon: int = 25) -> list[list[tuple]]:
+def on_policy_observations(policy, task: str, seeds: list[int], execute_horizon: int = 25,
+                           **controller) -> list[list[tuple]]:
     """Per episode, (raw observation, noise) for every chunk `policy` inferred in its own
-    closed-loop rollouts on `seeds`: the states the policy visits, not the expert's."""
+    closed-loop rollouts on `seeds`: the states the policy visits, not the expert's.
+    `controller`: run_policy_episode's scheduling arguments (replan_every, blend, …)."""
     episodes: list[list[tuple]] = []
 
     class Recorder:
@@ -97,7 +99,7 @@ def on_policy_observations(policy, task: str, seeds: list[int], execute_horizon:
     with AlohaSim(task, image_size=policy.model.config.vision.image_size, cameras=tuple(policy.cameras)) as sim:
         for s in seeds:
             episodes.append([])
-            run_policy_episode(Recorder(), sim, s, execute_horizon)
+            run_policy_episode(Recorder(), sim, s, execute_horizon, **controller)
     return episodes
 
 

@@ -27,6 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rollouts", type=int, default=3,
                    help="sensitivity: FP rollouts whose observations measure the action error")
     p.add_argument("--svg", help="sensitivity: also write a bar chart here")
+    p.add_argument("--parts", help="sensitivity: comma-separated part labels to measure (default: all)")
+    p.add_argument("--replan-every", type=int, default=0,
+                   help="sensitivity: a new chunk every N steps (0: when the executed part runs out)")
+    p.add_argument("--blend", choices=["none", "average", "crossfade"], default="none",
+                   help="sensitivity: how overlapping chunks merge")
+    p.add_argument("--blend-new-weight", type=float, default=0.7, help="sensitivity: the new chunk's weight")
     p.add_argument("--out", help="also write the JSON here")
     p.set_defaults(func=run)
 
@@ -48,8 +54,13 @@ def run(args: argparse.Namespace) -> int:
     elif args.suite == "sensitivity":
         from omega_qvla_ros.tools import bench_sensitivity as mod
 
-        result = mod.run(model_spec=model_spec(args.model, args.family), recipe=args.recipe,
-                         episodes=args.episodes, rollouts=args.rollouts, log=log)
+        only = [x.strip() for x in args.parts.split(",")] if args.parts else None
+        try:
+            result = mod.run(model_spec=model_spec(args.model, args.family), recipe=args.recipe,
+                             episodes=args.episodes, rollouts=args.rollouts, replan_every=args.replan_every,
+                             blend=args.blend, new_weight=args.blend_new_weight, only=only, log=log)
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
         if args.svg:
             mod.write_svg(result, args.svg)
     elif args.suite == "full":

@@ -94,7 +94,11 @@ class PerturbedModel:
 
 def run(model_spec: str | None = None, recipe: str = "omega_qvla", task: str = "transfer_cube",
         episodes: int = 20, rollouts: int = 3, execute_horizon: int = 25, seed: int = 0,
-        log=None) -> dict:
+        replan_every: int = 0, blend: str = "none", new_weight: float = 0.7,
+        only: list[str] | None = None, log=None) -> dict:
+    """`replan_every`, `blend`, `new_weight`: the controller's scheduling (eval's flags),
+    for the FP rollouts and every closed-loop row; `only`: the parts measured (labels of
+    `parts()`, default all; FP and the control rows always)."""
     from omega_qvla_ros.models.calibrate import quantize_model
     from omega_qvla_ros.sim.aloha import AlohaSim
     from omega_qvla_ros.sim.closed_loop import on_policy_observations, run_policy_episode, summarize
@@ -106,9 +110,14 @@ def run(model_spec: str | None = None, recipe: str = "omega_qvla", task: str = "
     fp = src.model
     base = src.policy()
     execute_horizon = min(execute_horizon, fp.config.action_horizon)
+    chosen = [(label, rec) for label, rec in parts(fp, recipe) if only is None or label in only]
+    if only is not None and len(chosen) != len(set(only)):
+        known = [label for label, _ in parts(fp, recipe)]
+        raise ValueError(f"unknown part(s) {sorted(set(only) - set(known))}; choose from {known}")
     calib = calibration_observations(base, ["transfer_cube", "insertion"], 2, 5, seed=CALIB_SEED)
+    sched = {"replan_every": replan_every, "blend": blend, "new_weight": new_weight}
     seen = [x for ep in on_policy_observations(base, task, [EVAL_SEED + 1000 + i for i in range(rollouts)],
-                                               execute_horizon) for x in ep]
+                                               execute_horizon, **sched) for x in ep]
     dof = base.processor.dof
     obs = [base.processor.observation(raw)[0] for raw, _ in seen]
     with torch.inference_mode():
@@ -116,7 +125,8 @@ def run(model_spec: str | None = None, recipe: str = "omega_qvla", task: str = "
 
     def closed_loop(pol) -> dict:
         with AlohaSim(task, image_size=fp.config.vision.image_size, cameras=tuple(pol.cameras)) as sim:
-            s = summarize([run_policy_episode(pol, sim, EVAL_SEED + i, execute_horizon) for i in range(episodes)])
+            s = summarize([run_policy_episode(pol, sim, EVAL_SEED + i, execute_horizon, **sched)
+                           for i in range(episodes)])
         return s | {"reached": {str(k): sum(1 for m in s["max_rewards"] if m >= k) for k in (1, 2, 3)}}
 
     rows = {"fp16": {"quantized_layers": 0, "rel_mse_vs_fp": 0.0, "mean_abs_joint_error": 0.0,
@@ -134,23 +144,29 @@ def run(model_spec: str | None = None, recipe: str = "omega_qvla", task: str = "
             log(f"{label}: {quantized} layers, rel-MSE {rel:.4f}, {rows[label]['closed_loop']['reached']} "
                 f"({time.time() - t0:.0f} s)")
 
-    for label, rec in parts(fp, recipe):
+    for label, rec in chosen:
         m = quantize_model(copy.deepcopy(fp), rec, calib, seed=seed)
         measure(label, m, sum(1 for q in m.modules() if type(q).__name__ == "QuantLinear"), src.policy(m, recipe))
-    for rel in sorted({round(rows["all"]["rel_mse_vs_fp"], 4), 0.002, 0.0005}, reverse=True):
+    whole = [round(rows["all"]["rel_mse_vs_fp"], 4)] if "all" in rows else []
+    for rel in sorted({*whole, 0.002, 0.0005}, reverse=True):
         m = PerturbedModel(fp, rel, dof, seed)
         measure(f"FP + random error, rel-MSE {rel:g}", m, 0, src.policy(m, "fp16"))
     return {"benchmark": "sensitivity", "model": src.description, "recipe": recipe, "task": task,
             "on_policy_observations": len(seen), "rollout_seeds": [EVAL_SEED + 1000, EVAL_SEED + 1000 + rollouts - 1],
             "eval_seeds": [EVAL_SEED, EVAL_SEED + episodes - 1], "execute_horizon": execute_horizon,
+            "replan_every": replan_every or execute_horizon, "blend": blend, "blend_new_weight": new_weight,
+            "parts_requested": list(only) if only is not None else None,
             "calibration_observations": len(calib), "threads": torch.get_num_threads(),
             "parts": rows, "seconds": time.time() - t0}
 
 
 def format_text(r: dict) -> str:
+    every = r.get("replan_every", r["execute_horizon"])
+    sched = (f", a chunk every {every} steps, overlaps {r['blend']}d (new {r['blend_new_weight']:g})"
+             if every != r["execute_horizon"] else f", chunks of {r['execute_horizon']}")
     lines = [f"sensitivity of {r['model'].get('family')} to {r['recipe']}, one part at a time "
              f"({r['on_policy_observations']} on-policy observations; closed loop {r['task']}, "
-             f"{r['parts']['fp16']['closed_loop']['episodes']} seeds)", "",
+             f"{r['parts']['fp16']['closed_loop']['episodes']} seeds{sched})", "",
              "| part | quantized layers | action rel-MSE vs FP (on-policy) | mean \\|Δ\\| joints | "
              "success | touched / lifted / hand-over |", "|---|---|---|---|---|---|"]
     for label, p in r["parts"].items():

@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib-frames", type=int, default=5, help="observations per calibration episode")
     p.add_argument("--calib-source", choices=CALIB_SOURCES, default="expert",
                    help="calibration episodes: the scripted expert's, or the FP policy's own closed-loop "
-                        "rollouts (the states it visits, observations at its inference times)")
+                        "rollouts under the evaluation's controller (the states it visits, observations at its "
+                        "inference times)")
     p.add_argument("--execute-horizon", type=int, default=25)
     p.add_argument("--replan-every", type=int, default=0,
                    help="infer a new chunk every N steps (0: when the executed part runs out); "
@@ -58,16 +59,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def calibration_observations(policy, tasks, episodes: int, frames: int, seed: int = CALIB_SEED,
-                             source: str = "expert", execute_horizon: int = 25):
+                             source: str = "expert", execute_horizon: int = 25, **controller):
     """`frames` observations per episode from `episodes` episodes per task (seeds disjoint
     from training and eval): the scripted expert's, or with source="policy" the FP
-    policy's own rollouts (evenly spaced among the observations it inferred on)."""
+    policy's own rollouts (evenly spaced among the observations it inferred on) under
+    `controller` (run_policy_episode's scheduling: replan_every, blend, new_weight)."""
     if source == "policy":
         from omega_qvla_ros.sim.closed_loop import on_policy_observations
 
         out = []
         for task in tasks:
-            for ep in on_policy_observations(policy, task, [seed + e for e in range(episodes)], execute_horizon):
+            for ep in on_policy_observations(policy, task, [seed + e for e in range(episodes)], execute_horizon,
+                                             **controller):
                 idx = sorted({round(i * (len(ep) - 1) / max(1, frames - 1)) for i in range(frames)})
                 out += [policy.processor.observation(ep[i][0])[0] for i in idx]
         return out
@@ -116,7 +119,8 @@ def evaluate(model_spec: str | None, seed: int, recipes: list[str], tasks: list[
     fp = src.model
     base = src.policy()
     calib = calibration_observations(base, calib_tasks, calib_episodes, calib_frames, source=calib_source,
-                                     execute_horizon=min(execute_horizon, fp.config.action_horizon))
+                                     execute_horizon=min(execute_horizon, fp.config.action_horizon),
+                                     replan_every=replan_every, blend=blend, new_weight=blend_new_weight)
     result: dict = {}
     for recipe in recipes:
         m = fp if recipe == "fp16" else quantize_model(copy.deepcopy(fp), recipe, calib, seed=seed)

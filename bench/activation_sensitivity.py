@@ -1,0 +1,126 @@
+"""Which layers' int4 activations cost a policy its accuracy.
+
+The recipe quantizes the model once (every scoped layer W4A4); then one group of layers
+at a time skips its activation rounding (W4A16 there: the same int4 weights, rotations and
+channel scales, only the int4 activation codes replaced by the float input). Each row is
+the action error vs FP on the FP policy's own closed-loop observations, under the
+controller given (`bench sensitivity`'s measure); no closed loop per row (`bench
+sensitivity` runs one per part). Groups: each side, each layer of a side, each input
+(layers that share one: q/k/v, gate/up) across a side's layers. One reference row: FP
+itself with another draw of the flow's starting noise (the spread of sampling).
+
+    .venv/bin/python bench/activation_sensitivity.py --model models/pi05_small_aloha_cam_table \\
+        --replan-every 2 --blend average --blend-new-weight 0.2 \\
+        --out bench/results/activation_sensitivity_pi05_cam_table.json
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from omega_qvla_ros.models.calibrate import quantize_model, scoped_recipe
+from omega_qvla_ros.quant.qlinear import QuantLinear
+from omega_qvla_ros.sim.closed_loop import on_policy_observations
+from omega_qvla_ros.tools.bench_policy import action_error
+from omega_qvla_ros.tools.eval_cmd import CALIB_SEED, EVAL_SEED, calibration_observations
+from omega_qvla_ros.tools.model_source import load_fp_model
+
+LAYER = re.compile(r"\.(\d+)\.")
+
+
+def groups(model, recipe) -> dict[str, list[str]]:
+    """Label → quantized layer names: sides, (side, layer index), (side, input)."""
+    q = {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+    out: dict[str, list[str]] = {"every layer": list(q)}
+    for side, _sr in recipe.sides():
+        names = [n for n in q if q[n].spec.side == side]
+        out[side] = names
+        for i in sorted({int(LAYER.search(n).group(1)) for n in names if LAYER.search(n)}):
+            out[f"{side} layer {i}"] = [n for n in names if (m := LAYER.search(n)) and int(m.group(1)) == i]
+        inputs: dict[str, list[str]] = {}
+        for n in names:
+            sib = q[n].siblings
+            members = [s for s in q if sib is not None and any(q[s] is x for x in sib)] or [n]
+            label = "/".join(LAYER.sub(".*.", s).rsplit(".", 1)[-1] for s in members)
+            inputs.setdefault(f"{side} {label} inputs", []).append(n)
+        out.update(inputs)
+    return out
+
+
+def float_activations(model, names: list[str]):
+    """A copy of `model` whose layers `names` skip the int4 activation rounding."""
+    m = copy.deepcopy(model)
+    for n in names:
+        layer = m.get_submodule(n)
+        layer.spec = dataclasses.replace(layer.spec, act_mode="none")
+        layer._clear_caches()
+    return m
+
+
+def run(model_spec: str | None, recipe: str, rollouts: int, every: int, sched: dict, log) -> dict:
+    t0 = time.time()
+    src = load_fp_model(model_spec, 0)
+    fp, base = src.model, src.policy()
+    seeds = [EVAL_SEED + 1000 + i for i in range(rollouts)]
+    seen = [x for ep in on_policy_observations(base, "transfer_cube", seeds, 25, **sched) for x in ep][::every]
+    proc = base.processor
+    obs = [proc.observation(raw)[0] for raw, _ in seen]
+    dof = proc.dof
+
+    def chunks(m, noises):
+        with torch.inference_mode():
+            return [m.sample_actions(o, noise=n)[..., :dof] for o, n in zip(obs, noises)]
+
+    noises = [n for _, n in seen]
+    refs = chunks(fp, noises)
+    g = torch.Generator().manual_seed(1)
+    rows = {}
+
+    def row(label, outs, layers):
+        rel, rad = action_error(outs, refs, proc.actions)
+        rows[label] = {"layers_in_float": layers, "rel_mse_vs_fp": rel, "mean_abs_joint_error": rad}
+        log(f"{label}: rel-MSE {rel:.4f}, mean |d| {rad:.4f} ({time.time() - t0:.0f} s)")
+
+    row("FP, another flow-noise draw", chunks(fp, [torch.randn(n.shape, generator=g) for n in noises]), 0)
+    calib = calibration_observations(base, ["transfer_cube"], 2, 5, seed=CALIB_SEED)
+    rec = scoped_recipe(fp, recipe)
+    q = quantize_model(copy.deepcopy(fp), rec, calib, seed=0)
+    row("W4A4 (nothing in float)", chunks(q, noises), 0)
+    for label, names in groups(q, rec).items():
+        row(f"{label}: activations in float", chunks(float_activations(q, names), noises), len(names))
+    return {"benchmark": "activation_sensitivity", "model": src.description, "recipe": recipe,
+            "task": "transfer_cube", "rollout_seeds": seeds, "on_policy_observations": len(obs),
+            "observation_every": every, "calibration_observations": len(calib),
+            "controller": sched, "rows": rows, "seconds": time.time() - t0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, help="FP pack (default: the shipped model)")
+    p.add_argument("--recipe", default="omega_qvla")
+    p.add_argument("--rollouts", type=int, default=3, help="FP closed-loop rollouts (evaluation seeds 101000+)")
+    p.add_argument("--every", type=int, default=5, help="keep every N-th observation of the rollouts")
+    p.add_argument("--replan-every", type=int, default=0)
+    p.add_argument("--blend", choices=["none", "average", "crossfade"], default="none")
+    p.add_argument("--blend-new-weight", type=float, default=0.7)
+    p.add_argument("--out", help="also write the JSON here")
+    a = p.parse_args(argv)
+    sched = {"replan_every": a.replan_every, "blend": a.blend, "new_weight": a.blend_new_weight}
+    r = run(a.model, a.recipe, a.rollouts, a.every, sched, lambda m: print(m, file=sys.stderr, flush=True))
+    text = json.dumps(r, indent=1)
+    if a.out:
+        Path(a.out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
