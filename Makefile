@@ -75,6 +75,14 @@ bench-eval: setup
 	$(VENV)/bin/omega-qvla eval --model models/pi05_small_aloha_cam_table --recipes fp16,omega_qvla,rtn \
 	  --tasks transfer_cube --episodes 50 --replan-every 2 --blend average --blend-new-weight 0.2 --workers 2 \
 	  --out bench/results/eval_pi05_cam_table_ensemble.json
+	$(VENV)/bin/omega-qvla eval --model models/pi05_small_aloha_cam_table --recipes omega_qvla \
+	  --tasks transfer_cube --episodes 50 --replan-every 2 --blend average --blend-new-weight 0.2 --workers 2 \
+	  --calib-source policy --out bench/results/eval_pi05_cam_table_ensemble_calib_policy.json
+	$(VENV)/bin/omega-qvla bench sensitivity --model models/pi05_small_aloha_cam_table --episodes 12 --rollouts 3 \
+	  --replan-every 2 --blend average --blend-new-weight 0.2 --parts "all,weights only (A16),backbone,action head" \
+	  --svg bench/results/sensitivity_pi05_cam_table.svg --out bench/results/sensitivity_pi05_cam_table.json
+	$(VPY) bench/activation_sensitivity.py --model models/pi05_small_aloha_cam_table --replan-every 2 \
+	  --blend average --blend-new-weight 0.2 --out bench/results/activation_sensitivity_pi05_cam_table.json
 	@# calibration on the FP policy's own rollouts vs the expert's (same seeds, transfer-cube only)
 	for f in $(EVAL_FAMILIES); do \
 	  $(VENV)/bin/omega-qvla eval --family $$f --recipes omega_qvla,omega_qvla_dynamic --tasks transfer_cube \

@@ -208,6 +208,8 @@ def main() -> int:
         r = json.loads(sens.read_text())
         src = r["model"].get("source") or r["model"].get("family")
         cmd = f"omega-qvla bench sensitivity --model {src}"
+        if r["parts"]["fp16"]["closed_loop"]["episodes"] != 20:
+            cmd += f" --episodes {r['parts']['fp16']['closed_loop']['episodes']}"
         if r.get("replan_every", r["execute_horizon"]) != r["execute_horizon"]:
             cmd += (f" --replan-every {r['replan_every']} --blend {r['blend']}"
                     f" --blend-new-weight {r['blend_new_weight']:g}")
