@@ -49,7 +49,7 @@ def groups(model, recipe) -> dict[str, list[str]]:
         for n in names:
             sib = q[n].siblings
             members = [s for s in q if sib is not None and any(q[s] is x for x in sib)] or [n]
-            label = "/".join(LAYER.sub(".*.", s).rsplit(".", 1)[-1] for s in members)
+            label = "/".join(s.rsplit(".", 1)[-1] for s in members)
             inputs.setdefault(f"{side} {label} inputs", []).append(n)
         out.update(inputs)
     return out

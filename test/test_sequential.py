@@ -22,9 +22,9 @@ from omega_qvla_ros.quant.qlinear import LayerSpec, QuantLinear
 @pytest.mark.parametrize("family,recipe,budget", [("pi05", "omega_qvla", 1), ("gr00t", "omega_qvla", 1),
                                                   ("pi05", "omega_qvla_int", None), ("gr00t", "rtn", None)])
 def test_sequential_equals_all_in_memory(tmp_path, family, recipe, budget, monkeypatch):
-    """With a Hessian budget smaller than any layer's, the action stage calibrates and
-    solves one parent module's layers at a time (siblings that may share an input stay
-    together; its run repeated on the FP model): still bit for bit."""
+    """Bit for bit, also with a Hessian budget smaller than any layer's: the action stage
+    then calibrates and solves one parent module's layers at a time (siblings that may
+    share an input stay together; its run repeated on the FP model)."""
     if budget is None:
         _sequential_equals_all_in_memory(tmp_path, family, recipe)
         return

@@ -325,7 +325,7 @@ def test_on_policy_calibration_takes_the_policys_own_states():
     ours = calibration_observations(pol, ["transfer_cube"], 1, 3, source="policy", execute_horizon=10,
                                     replan_every=8, blend="average")
     want = [pol.processor.observation(blended[0][i][0])[0] for i in (0, 24, 49)]
-    assert all(torch.equal(a.state, b.state) for a, b in zip(ours, want))
+    assert len(ours) == 3 and all(torch.equal(a.state, b.state) for a, b in zip(ours, want))
     ours = calibration_observations(pol, ["transfer_cube"], 1, 3, source="policy", execute_horizon=10)
     want = [pol.processor.observation(episodes[0][i][0])[0] for i in (0, 20, 39)]
     assert len(ours) == 3 and all(torch.equal(a.state, b.state) for a, b in zip(ours, want))
