@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
             result = mod.run(model_spec=model_spec(args.model, args.family), recipe=args.recipe,
                              episodes=args.episodes, rollouts=args.rollouts, replan_every=args.replan_every,
                              blend=args.blend, new_weight=args.blend_new_weight, only=only, log=log)
-        except ValueError as e:
+        except mod.UnknownPart as e:
             raise SystemExit(str(e)) from None
         if args.svg:
             mod.write_svg(result, args.svg)

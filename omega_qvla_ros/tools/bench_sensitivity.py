@@ -92,6 +92,10 @@ class PerturbedModel:
         return a
 
 
+class UnknownPart(ValueError):
+    """A `--parts` label that names none of the model's parts (a user mistake)."""
+
+
 def run(model_spec: str | None = None, recipe: str = "omega_qvla", task: str = "transfer_cube",
         episodes: int = 20, rollouts: int = 3, execute_horizon: int = 25, seed: int = 0,
         replan_every: int = 0, blend: str = "none", new_weight: float = 0.7,
@@ -113,7 +117,7 @@ def run(model_spec: str | None = None, recipe: str = "omega_qvla", task: str = "
     chosen = [(label, rec) for label, rec in parts(fp, recipe) if only is None or label in only]
     if only is not None and len(chosen) != len(set(only)):
         known = [label for label, _ in parts(fp, recipe)]
-        raise ValueError(f"unknown part(s) {sorted(set(only) - set(known))}; choose from {known}")
+        raise UnknownPart(f"unknown part(s) {sorted(set(only) - set(known))}; choose from {known}")
     calib = calibration_observations(base, ["transfer_cube", "insertion"], 2, 5, seed=CALIB_SEED)
     sched = {"replan_every": replan_every, "blend": blend, "new_weight": new_weight}
     seen = [x for ep in on_policy_observations(base, task, [EVAL_SEED + 1000 + i for i in range(rollouts)],
