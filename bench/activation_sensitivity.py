@@ -19,7 +19,6 @@ import argparse
 import copy
 import dataclasses
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -30,11 +29,9 @@ from omega_qvla_ros.models.calibrate import quantize_model, scoped_recipe
 from omega_qvla_ros.quant.qlinear import QuantLinear
 from omega_qvla_ros.sim.closed_loop import on_policy_observations
 from omega_qvla_ros.tools.bench_policy import action_error
-from omega_qvla_ros.tools.eval_cmd import CALIB_SEED, EVAL_SEED, calibration_observations
+from omega_qvla_ros.tools.bench_sensitivity import _layer_index
+from omega_qvla_ros.tools.eval_cmd import CALIB_SEED, EVAL_SEED, add_schedule_args, calibration_observations
 from omega_qvla_ros.tools.model_source import load_fp_model
-
-LAYER = re.compile(r"\.(\d+)\.")
-
 
 def groups(model, recipe) -> dict[str, list[str]]:
     """Label → quantized layer names: sides, (side, layer index), (side, input)."""
@@ -43,8 +40,8 @@ def groups(model, recipe) -> dict[str, list[str]]:
     for side, _sr in recipe.sides():
         names = [n for n in q if q[n].spec.side == side]
         out[side] = names
-        for i in sorted({int(LAYER.search(n).group(1)) for n in names if LAYER.search(n)}):
-            out[f"{side} layer {i}"] = [n for n in names if (m := LAYER.search(n)) and int(m.group(1)) == i]
+        for i in sorted({_layer_index(n) for n in names} - {None}):
+            out[f"{side} layer {i}"] = [n for n in names if _layer_index(n) == i]
         inputs: dict[str, list[str]] = {}
         for n in names:
             sib = q[n].siblings
@@ -108,9 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--recipe", default="omega_qvla")
     p.add_argument("--rollouts", type=int, default=3, help="FP closed-loop rollouts (evaluation seeds 101000+)")
     p.add_argument("--every", type=int, default=5, help="keep every N-th observation of the rollouts")
-    p.add_argument("--replan-every", type=int, default=0)
-    p.add_argument("--blend", choices=["none", "average", "crossfade"], default="none")
-    p.add_argument("--blend-new-weight", type=float, default=0.7)
+    add_schedule_args(p)
     p.add_argument("--out", help="also write the JSON here")
     a = p.parse_args(argv)
     sched = {"replan_every": a.replan_every, "blend": a.blend, "new_weight": a.blend_new_weight}

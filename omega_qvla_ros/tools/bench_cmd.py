@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from omega_qvla_ros.tools.cli import emit
+from omega_qvla_ros.tools.eval_cmd import add_schedule_args
 from omega_qvla_ros.tools.model_source import add_family_arg, model_spec
 
 
@@ -28,11 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="sensitivity: FP rollouts whose observations measure the action error")
     p.add_argument("--svg", help="sensitivity: also write a bar chart here")
     p.add_argument("--parts", help="sensitivity: comma-separated part labels to measure (default: all)")
-    p.add_argument("--replan-every", type=int, default=0,
-                   help="sensitivity: a new chunk every N steps (0: when the executed part runs out)")
-    p.add_argument("--blend", choices=["none", "average", "crossfade"], default="none",
-                   help="sensitivity: how overlapping chunks merge")
-    p.add_argument("--blend-new-weight", type=float, default=0.7, help="sensitivity: the new chunk's weight")
+    add_schedule_args(p)  # sensitivity: the controller's scheduling, as eval's
     p.add_argument("--out", help="also write the JSON here")
     p.set_defaults(func=run)
 

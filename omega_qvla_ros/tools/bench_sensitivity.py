@@ -114,9 +114,10 @@ def run(model_spec: str | None = None, recipe: str = "omega_qvla", task: str = "
     fp = src.model
     base = src.policy()
     execute_horizon = min(execute_horizon, fp.config.action_horizon)
-    chosen = [(label, rec) for label, rec in parts(fp, recipe) if only is None or label in only]
+    every_part = parts(fp, recipe)
+    chosen = [(label, rec) for label, rec in every_part if only is None or label in only]
     if only is not None and len(chosen) != len(set(only)):
-        known = [label for label, _ in parts(fp, recipe)]
+        known = [label for label, _ in every_part]
         raise UnknownPart(f"unknown part(s) {sorted(set(only) - set(known))}; choose from {known}")
     calib = calibration_observations(base, ["transfer_cube", "insertion"], 2, 5, seed=CALIB_SEED)
     sched = {"replan_every": replan_every, "blend": blend, "new_weight": new_weight}

@@ -25,6 +25,15 @@ CALIB_SEED = 90000
 CALIB_SOURCES = ("expert", "policy")
 
 
+def add_schedule_args(p: argparse.ArgumentParser) -> None:
+    """The controller's scheduling flags (eval, bench sensitivity, bench scripts)."""
+    p.add_argument("--replan-every", type=int, default=0,
+                   help="infer a new chunk every N steps (0: when the executed part runs out); "
+                        "overlapping chunks are merged by --blend")
+    p.add_argument("--blend", choices=["none", "average", "crossfade"], default="none")
+    p.add_argument("--blend-new-weight", type=float, default=0.7)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="closed-loop success rate per recipe (fixed seeds)")
     add_model_args(p)
@@ -41,11 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "rollouts under the evaluation's controller (the states it visits, observations at its "
                         "inference times)")
     p.add_argument("--execute-horizon", type=int, default=25)
-    p.add_argument("--replan-every", type=int, default=0,
-                   help="infer a new chunk every N steps (0: when the executed part runs out); "
-                        "overlapping chunks are merged by --blend")
-    p.add_argument("--blend", choices=["none", "average", "crossfade"], default="none")
-    p.add_argument("--blend-new-weight", type=float, default=0.7)
+    add_schedule_args(p)
     p.add_argument("--latency", type=float, default=0.0, metavar="SECONDS",
                    help="simulated inference latency: a chunk reaches the controller this long after its "
                         "observation while the arm keeps moving (0: synchronous, the simulator waits)")
