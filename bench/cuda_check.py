@@ -9,7 +9,16 @@
    (`torch._int_mm`) and one static scale (the fused Triton kernels when Triton is installed);
 4. the node's runtime on the GPU: `Policy.from_pack(..., device)` + `infer()` for the shipped
    packs and `omega_qvla_int` packs made here (synthetic calibration), the same observation
-   and noise on CPU and GPU: action difference (rad) and inference time.
+   and noise on CPU and GPU: action difference (rad) and inference time;
+5. whole model per chunk (`device_check.chunk_times`): FP in fp32, fp16 and fp16 autocast,
+   W4A4 (the shipped Pi0.5 pack, a GR00T omega_qvla pack made here), each eager and
+   replayed from CUDA graphs;
+6. a stack of decoder layers at the published Pi0.5 widths (bench_stack.Stack: trunk 2048
+   over 816 tokens, expert 1024 over 50 tokens, a chunk = trunk + 10 × expert): fp32, fp16
+   and W4A4 on the fused kernels, eager and graphed.
+
+Each section that fails records its error and the next one runs; the JSON is rewritten
+after every section (a run cut short keeps what it measured).
 
     python bench/cuda_check.py --out bench/results     # writes quant_cuda_<gpu>.json
 """
@@ -30,8 +39,9 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from omega_qvla_ros.tools.bench_quant import LATENCY_SHAPES, latency  # noqa: E402
-from omega_qvla_ros.tools.device_check import LAYER_SHAPES, compare_layer, compare_policy  # noqa: E402
+from omega_qvla_ros.tools.bench_quant import LATENCY_SHAPES, latency, median_ms  # noqa: E402
+from omega_qvla_ros.tools.device_check import (LAYER_SHAPES, chunk_times, compare_layer,  # noqa: E402
+                                               compare_policy)
 
 # published widths: Pi0.5 trunk MLP over an ~800-token prefix, its action expert, GR00T's
 # DiT feed-forward over 49 tokens, GR00T's Qwen3 trunk MLP
@@ -58,38 +68,132 @@ def policy_rows(device: str, repeats: int, workdir: Path) -> list[dict]:
     return rows
 
 
+def chunk_rows(device: str, repeats: int, workdir: Path) -> list[dict]:
+    """Whole model per chunk, FP vs W4A4, eager vs CUDA graphs (device_check.chunk_times)."""
+    from omega_qvla_ros.tools.cli import main as cli
+
+    models = REPO / "models"
+    gr00t_q = workdir / "gr00t_w4a4"
+    assert cli(["quantize", "--family", "gr00t", "--recipe", "omega_qvla", "--calib", "synthetic",
+                "--out", str(gr00t_q), "--json"]) == 0
+    cases = [(models / "pi05_small_aloha", d) for d in ("float32", "fp16", "autocast_fp16")] + [
+        (models / "pi05_small_aloha_w4a4", d) for d in ("float32", "autocast_fp16")] + [
+        (models / "gr00t_small_aloha", d) for d in ("float32", "fp16", "autocast_fp16")] + [
+        (gr00t_q, d) for d in ("float32", "autocast_fp16")]
+    rows = []
+    for path, dtype in cases:
+        try:
+            rows.append(chunk_times(path, device, repeats, dtype))
+        except Exception as e:  # one variant failing must not cost the others
+            rows.append({"pack": path.name, "dtype": dtype, "error": f"{type(e).__name__}: {e}"[:500]})
+        print("chunk", rows[-1], flush=True)
+    return rows
+
+
+def _graphed_ms(model, x: torch.Tensor, repeats: int) -> tuple[float, float]:
+    """(eager ms, CUDA-graph replay ms) of model(x)."""
+    from omega_qvla_ros.runtime.cuda_graphs import _capture
+
+    sync = torch.cuda.synchronize
+    eager = median_ms(lambda: (model(x), sync()), repeats)
+    g = _capture(lambda t: model(t[0]), [x], warmup=2)
+    return eager, median_ms(lambda: (g.run([x]), sync()), repeats)
+
+
+STACK_PARTS = (("trunk", 2048, 16384, 816, "backbone"), ("expert", 1024, 4096, 50, "action_head"))
+
+
+def stack_rows(device: str, repeats: int, steps: int = 10, shapes=STACK_PARTS) -> dict:
+    """Published Pi0.5 widths (bench_stack.Stack, 2 layers per part): fp32, fp16, W4A4."""
+    import copy
+
+    from omega_qvla_ros.quant.qlinear import QuantLinear
+    from omega_qvla_ros.quant.quantize import quantize
+    from omega_qvla_ros.quant.recipes import get_recipe
+    from omega_qvla_ros.tools.bench_stack import LINEARS, Stack
+
+    parts = {}
+    for part, width, mlp, tokens, side in shapes:
+        torch.manual_seed(0)
+        fp = Stack(width, mlp, 2).eval().to(device)
+        g = torch.Generator(device=device).manual_seed(1)
+        cal = [torch.randn(1, tokens, width, generator=g, device=device) for _ in range(2)]
+        x = torch.randn(1, tokens, width, generator=g, device=device)
+        q = quantize(copy.deepcopy(fp), get_recipe("omega_qvla").with_scopes(**{side: [LINEARS]}), cal)
+        backends = sorted({m._backend(x.device) for m in q.modules() if isinstance(m, QuantLinear)})
+        fp16 = copy.deepcopy(fp).half()
+        row = {"width": width, "mlp": mlp, "tokens": tokens, "w4a4_backends": backends}
+        with torch.inference_mode():
+            y, y_fp = q(x), fp(x)
+            row["w4a4_output_rel_mse"] = float(((y - y_fp) ** 2).mean() / (y_fp ** 2).mean())
+            for name, m, xin in (("fp32", fp, x), ("fp16", fp16, x.half()), ("w4a4", q, x)):
+                try:
+                    row[f"{name}_ms"], row[f"{name}_graph_ms"] = _graphed_ms(m, xin, repeats)
+                except Exception as e:
+                    row[f"{name}_error"] = f"{type(e).__name__}: {e}"[:500]
+        parts[part] = row
+        print("stack", part, row, flush=True)
+    chunk = {}
+    for name in ("fp32", "fp16", "w4a4"):
+        for mode in ("ms", "graph_ms"):
+            k = f"{name}_{mode}"
+            if all(k in parts[p] for p in parts):
+                chunk[k] = parts["trunk"][k] + steps * parts["expert"][k]
+    for mode in ("ms", "graph_ms"):
+        for base in ("fp16", "fp32"):
+            if f"w4a4_{mode}" in chunk and f"{base}_{mode}" in chunk:
+                chunk[f"w4a4_speed_vs_{base}{'_graphs' if mode == 'graph_ms' else ''}"] = (
+                    chunk[f"{base}_{mode}"] / chunk[f"w4a4_{mode}"])
+    return {**parts, "steps": steps, "chunk_equivalent": chunk}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(REPO / "bench" / "results"))
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--policy-repeats", type=int, default=10)
+    ap.add_argument("--sections", default="tests,latency,agreement,policy,chunk,stack",
+                    help="comma-separated: which sections to run")
     args = ap.parse_args()
     t0 = time.time()
     name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.machine()
+    wanted = set(args.sections.split(","))
     tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                             str(REPO / "test" / "test_cuda.py")], cwd=REPO,
-                           capture_output=True, text=True)
-    summary = (tests.stdout.strip().splitlines() or ["(no output)"])[-1]
-    print(tests.stdout[-3000:], tests.stderr[-2000:], flush=True)
-    lat = latency(LATENCY_SHAPES + PUBLISHED_SHAPES, repeats=args.repeats, device=args.device, fp16=True)
-    result = {
-        "benchmark": "quant_cuda",
-        "device": name,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "pytest_test_cuda": {"returncode": tests.returncode, "summary": summary},
-        "agreement": [compare_layer(s, m, args.device) for s in LAYER_SHAPES
-                      for m in ("dynamic", "per_step_factorized")],
-        "latency": lat,
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        result["policy"] = policy_rows(args.device, args.policy_repeats, Path(tmp))
-    result["seconds"] = time.time() - t0
+                           capture_output=True, text=True) if "tests" in wanted else None
+    if tests is not None:
+        summary = (tests.stdout.strip().splitlines() or ["(no output)"])[-1]
+        print(tests.stdout[-3000:], tests.stderr[-2000:], flush=True)
     out = Path(args.out) / f"quant_cuda_{re.sub(r'[^A-Za-z0-9]+', '_', name).strip('_').lower()}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "latency"}, indent=1))
+    result = {"benchmark": "quant_cuda", "device": name, "torch": torch.__version__, "cuda": torch.version.cuda,
+              "sections": sorted(wanted)}
+    if tests is not None:
+        result["pytest_test_cuda"] = {"returncode": tests.returncode, "summary": summary}
+
+    def section(key: str, make) -> None:
+        if key not in wanted:
+            return
+        try:
+            result[key] = make()
+        except Exception as e:  # recorded; the other sections still run
+            result[f"{key}_error"] = f"{type(e).__name__}: {e}"[:1000]
+            print(key, "failed:", result[f"{key}_error"], flush=True)
+        result["seconds"] = time.time() - t0
+        out.write_text(json.dumps(result, indent=2) + "\n")
+
+    section("latency", lambda: latency(LATENCY_SHAPES + PUBLISHED_SHAPES, repeats=args.repeats,
+                                       device=args.device, fp16=True))
+    section("agreement", lambda: [compare_layer(s, m, args.device) for s in LAYER_SHAPES
+                                  for m in ("dynamic", "per_step_factorized")])
+    with tempfile.TemporaryDirectory() as tmp:
+        section("policy", lambda: policy_rows(args.device, args.policy_repeats, Path(tmp)))
+        section("chunk", lambda: chunk_rows(args.device, args.policy_repeats * 2, Path(tmp)))
+    section("stack", lambda: stack_rows(args.device, args.repeats))
+    lat = result.get("latency", [])
+    print(json.dumps({k: v for k, v in result.items() if k not in ("latency", "agreement", "policy", "chunk")},
+                     indent=1))
     for r in lat:
         print(r["shape"], f"fp32 {r['fp32_ms']:.3f} fp16 {r['fp16_ms']:.3f} ref {r['reference_ms']:.3f} "
               f"int {r['integer_ms']:.3f} ms; int vs fp32 {r['integer_speedup_vs_fp32']:.2f}x, "
@@ -97,7 +201,7 @@ def main() -> int:
               f"static scale ({r['static_backend']}) {r['integer_static_ms']:.3f} ms, "
               f"vs fp16 {r['integer_static_speedup_vs_fp16']:.2f}x")
     print("wrote", out)
-    return 0 if tests.returncode == 0 else 1
+    return 0 if tests is None or tests.returncode == 0 else 1
 
 
 if __name__ == "__main__":

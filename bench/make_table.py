@@ -34,21 +34,59 @@ def cuda_section(path: Path) -> str:
     codes = sum(a["activation_codes"] for a in agree)
     rows = [f"### Integer path on CUDA ({r['device']}, torch {r['torch']}, CUDA {r['cuda']})", "",
             f"`python bench/cuda_check.py` on a lent GPU → `{path.relative_to(ROOT)}`. "
-            f"`test/test_cuda.py` there: {r['pytest_test_cuda']['summary']}. Integer (`torch._int_mm`) "
-            f"vs reference on the GPU, {len(agree)} shape × mode cases: max relative difference "
-            f"{worst:.1e}; activation codes differing from the CPU's: {flips} of {codes} "
-            "(rounding-boundary ties; the rotation's float rounding differs by device). Both quantized "
-            "paths are chains of unfused PyTorch ops (index select, block rotation, scale, round, pad, "
-            "GEMM, rescale), hence their ~0.25 ms floor at one token; neither beats fp16 cuBLAS here.", "",
-            "| M, K, N | fp32 ms | fp16 ms | reference ms | integer ms | integer vs fp32 | integer vs fp16 "
-            "| integer vs reference |", "|---|---|---|---|---|---|---|---|"]
+            f"`test/test_cuda.py` there: {r['pytest_test_cuda']['summary']}. Integer vs reference on the "
+            f"GPU, {len(agree)} shape × mode cases: max relative difference {worst:.1e}; activation codes "
+            f"differing from the CPU's: {flips} of {codes} (rounding-boundary ties; the rotation's float "
+            "rounding differs by device). Per layer (median of calls each followed by a synchronize, "
+            "so launch and Python time count): \"integer\" is omega_qvla_int's per-token scales "
+            "(`torch._int_mm` between unfused ops); \"fused\" is the default recipe's one static scale on "
+            "the two fused Triton kernels (rotate+quantize, int4 GEMM autotuned, int4 words unpacked "
+            "in-kernel).", "",
+            "| M, K, N | fp32 ms | fp16 ms | reference ms | integer ms | fused ms | integer vs fp16 "
+            "| fused vs fp16 | fused vs fp32 |", "|---|---|---|---|---|---|---|---|---|"]
     for x in r["latency"]:
+        fused = (f"{x['integer_static_ms']:.3f} | " if "integer_static_ms" in x else "| ")
         rows.append(f"| {tuple(x['shape'])} | {x['fp32_ms']:.3f} | {x['fp16_ms']:.3f} | {x['reference_ms']:.3f} | "
-                    f"{x['integer_ms']:.3f} | {x['integer_speedup_vs_fp32']:.2f}× | "
-                    f"{x['integer_speedup_vs_fp16']:.2f}× | {x['integer_speedup_vs_reference']:.2f}× |")
+                    f"{x['integer_ms']:.3f} | {fused}{x['integer_speedup_vs_fp16']:.2f}× | "
+                    + (f"{x['integer_static_speedup_vs_fp16']:.2f}× | {x['integer_static_speedup_vs_fp32']:.2f}× |"
+                       if "integer_static_ms" in x else " | |"))
+    chunk = r.get("chunk") or []
+    if chunk:
+        rows += ["", "Whole model per chunk on the GPU (`device_check.chunk_times`: the model alone, observation "
+                 "already on the GPU, fixed noise; 10 denoising steps), eager vs replayed from CUDA graphs "
+                 "(`runtime/cuda_graphs.py`, the runtime's default on CUDA). fp16: the whole model in half "
+                 "precision; autocast: fp16 autocast around the model as loaded. The GR00T W4A4 pack is "
+                 "made there (synthetic calibration; only the Pi0.5 one is shipped).", "",
+                 "| pack | precision | integer layers | eager ms | CUDA graph ms | graph vs eager "
+                 "| graph − eager max |", "|---|---|---|---|---|---|---|"]
+        for c in chunk:
+            if "error" in c:
+                rows.append(f"| {c['pack']} | {c['dtype']} | failed: {c['error'][:80]} | | | | |")
+                continue
+            ways = "" if not c["graph_runs"].get("eager") else " (eager: capture failed)"
+            rows.append(f"| {c['pack']} | {c['dtype']} | {sum(c['integer_backends'].values())} | "
+                        f"{c['eager_ms']:.1f} | {c['graph_ms']:.2f}{ways} | {c['graph_speedup']:.1f}× | "
+                        f"{c['graph_vs_eager_max_abs']:.1e} |")
+    st = r.get("stack")
+    if st:
+        rows += ["", "Published Pi0.5 widths on the GPU (`bench_stack.Stack`, 2 decoder layers per part, "
+                 "random weights, omega_qvla on the fused kernels; a chunk = trunk + 10 × expert):", "",
+                 "| part | tokens | fp32 ms | fp16 ms | W4A4 ms | fp32 graph | fp16 graph | W4A4 graph "
+                 "| W4A4 vs fp16 (graphs) |", "|---|---|---|---|---|---|---|---|---|"]
+        for part in ("trunk", "expert"):
+            x = st[part]
+            rows.append(f"| {part} ({x['width']}, MLP {x['mlp']}) | {x['tokens']} | {x['fp32_ms']:.2f} | "
+                        f"{x['fp16_ms']:.2f} | {x['w4a4_ms']:.2f} | {x['fp32_graph_ms']:.2f} | "
+                        f"{x['fp16_graph_ms']:.2f} | {x['w4a4_graph_ms']:.2f} | "
+                        f"{x['fp16_graph_ms'] / x['w4a4_graph_ms']:.2f}× |")
+        c = st["chunk_equivalent"]
+        rows.append(f"| chunk | | {c['fp32_ms']:.2f} | {c['fp16_ms']:.2f} | {c['w4a4_ms']:.2f} | "
+                    f"{c['fp32_graph_ms']:.2f} | {c['fp16_graph_ms']:.2f} | {c['w4a4_graph_ms']:.2f} | "
+                    f"{c['w4a4_speed_vs_fp16_graphs']:.2f}× |")
     pol = r.get("policy") or []
     if pol:
-        rows += ["", "The node's runtime on the GPU (`Policy.from_pack(pack, 'cuda')` + `infer()`, one random "
+        rows += ["", "The node's runtime on the GPU (`Policy.from_pack(pack, 'cuda')` + `infer()`, chunks replayed "
+                 "from CUDA graphs, one random "
                  "observation, same noise as on the CPU; W4A4 is discontinuous, so a 1e-7 input difference "
                  "can flip an activation code and the flip travels on; the last column is the pack's own "
                  "W4A4-vs-FP distance on the CPU, for scale):", "",

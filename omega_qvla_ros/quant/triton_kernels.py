@@ -12,6 +12,12 @@ runs as two kernels instead of a chain of a dozen unfused ops (the chain measure
   int32 accumulation, and the rescale (activation scale · per-row weight scale) and
   bias in the epilogue.
 
+On a GPU the GEMM's tile sizes are autotuned per (T, N, K) among GEMM_CONFIGS (the
+~800-token prefix wants large tiles, 50 action tokens narrow ones); the interpreter
+runs one small fixed tile. The int4 words stay packed in the GEMM: an H200 ran an int8
+copy of the codes (a [K, N] layout, one byte per weight) slower, 0.41 vs 0.25 ms at
+816×2048×16384 (bench/results/cuda_int8_trial_nvidia_h200.json).
+
 Both are exact where the unfused path is: the codes are integers, the int32 sums are
 exact, and the rotation's float products are summed in fp32 ("ieee" precision: no
 TF32). Ties round half to even, as torch.round. Tested on the CPU through Triton's
@@ -43,10 +49,27 @@ def available(device: torch.device) -> bool:
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-@functools.lru_cache(maxsize=1)
-def _kernels():
-    """The jit-wrapped kernels, built on first use (TRITON_INTERPRET is read then)."""
-    return triton.jit(_rotate_quantize_kernel), triton.jit(_int4_gemm_kernel)
+# (rows, columns, depth, warps, stages) per GEMM tile tried by the autotuner on a GPU:
+# large tiles for the trunk's ~800-token prefix, narrow ones for 50 action tokens
+GEMM_CONFIGS = [(128, 128, 128, 8, 3), (64, 128, 128, 4, 4), (128, 256, 64, 8, 3),
+                (64, 64, 128, 4, 4), (32, 128, 128, 4, 4), (16, 128, 128, 4, 5), (16, 64, 256, 4, 4)]
+
+
+def _tuned() -> bool:
+    """Autotune on a real GPU; Triton's interpreter (CPU tests) runs one fixed tile."""
+    return os.environ.get("TRITON_INTERPRET") != "1"
+
+
+@functools.lru_cache(maxsize=2)
+def _kernels(tuned: bool = False):
+    """The jit-wrapped kernels (rotate+quantize, int4 GEMM), built on first use
+    (TRITON_INTERPRET is read then); with `tuned`, the GEMM autotuned over GEMM_CONFIGS
+    per (T, N, K)."""
+    gemm = triton.jit(_int4_gemm_kernel)
+    if tuned:
+        gemm = triton.autotune(configs=[triton.Config({"BT": bt, "BN": bn, "BK": bk}, num_warps=w, num_stages=st)
+                                        for bt, bn, bk, w, st in GEMM_CONFIGS], key=["T", "N", "K"])(gemm)
+    return triton.jit(_rotate_quantize_kernel), gemm
 
 
 def _rotate_quantize_kernel(x_ptr, perm_ptr, rot_ptr, out_ptr, T, n, stride_x, inv_scale,
@@ -105,7 +128,7 @@ def rotate_quantize(x: torch.Tensor, perm: torch.Tensor, blocks: torch.Tensor, s
     m = blocks.shape[0]
     if m * BLOCK != n or blocks.shape[1:] != (BLOCK, BLOCK):
         raise ValueError(f"rotate_quantize needs {n} channels in whole {BLOCK}-blocks")
-    kernel, _ = _kernels()
+    kernel = _kernels(_tuned())[0]
     out = torch.empty(T, n, dtype=torch.int8, device=x.device)
     BT = _rows_tile(T)
     x = x if x.stride(1) == 1 else x.contiguous()
@@ -114,17 +137,22 @@ def rotate_quantize(x: torch.Tensor, perm: torch.Tensor, blocks: torch.Tensor, s
 
 
 def int4_gemm(codes: torch.Tensor, packed: torch.Tensor, weight_scale: torch.Tensor, act_scale: float,
-              bias: torch.Tensor | None = None) -> torch.Tensor:
+              bias: torch.Tensor | None = None, tile: tuple[int, int, int] | None = None) -> torch.Tensor:
     """(codes · unpack(packed)ᵀ) · act_scale · weight_scale (+ bias), float32 [T, N], for
-    int8 codes [T, K] and the pack's int32 words [N, ceil(K / 8)]."""
+    int8 codes [T, K] and the pack's int32 words [N, ceil(K / 8)]. `tile` (rows, columns,
+    depth) fixes the GEMM's tile instead of the autotuner's or the default (tests)."""
     T, K = codes.shape
     N, words = packed.shape
     if words * 8 < K:
         raise ValueError(f"{words} words per row cannot hold {K} int4 codes")
-    _, kernel = _kernels()
     y = torch.empty(T, N, dtype=torch.float32, device=codes.device)
-    BT, BN, BK = _rows_tile(T), 64, 64
-    kernel[(triton.cdiv(T, BT), triton.cdiv(N, BN))](
-        codes.contiguous(), packed.contiguous(), weight_scale, bias if bias is not None else weight_scale, y,
-        T, N, K, words, float(act_scale), HAS_BIAS=bias is not None, BT=BT, BN=BN, BK=BK)
+    args = (codes.contiguous(), packed.contiguous(), weight_scale, bias if bias is not None else weight_scale, y,
+            T, N, K, words, float(act_scale))
+    tuned = _tuned() and tile is None
+    kernel = _kernels(tuned)[1]
+    if tuned:
+        kernel[lambda meta: (triton.cdiv(T, meta["BT"]), triton.cdiv(N, meta["BN"]))](*args, HAS_BIAS=bias is not None)
+    else:
+        BT, BN, BK = tile or (_rows_tile(T), 64, 64)
+        kernel[(triton.cdiv(T, BT), triton.cdiv(N, BN))](*args, HAS_BIAS=bias is not None, BT=BT, BN=BN, BK=BK)
     return y

@@ -11,6 +11,7 @@ from omega_qvla_ros.models.processor import Processor, processor_from_manifest
 from omega_qvla_ros.quant.pack import PackFormatError, load_pack
 from omega_qvla_ros.quant.qlinear import QuantLinear
 
+from .cuda_graphs import GraphedSampler
 from .preprocess import RawObservation
 from .robot import RobotSpec
 from .scheduler import ActionChunk
@@ -45,9 +46,14 @@ class Policy:
 
     def __init__(self, model, processor: Processor, device: torch.device | str = "cpu",
                  robot: RobotSpec | None = None, recipe: str = "fp16", control_dt: float = 0.02,
-                 manifest: dict | None = None) -> None:
+                 manifest: dict | None = None, cuda_graphs: bool | None = None) -> None:
         self.model, self.processor = model, processor
         self.device = torch.device(device)
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device, not {self.device}")
+        # on a GPU the chunk replays from CUDA graphs (runtime/cuda_graphs.py) unless told not to
+        self.sampler = (GraphedSampler(model) if self.device.type == "cuda" and cuda_graphs is not False
+                        else None)
         self.manifest = manifest or {}
         self.recipe = recipe
         self.robot = robot or default_robot_for(processor, self.manifest.get("extra"))
@@ -61,14 +67,16 @@ class Policy:
 
     @classmethod
     def from_pack(cls, path: str | Path, device: str = "auto", robot: RobotSpec | None = None,
-                  control_dt: float = 0.02, lean: bool = True, kernel_weights: str | None = None) -> "Policy":
+                  control_dt: float = 0.02, lean: bool = True, kernel_weights: str | None = None,
+                  cuda_graphs: bool | None = None) -> "Policy":
         """Load a pack to run it. `lean` (the default): large unquantized parts stay at
         their stored half precision when they are big (> 512 MiB), integer layers give
         back their int4 codes once their kernels hold them, and in a big pack the integer
         layers keep their weights at int4 (our AVX2 kernel on x86 without VNNI, else torch's
         CPU int4 kernel: `kernel_weights` "auto", see quant.pack.load_pack) — a W4A4 process then holds
         about the pack's size plus activations. `kernel_weights="hold"` keeps every int8 kernel weight
-        (faster, twice the int4 bytes); `lean=False` keeps everything in float32."""
+        (faster, twice the int4 bytes); `lean=False` keeps everything in float32.
+        `cuda_graphs` (default: on a CUDA device) replays each chunk from CUDA graphs."""
         dev = pick_device(device)
         kw = kernel_weights or ("auto" if lean else "hold")
         model, manifest = load_pack(path, device=dev, float_storage="auto" if lean else "float32",
@@ -78,7 +86,7 @@ class Policy:
         except (ValueError, TypeError, KeyError) as e:
             raise PackFormatError(f"{path}: bad processor in the manifest ({type(e).__name__}: {e})") from None
         return cls(model, proc, dev, robot=robot, recipe=(manifest.get("recipe") or {}).get("name", "unknown"),
-                   control_dt=control_dt, manifest=manifest)
+                   control_dt=control_dt, manifest=manifest, cuda_graphs=cuda_graphs)
 
     @property
     def cameras(self) -> list[str]:
@@ -99,7 +107,14 @@ class Policy:
         obs, q = self.processor.observation(raw)
         t0 = time.perf_counter()
         with torch.inference_mode():
-            a = self.model.sample_actions(obs.to(self.device), num_steps=num_steps,
-                                          noise=None if noise is None else noise.to(self.device))
+            obs = obs.to(self.device)
+            if self.sampler is None:
+                a = self.model.sample_actions(obs, num_steps=num_steps,
+                                              noise=None if noise is None else noise.to(self.device))
+            else:
+                cfg = self.model.config
+                noise = (torch.randn(obs.batch_size, cfg.action_horizon, cfg.action_dim, device=self.device)
+                         if noise is None else noise.to(self.device))
+                a = self.sampler.sample(obs, noise, num_steps)
         positions = self.processor.actions(a.float().cpu(), q)[0]
         return ActionChunk(positions, raw.stamp, self.control_dt, time.perf_counter() - t0)

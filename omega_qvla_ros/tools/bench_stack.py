@@ -35,7 +35,7 @@ class Stack(nn.Module):
                 nn.init.normal_(m.weight, std=m.in_features ** -0.5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pos = torch.arange(x.shape[1])[None].expand(x.shape[0], -1)
+        pos = torch.arange(x.shape[1], device=x.device)[None].expand(x.shape[0], -1)
         for layer in self.layers:
             x, _ = layer(x, pos)
         return x

@@ -132,3 +132,50 @@ def compare_policy(path: str | Path, device: str, fp_path: str | Path | None = N
         for dev, pol in pols.items():
             r[f"infer_ms_{torch.device(dev).type}"] = median_ms(lambda: pol.infer(raw, noise=noise), repeats)
     return r
+
+
+def chunk_times(path: str | Path, device: str = "cuda", repeats: int = 20, dtype: str = "float32") -> dict:
+    """The model's time per chunk on `device` (observation already there, fixed noise),
+    eager vs replayed from CUDA graphs (runtime/cuda_graphs.py), and how far the replayed
+    chunk is from the eager one (normalised action units). `dtype`: "float32" as loaded;
+    "fp16" the whole model and its inputs in half precision (FP packs only: quantized
+    layers cannot be converted); "autocast_fp16" float16 autocast around the model as
+    loaded. With `repeats` 0 the timings are left out."""
+    from contextlib import nullcontext
+
+    from omega_qvla_ros.models.common import Observation
+    from omega_qvla_ros.quant.qlinear import QuantLinear
+    from omega_qvla_ros.runtime.cuda_graphs import GraphedSampler
+    from omega_qvla_ros.runtime.policy import Policy
+    from omega_qvla_ros.tools.bench_quant import median_ms
+
+    pol = Policy.from_pack(path, device, cuda_graphs=False)
+    model, dev = pol.model, torch.device(device)
+    raw, noise = random_observation(pol)
+    obs = pol.processor.observation(raw)[0].to(dev)
+    noise = noise.to(dev)
+    if dtype == "fp16":
+        model.half()
+        obs = Observation(obs.images.half(), obs.tokens, obs.token_mask, obs.state.half(), obs.image_mask)
+        noise = noise.half()
+    ctx = (torch.autocast(dev.type, torch.float16, cache_enabled=False) if dtype == "autocast_fp16"
+           else nullcontext())
+    sampler = GraphedSampler(model)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    backends: dict[str, int] = {}
+    for m in model.modules():
+        if isinstance(m, QuantLinear) and m.uses_integer_path():
+            b = m._backend(dev)
+            backends[b] = backends.get(b, 0) + 1
+    with torch.inference_mode(), ctx:
+        a_eager = model.sample_actions(obs, noise=noise).float()
+        a_graph = sampler.sample(obs, noise).float()
+        r = {"pack": Path(path).name, "recipe": pol.recipe, "dtype": dtype, "integer_backends": backends,
+             "graph_runs": dict(sampler.used), "graph_failures": dict(sampler.failures),
+             "graph_vs_eager_max_abs": float((a_graph - a_eager).abs().max()),
+             "finite": bool(torch.isfinite(a_graph).all())}
+        if repeats:
+            r["eager_ms"] = median_ms(lambda: (model.sample_actions(obs, noise=noise), sync()), repeats)
+            r["graph_ms"] = median_ms(lambda: (sampler.sample(obs, noise), sync()), repeats)
+            r["graph_speedup"] = r["eager_ms"] / r["graph_ms"]
+    return r
