@@ -93,3 +93,31 @@ def test_falls_back_to_eager_once_with_a_reason(pi05, monkeypatch):
 def test_mode_is_checked():
     with pytest.raises(ValueError, match="mode"):
         GraphedSampler(torch.nn.Linear(1, 1), mode="everything")
+
+
+def test_graphs_are_bounded(pi05, monkeypatch):
+    """Every new shape captures a graph; beyond max_graphs the oldest is dropped (a prompt
+    whose length keeps changing must not grow the GPU's memory without end)."""
+    model, obs, _, noise = pi05
+    record, calls = stand_in()
+    monkeypatch.setattr(cuda_graphs, "_record", record)
+    s = GraphedSampler(model, max_graphs=2)
+    with torch.inference_mode():
+        for steps in (2, 3, 4, 2):
+            assert torch.allclose(s.sample(obs, noise, steps), model.sample_actions(obs, steps, noise=noise),
+                                  atol=1e-6)
+    assert len(s._graphs) == 2 and len(calls) == 4  # steps 2 was dropped by 4, captured again
+
+
+def test_warm_up_captures_before_the_first_chunk(monkeypatch):
+    """Policy.warm_up runs one synthetic chunk through the sampler (on CUDA: the capture);
+    the first real chunk then replays the graph it made."""
+    record, calls = stand_in()
+    monkeypatch.setattr(cuda_graphs, "_record", record)
+    pol = Policy.from_pack(REPO / "models" / "pi05_small_aloha", "cpu")
+    assert pol.warm_up() is None  # nothing to capture on a CPU
+    pol.sampler = GraphedSampler(pol.model)  # what a CUDA device gets
+    assert pol.warm_up("transfer the cube") > 0 and len(calls) == 1
+    raw, _ = random_observation(pol)
+    pol.infer(raw)
+    assert len(calls) == 1 and pol.sampler.used["whole"] == 2

@@ -139,6 +139,9 @@ class PolicyNode(Node):
             raise ValueError(f"none of the model's cameras {policy.cameras} is in camera_names "
                              f"{self.robot.cameras}")
         self.policy.control_dt = self.dt
+        warm = self.policy.warm_up(str(p("instruction")), self.cameras)  # CUDA graphs: before the first tick
+        if warm is not None:
+            self.get_logger().info(f"CUDA graphs captured in {warm:.1f} s")
         supervisor = Supervisor(mode=p("mode"), dry_run=bool(p("dry_run")),
                                 stale_after=float(p("stale_timeout_s")),
                                 heartbeat_timeout=float(p("heartbeat_timeout_s")),

@@ -90,12 +90,13 @@ class GraphedSampler:
     """`sample(observation, noise, num_steps)` as model.sample_actions(observation,
     num_steps, noise), replayed from CUDA graphs (see the module docstring). `mode`
     "auto" tries "whole" then "loop"; a shape whose capture failed runs eagerly from then
-    on. `used` counts the calls per way they ran ("whole", "loop", "eager")."""
+    on. `used` counts the calls per way they ran ("whole", "loop", "eager"). At most
+    `max_graphs` shapes keep their graphs (each holds its own memory); the oldest goes."""
 
-    def __init__(self, model: torch.nn.Module, mode: str = "auto", warmup: int = 2) -> None:
+    def __init__(self, model: torch.nn.Module, mode: str = "auto", warmup: int = 2, max_graphs: int = 8) -> None:
         if mode not in ("auto", *MODES):
             raise ValueError(f"CUDA graph mode must be 'auto', 'whole' or 'loop', got {mode!r}")
-        self.model, self.mode, self.warmup = model, mode, warmup
+        self.model, self.mode, self.warmup, self.max_graphs = model, mode, warmup, max_graphs
         self._graphs: dict[tuple, _Graph | None] = {}  # None: its capture failed
         self.failures: dict[str, str] = {}  # mode -> why its last capture failed
         self.used = {"whole": 0, "loop": 0, "eager": 0}
@@ -104,6 +105,8 @@ class GraphedSampler:
     def _graph(self, key: tuple, fn: Callable[[list], torch.Tensor],
                inputs: list[torch.Tensor | None]) -> _Graph | None:
         if key not in self._graphs:
+            if len(self._graphs) >= self.max_graphs:  # shapes keep changing: the oldest graph goes
+                del self._graphs[next(iter(self._graphs))]
             try:
                 self._graphs[key] = _capture(fn, inputs, self.warmup)
             except Exception as e:  # an op that cannot be captured: this shape runs another way

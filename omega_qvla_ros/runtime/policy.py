@@ -99,6 +99,23 @@ class Policy:
     def integer_layers(self) -> int:
         return sum(1 for m in self.model.modules() if isinstance(m, QuantLinear) and m.uses_integer_path())
 
+    def warm_up(self, instruction: str = "", cameras: list[str] | None = None) -> float | None:
+        """On CUDA, capture this policy's graphs now (the Triton kernels compiled and
+        autotuned with them) on a synthetic observation — black images from `cameras`
+        (default: all the model's), joints at mid-range — so that the first real chunk
+        replays instead of taking seconds. Returns the seconds it took; None where nothing
+        is captured (CPU, graphs off). A prompt of another token length (N1.5 pads to the
+        longest prompt) is captured again on its first chunk."""
+        if self.sampler is None:
+            return None
+        proc = self.processor
+        mid = proc.config.state_norm.unnormalize(torch.zeros(proc.dof, dtype=torch.float64)).double().numpy()
+        raw = RawObservation({c: np.zeros((224, 224, 3), np.uint8) for c in (cameras or self.cameras)},
+                             proc.joint_names, mid, instruction or "warm up", 0.0)
+        t0 = time.perf_counter()
+        self.infer(raw)
+        return time.perf_counter() - t0
+
     def infer(self, raw: RawObservation, noise: torch.Tensor | None = None,
               num_steps: int | None = None) -> ActionChunk:
         """Action chunk in joint units for `raw` (raises ObservationError on bad input).

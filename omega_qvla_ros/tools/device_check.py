@@ -139,7 +139,8 @@ def chunk_times(path: str | Path, device: str = "cuda", repeats: int = 20, dtype
     eager vs replayed from CUDA graphs (runtime/cuda_graphs.py), and how far the replayed
     chunk is from the eager one (normalised action units). `dtype`: "float32" as loaded;
     "fp16" the whole model and its inputs in half precision (FP packs only: quantized
-    layers cannot be converted); "autocast_fp16" float16 autocast around the model as
+    layers cannot be converted; each Linear casts its input to half where it arrives in
+    float32); "autocast_fp16" float16 autocast around the model as
     loaded. With `repeats` 0 the timings are left out."""
     from contextlib import nullcontext
 
@@ -156,6 +157,9 @@ def chunk_times(path: str | Path, device: str = "cuda", repeats: int = 20, dtype
     noise = noise.to(dev)
     if dtype == "fp16":
         model.half()
+        for m in model.modules():  # a feature computed in float32 (GR00T's sinusoidal time) meets half weights
+            if isinstance(m, torch.nn.Linear):
+                m.register_forward_pre_hook(lambda mod, args: (args[0].to(mod.weight.dtype), *args[1:]))
         obs = Observation(obs.images.half(), obs.tokens, obs.token_mask, obs.state.half(), obs.image_mask)
         noise = noise.half()
     ctx = (torch.autocast(dev.type, torch.float16, cache_enabled=False) if dtype == "autocast_fp16"

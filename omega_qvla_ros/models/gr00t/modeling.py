@@ -176,8 +176,7 @@ class TimestepEmbedder(nn.Module):
     def forward(self, t_disc):
         f = (sinusoidal(t_disc, self.freq_dim, shift=1, cos_first=True) if self.n15
              else sinusoidal(t_disc, self.freq_dim))
-        w = getattr(self.linear_1, "weight", None)  # a half-precision model takes it in its dtype
-        return self.linear_2(F.silu(self.linear_1(f if w is None else f.to(w.dtype))))
+        return self.linear_2(F.silu(self.linear_1(f)))
 
 
 class TimestepEncoder(nn.Module):
