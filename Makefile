@@ -83,6 +83,15 @@ bench-eval: setup
 	  --svg bench/results/sensitivity_pi05_cam_table.svg --out bench/results/sensitivity_pi05_cam_table.json
 	$(VPY) bench/activation_sensitivity.py --model models/pi05_small_aloha_cam_table --replan-every 2 \
 	  --blend average --blend-new-weight 0.2 --out bench/results/activation_sensitivity_pi05_cam_table.json
+	@# the same W4A4 evaluation over calibration draws (seeds 90100, 90200, ...), expert and on-policy
+	mkdir -p build/draws
+	for s in 90100 90200 90300 90400; do for src in expert policy; do \
+	  $(VENV)/bin/omega-qvla eval --model models/pi05_small_aloha_cam_table --recipes omega_qvla \
+	    --tasks transfer_cube --episodes 50 --replan-every 2 --blend average --blend-new-weight 0.2 --workers 2 \
+	    --calib-source $$src --calib-seed $$s --out build/draws/$${src}_$$s.json || exit 1; done; done
+	$(VPY) bench/calibration_draws.py --recipes omega_qvla bench/results/eval_pi05_cam_table_ensemble.json \
+	  bench/results/eval_pi05_cam_table_ensemble_calib_policy.json build/draws/*.json \
+	  --out bench/results/calibration_draws_pi05_cam_table.json
 	@# calibration on the FP policy's own rollouts vs the expert's (same seeds, transfer-cube only)
 	for f in $(EVAL_FAMILIES); do \
 	  $(VENV)/bin/omega-qvla eval --family $$f --recipes omega_qvla,omega_qvla_dynamic --tasks transfer_cube \

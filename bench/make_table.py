@@ -101,6 +101,22 @@ def cuda_section(path: Path) -> str:
     return "\n".join(rows)
 
 
+def calibration_draws_section(path: Path) -> str:
+    """bench/calibration_draws.py: closed-loop success per calibration draw."""
+    r = json.loads(path.read_text())
+    rows = [f"### Closed-loop success over calibration draws (`{path.relative_to(ROOT)}`)", "",
+            "The same evaluation (seeds, controller, model) with its calibration set drawn again "
+            "(`omega-qvla eval --calib-seed`); every draw runs the same scenes.", "",
+            "| recipe, task, calibration | per draw (calibration seeds: successes; touched/lifted/hand-over) "
+            "| mean | lowest–highest |", "|---|---|---|---|"]
+    for key, g in r["groups"].items():
+        draws = "; ".join(f"{d['calibration_seeds'][0]}: {d['successes']} ({'/'.join(map(str, d['touched_lifted_handover']))})"
+                          for d in g["draws"])
+        rows.append(f"| {key} | {draws} | {g['successes_mean']:.1f}/{g['episodes_per_draw']} | "
+                    f"{g['successes_min']}–{g['successes_max']} |")
+    return "\n".join(rows)
+
+
 def _eval_cell(e: dict) -> str:
     levels = "/".join(str(sum(1 for m in e.get("max_rewards", []) if m >= k)) for k in (1, 2, 3))
     return (f"{e['successes']}/{e['episodes']} = {100 * e['success_rate']:.0f}% "
@@ -259,6 +275,8 @@ def main() -> int:
                      "first evaluation seeds.\n\n" + sens_text(r))
     for act in sorted((ROOT / "bench" / "results").glob("activation_sensitivity_*.json")):
         parts.append(activation_section(act))
+    for draws in sorted((ROOT / "bench" / "results").glob("calibration_draws_*.json")):
+        parts.append(calibration_draws_section(draws))
     full = sorted((ROOT / "bench" / "results").glob("full_*.json"))
     if full:
         parts.append(full_section(full))

@@ -68,3 +68,47 @@ def test_unknown_part_is_refused_before_any_work(capsys):
     assert main(["bench", "sensitivity", "--model", "random:pi05:tiny", "--parts", "backbone,the gripper"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("omega-qvla bench: unknown part(s) ['the gripper']") and err.count("\n") == 1
+
+
+def test_calibration_draws_pool_per_recipe_and_source(tmp_path):
+    """bench/calibration_draws.py groups eval JSONs by recipe, task and calibration source,
+    one row per draw in seed order, with the mean and range of successes; FP (no
+    calibration) and recipes left out by --recipes do not appear; the README renders it."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, root / "bench" / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    cd, mt = load("calibration_draws"), load("make_table")
+
+    def ev(source, seed, ok, rewards):
+        task = {"episodes": 4, "successes": ok, "max_rewards": rewards}
+        return {"fp16": {"t": task}, "omega_qvla": {"t": task}, "rtn": {"t": task},
+                "_meta": {"calibration": {"source": source, "observations": 10, "seeds": [seed, seed + 1]},
+                          "eval_seeds": [100000, 100003], "command": "omega-qvla eval ..."}}
+    files = []
+    for i, e in enumerate([ev("policy", 90200, 1, [3, 1, 0, 0]), ev("policy", 90000, 3, [3, 3, 3, 2]),
+                           ev("expert", 90000, 2, [3, 3, 2, 0])]):
+        files.append(tmp_path / f"e{i}.json")
+        files[-1].write_text(json.dumps(e))
+    out = root / "bench" / "results" / "calibration_draws_test_tmp.json"
+    try:
+        assert cd.main([*map(str, files), "--recipes", "omega_qvla", "--out", str(out)]) == 0
+        r = json.loads(out.read_text())
+        assert sorted(r["groups"]) == ["omega_qvla, t, expert calibration (10 observations)",
+                                       "omega_qvla, t, policy calibration (10 observations)"]
+        g = r["groups"]["omega_qvla, t, policy calibration (10 observations)"]
+        assert [d["calibration_seeds"][0] for d in g["draws"]] == [90000, 90200]
+        assert [d["touched_lifted_handover"] for d in g["draws"]] == [[4, 4, 3], [2, 1, 1]]
+        assert (g["successes_mean"], g["successes_min"], g["successes_max"]) == (2.0, 1, 3)
+        text = mt.calibration_draws_section(out)
+        assert "90000: 3 (4/4/3); 90200: 1 (2/1/1) | 2.0/4 | 1–3 |" in text
+    finally:
+        out.unlink(missing_ok=True)
+    assert cd.main([str(tmp_path / "missing.json"), "--out", str(out)]) == 1

@@ -276,7 +276,7 @@ def test_eval_json_shape_and_seeds(tmp_path):
     out = tmp_path / "eval.json"
     assert main(["eval", "--model", "random:pi05:tiny", "--recipes", "fp16,omega_qvla_int", "--tasks",
                  "transfer_cube", "--episodes", "1", "--calib-episodes", "1", "--calib-frames", "2",
-                 "--out", str(out), "--json"]) == 0
+                 "--calib-seed", "90500", "--out", str(out), "--json"]) == 0
     r = _json.loads(out.read_text())
     for recipe in ("fp16", "omega_qvla_int"):
         e = r[recipe]["transfer_cube"]
@@ -284,8 +284,17 @@ def test_eval_json_shape_and_seeds(tmp_path):
         assert e["ci95"][0] == 0.0 and 0.5 < e["ci95"][1] < 1.0 and len(e["max_rewards"]) == 1
     meta = r["_meta"]
     assert meta["eval_seeds"] == [100000, 100000] and meta["calibration"]["observations"] == 2
+    assert meta["calibration"]["seeds"] == [90500, 90500]
     assert meta["family"] == "pi05" and meta["model"] == "random:pi05:tiny"
     assert meta["execute_horizon"] == meta["replan_every"] == 10  # tiny chunks: 10 actions, executed whole
+
+
+def test_eval_refuses_calibration_seeds_among_the_evaluation_seeds(capsys):
+    from omega_qvla_ros.tools.cli import main
+
+    assert main(["eval", "--model", "random:pi05:tiny", "--episodes", "20", "--calib-seed", "100019"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "overlap the evaluation seeds 100000-100019" in err[0]
 
 
 def test_eval_workers_split_the_episodes_of_one_task(tmp_path):

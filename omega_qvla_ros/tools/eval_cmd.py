@@ -45,6 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="first evaluation seed (disjoint from training)")
     p.add_argument("--calib-episodes", type=int, default=2, help="expert episodes per task for calibration")
     p.add_argument("--calib-frames", type=int, default=5, help="observations per calibration episode")
+    p.add_argument("--calib-seed", type=int, default=CALIB_SEED,
+                   help="first calibration episode's seed (another draw of the calibration set; keep it "
+                        "clear of the evaluation seeds)")
     p.add_argument("--calib-source", choices=CALIB_SOURCES, default="expert",
                    help="calibration episodes: the scripted expert's, or the FP policy's own closed-loop "
                         "rollouts under the evaluation's controller (the states it visits, observations at its "
@@ -105,7 +108,8 @@ def evaluate(model_spec: str | None, seed: int, recipes: list[str], tasks: list[
              episodes: int, first_seed: int, calib_episodes: int, calib_frames: int, execute_horizon: int,
              replan_every: int = 0, blend: str = "none", blend_new_weight: float = 0.7,
              latency: float = 0.0, max_inflight: int = 1, threads: int = 0, log: bool = True,
-             calib_source: str = "expert", shard: tuple[int, int] = (0, 1), noise_scale: float = 1.0) -> dict:
+             calib_source: str = "expert", shard: tuple[int, int] = (0, 1), noise_scale: float = 1.0,
+             calib_seed: int = CALIB_SEED) -> dict:
     """Each episode's outcome per recipe and task, keyed by its episode index (calibration
     always from `calib_tasks`). `shard` (k, n) runs episodes k, k+n, … only: workers split the
     episodes, so one task's 50 episodes spread over every core."""
@@ -123,7 +127,8 @@ def evaluate(model_spec: str | None, seed: int, recipes: list[str], tasks: list[
     src = load_fp_model(model_spec, seed)
     fp = src.model
     base = src.policy()
-    calib = calibration_observations(base, calib_tasks, calib_episodes, calib_frames, source=calib_source,
+    calib = calibration_observations(base, calib_tasks, calib_episodes, calib_frames, seed=calib_seed,
+                                     source=calib_source,
                                      execute_horizon=min(execute_horizon, fp.config.action_horizon),
                                      replan_every=replan_every, blend=blend, new_weight=blend_new_weight)
     result: dict = {}
@@ -155,13 +160,17 @@ def run(args: argparse.Namespace) -> int:
     tasks = [t for t in args.tasks.split(",") if t]
     recipes = [r for r in args.recipes.split(",") if r]
     t0 = time.time()
+    if args.calib_seed < args.first_seed + args.episodes and args.first_seed < args.calib_seed + args.calib_episodes:
+        raise SystemExit(f"--calib-seed {args.calib_seed}: calibration episodes {args.calib_seed}-"
+                         f"{args.calib_seed + args.calib_episodes - 1} overlap the evaluation seeds "
+                         f"{args.first_seed}-{args.first_seed + args.episodes - 1}")
     spec = model_spec(args.model, args.family)
     common = dict(model_spec=spec, seed=args.seed, recipes=recipes, calib_tasks=tasks,
                   episodes=args.episodes, first_seed=args.first_seed, calib_episodes=args.calib_episodes,
                   calib_frames=args.calib_frames, execute_horizon=args.execute_horizon,
                   replan_every=args.replan_every, blend=args.blend, blend_new_weight=args.blend_new_weight,
                   latency=args.latency, max_inflight=args.max_inflight, calib_source=args.calib_source,
-                  noise_scale=args.noise_scale)
+                  noise_scale=args.noise_scale, calib_seed=args.calib_seed)
     workers = max(1, min(args.workers, args.episodes))
     if workers == 1:
         parts = [evaluate(tasks=tasks, **common)]
@@ -182,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
         "eval_seeds": [args.first_seed, args.first_seed + args.episodes - 1],
         "calibration": {"observations": parts[0]["calibration_observations"], "episodes_per_task": args.calib_episodes,
                         "frames_per_episode": args.calib_frames, "source": args.calib_source,
-                        "seeds": [CALIB_SEED, CALIB_SEED + args.calib_episodes - 1]},
+                        "seeds": [args.calib_seed, args.calib_seed + args.calib_episodes - 1]},
         # a chunk shorter than --execute-horizon is executed whole
         "execute_horizon": min(args.execute_horizon, parts[0]["action_horizon"]),
         "replan_every": min(args.replan_every or args.execute_horizon, parts[0]["action_horizon"]),
