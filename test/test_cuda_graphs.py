@@ -121,3 +121,46 @@ def test_warm_up_captures_before_the_first_chunk(monkeypatch):
     raw, _ = random_observation(pol)
     pol.infer(raw)
     assert len(calls) == 1 and pol.sampler.used["whole"] == 2
+
+
+def test_concurrent_calls_take_turns_on_the_graph(pi05, monkeypatch):
+    """Two requests in flight (the node's max_inflight 2) share one graph's buffers: the
+    sampler lets one copy in, replay and copy out at a time, so each gets its own chunk."""
+    import threading
+    import time
+
+    model, obs1, obs2, noise = pi05
+    busy, overlaps = threading.Lock(), []
+
+    class SlowGraph(StandInGraph):
+        def replay(self):
+            if not busy.acquire(blocking=False):
+                overlaps.append(1)
+                return
+            try:
+                time.sleep(0.02)
+                super().replay()
+            finally:
+                busy.release()
+
+    def record(fn, static, warmup):
+        out = fn(static)
+        return SlowGraph(fn, static, out), out
+    monkeypatch.setattr(cuda_graphs, "_record", record)
+    s = GraphedSampler(model)
+    with torch.inference_mode():
+        s.sample(obs1, noise)  # captured before the threads start
+        want = {1: model.sample_actions(obs1, noise=noise), 2: model.sample_actions(obs2, noise=noise)}
+    got: dict[int, list] = {1: [], 2: []}
+
+    def worker(k, o):
+        with torch.inference_mode():
+            for _ in range(3):
+                got[k].append(s.sample(o, noise))
+    threads = [threading.Thread(target=worker, args=(k, o)) for k, o in ((1, obs1), (2, obs2))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not overlaps
+    assert all(torch.allclose(a, want[k], atol=1e-6) for k in got for a in got[k])

@@ -17,9 +17,12 @@ Every step's activation scales are Python floats in the step context
 graph, as the eager loop would pass them. Inputs are copied into the graph's own
 buffers before each replay and the output is copied out, so a caller never holds the
 graph's memory. Where neither capture works the sampler runs eagerly and says why once.
+A graph's buffers are shared by every call, so calls (the node's requests in flight)
+take turns: one lock per sampler around copy-in, replay and copy-out.
 """
 from __future__ import annotations
 
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -101,6 +104,7 @@ class GraphedSampler:
         self.failures: dict[str, str] = {}  # mode -> why its last capture failed
         self.used = {"whole": 0, "loop": 0, "eager": 0}
         self._warned = False
+        self._lock = threading.Lock()  # one graph's buffers, one call at a time
 
     def _graph(self, key: tuple, fn: Callable[[list], torch.Tensor],
                inputs: list[torch.Tensor | None]) -> _Graph | None:
@@ -117,6 +121,10 @@ class GraphedSampler:
         return self._graphs[key]
 
     def sample(self, observation: Observation, noise: torch.Tensor, num_steps: int | None = None) -> torch.Tensor:
+        with self._lock:
+            return self._sample(observation, noise, num_steps)
+
+    def _sample(self, observation: Observation, noise: torch.Tensor, num_steps: int | None) -> torch.Tensor:
         model = self.model
         steps = num_steps or model.config.num_steps
         obs = _obs_tensors(observation)
