@@ -89,6 +89,10 @@ bench-eval: setup
 	  $(VENV)/bin/omega-qvla eval --model models/pi05_small_aloha_cam_table --recipes omega_qvla \
 	    --tasks transfer_cube --episodes 50 --replan-every 2 --blend average --blend-new-weight 0.2 --workers 2 \
 	    --calib-source $$src --calib-seed $$s --out build/draws/$${src}_$$s.json || exit 1; done; done
+	for s in 90000 90100 90200 90300 90400 90500; do \
+	  $(VENV)/bin/omega-qvla eval --model models/pi05_small_aloha_cam_table --recipes omega_qvla \
+	    --tasks transfer_cube --episodes 50 --replan-every 2 --blend average --blend-new-weight 0.2 --workers 2 \
+	    --calib-episodes 4 --calib-frames 10 --calib-seed $$s --out build/draws/expert40_$$s.json || exit 1; done
 	$(VPY) bench/calibration_draws.py --recipes omega_qvla bench/results/eval_pi05_cam_table_ensemble.json \
 	  bench/results/eval_pi05_cam_table_ensemble_calib_policy.json build/draws/*.json \
 	  --out bench/results/calibration_draws_pi05_cam_table.json
