@@ -92,11 +92,11 @@ def chunk_rows(device: str, repeats: int, workdir: Path) -> list[dict]:
 
 def _graphed_ms(model, x: torch.Tensor, repeats: int) -> tuple[float, float]:
     """(eager ms, CUDA-graph replay ms) of model(x)."""
-    from omega_qvla_ros.runtime.cuda_graphs import _capture
+    from omega_qvla_ros.runtime.cuda_graphs import capture
 
     sync = torch.cuda.synchronize
     eager = median_ms(lambda: (model(x), sync()), repeats)
-    g = _capture(lambda t: model(t[0]), [x], warmup=2)
+    g = capture(lambda t: model(t[0]), [x], warmup=2)
     return eager, median_ms(lambda: (g.run([x]), sync()), repeats)
 
 

@@ -88,12 +88,15 @@ class FlowMatchingVLA(nn.Module):
                        noise: torch.Tensor | None = None) -> torch.Tensor:
         """Action chunk [B, horizon, action_dim] (normalised); deterministic given `noise`.
         The prefix is computed once; every denoising step runs in its step context."""
-        c = self.config
         prefix = self._prefix(observation)
         if noise is None:
-            noise = torch.randn(observation.batch_size, c.action_horizon, c.action_dim,
-                                device=observation.images.device)
+            noise = self.initial_noise(observation.batch_size, observation.images.device)
         return self.sample_from_prefix(prefix, noise, num_steps)
+
+    def initial_noise(self, batch: int, device: torch.device | str) -> torch.Tensor:
+        """A fresh draw of the flow's starting point [batch, horizon, action_dim]."""
+        c = self.config
+        return torch.randn(batch, c.action_horizon, c.action_dim, device=device)
 
     def sample_from_prefix(self, prefix: PrefixCache, noise: torch.Tensor,
                            num_steps: int | None = None) -> torch.Tensor:

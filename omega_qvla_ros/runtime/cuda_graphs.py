@@ -52,7 +52,10 @@ def _signature(ts: list[torch.Tensor | None]) -> tuple:
 
 
 @dataclass
-class _Graph:
+class Graph:
+    """A captured call: `run(inputs)` copies them into the graph's buffers, replays it and
+    returns a copy of its output."""
+
     graph: "torch.cuda.CUDAGraph"
     inputs: list[torch.Tensor | None]
     output: torch.Tensor
@@ -82,11 +85,12 @@ def _record(fn: Callable[[list], torch.Tensor], static: list[torch.Tensor | None
     return graph, out
 
 
-def _capture(fn: Callable[[list], torch.Tensor], inputs: list[torch.Tensor | None], warmup: int) -> _Graph:
-    """fn captured on the graph's own copies of `inputs`."""
+def capture(fn: Callable[[list], torch.Tensor], inputs: list[torch.Tensor | None], warmup: int) -> Graph:
+    """fn captured on the graph's own copies of `inputs` (also for a plain module:
+    bench/cuda_check.py times layer stacks this way)."""
     static = [None if t is None else t.clone() for t in inputs]
     graph, out = _record(fn, static, warmup)
-    return _Graph(graph, static, out)
+    return Graph(graph, static, out)
 
 
 class GraphedSampler:
@@ -100,19 +104,19 @@ class GraphedSampler:
         if mode not in ("auto", *MODES):
             raise ValueError(f"CUDA graph mode must be 'auto', 'whole' or 'loop', got {mode!r}")
         self.model, self.mode, self.warmup, self.max_graphs = model, mode, warmup, max_graphs
-        self._graphs: dict[tuple, _Graph | None] = {}  # None: its capture failed
+        self._graphs: dict[tuple, Graph | None] = {}  # None: its capture failed
         self.failures: dict[str, str] = {}  # mode -> why its last capture failed
         self.used = {"whole": 0, "loop": 0, "eager": 0}
         self._warned = False
         self._lock = threading.Lock()  # one graph's buffers, one call at a time
 
     def _graph(self, key: tuple, fn: Callable[[list], torch.Tensor],
-               inputs: list[torch.Tensor | None]) -> _Graph | None:
+               inputs: list[torch.Tensor | None]) -> Graph | None:
         if key not in self._graphs:
             if len(self._graphs) >= self.max_graphs:  # shapes keep changing: the oldest graph goes
                 del self._graphs[next(iter(self._graphs))]
             try:
-                self._graphs[key] = _capture(fn, inputs, self.warmup)
+                self._graphs[key] = capture(fn, inputs, self.warmup)
             except Exception as e:  # an op that cannot be captured: this shape runs another way
                 self._graphs[key] = None
                 self.failures[key[0]] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"

@@ -40,6 +40,12 @@ def default_robot_for(processor: Processor, extra: dict | None = None) -> RobotS
                      processor.cameras)
 
 
+def mid_range_joints(processor: Processor) -> np.ndarray:
+    """The joint positions at the middle of the processor's state normalisation range
+    (a synthetic observation's state)."""
+    return processor.config.state_norm.unnormalize(torch.zeros(processor.dof, dtype=torch.float64)).double().numpy()
+
+
 class Policy:
     """model + processor. `robot` carries the joint limits the safety filter applies
     (default: see default_robot_for); its joints must be the processor's."""
@@ -108,10 +114,9 @@ class Policy:
         longest prompt) is captured again on its first chunk."""
         if self.sampler is None:
             return None
-        proc = self.processor
-        mid = proc.config.state_norm.unnormalize(torch.zeros(proc.dof, dtype=torch.float64)).double().numpy()
         raw = RawObservation({c: np.zeros((224, 224, 3), np.uint8) for c in (cameras or self.cameras)},
-                             proc.joint_names, mid, instruction or "warm up", 0.0)
+                             self.processor.joint_names, mid_range_joints(self.processor),
+                             instruction or "warm up", 0.0)
         t0 = time.perf_counter()
         self.infer(raw)
         return time.perf_counter() - t0
@@ -128,10 +133,9 @@ class Policy:
             if self.sampler is None:
                 a = self.model.sample_actions(obs, num_steps=num_steps,
                                               noise=None if noise is None else noise.to(self.device))
-            else:
-                cfg = self.model.config
-                noise = (torch.randn(obs.batch_size, cfg.action_horizon, cfg.action_dim, device=self.device)
-                         if noise is None else noise.to(self.device))
+            else:  # a graph takes its noise as an input: drawn here, not inside the replay
+                noise = (self.model.initial_noise(obs.batch_size, self.device) if noise is None
+                         else noise.to(self.device))
                 a = self.sampler.sample(obs, noise, num_steps)
         positions = self.processor.actions(a.float().cpu(), q)[0]
         return ActionChunk(positions, raw.stamp, self.control_dt, time.perf_counter() - t0)

@@ -99,13 +99,13 @@ def compare_layer(shape: tuple[int, int, int], mode: str, device: str) -> dict:
 def random_observation(policy) -> tuple:
     """A fixed random observation for `policy` (its cameras, joints at mid-range) and fixed
     denoising noise."""
+    from omega_qvla_ros.runtime.policy import mid_range_joints
     from omega_qvla_ros.runtime.preprocess import RawObservation
 
     rng = np.random.default_rng(0)
     proc = policy.processor
-    mid = proc.config.state_norm.unnormalize(torch.zeros(proc.dof, dtype=torch.float64)).double().numpy()
     raw = RawObservation({c: rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for c in policy.cameras},
-                         proc.joint_names, mid, "transfer the cube", 0.0)
+                         proc.joint_names, mid_range_joints(proc), "transfer the cube", 0.0)
     cfg = policy.model.config
     return raw, torch.randn(1, cfg.action_horizon, cfg.action_dim, generator=torch.Generator().manual_seed(1))
 
@@ -142,6 +142,7 @@ def chunk_times(path: str | Path, device: str = "cuda", repeats: int = 20, dtype
     layers cannot be converted; each Linear casts its input to half where it arrives in
     float32); "autocast_fp16" float16 autocast around the model as
     loaded. With `repeats` 0 the timings are left out."""
+    from collections import Counter
     from contextlib import nullcontext
 
     from omega_qvla_ros.models.common import Observation
@@ -166,15 +167,12 @@ def chunk_times(path: str | Path, device: str = "cuda", repeats: int = 20, dtype
            else nullcontext())
     sampler = GraphedSampler(model)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    backends: dict[str, int] = {}
-    for m in model.modules():
-        if isinstance(m, QuantLinear) and m.uses_integer_path():
-            b = m._backend(dev)
-            backends[b] = backends.get(b, 0) + 1
+    backends = Counter(m._backend(dev) for m in model.modules()
+                       if isinstance(m, QuantLinear) and m.uses_integer_path())
     with torch.inference_mode(), ctx:
         a_eager = model.sample_actions(obs, noise=noise).float()
         a_graph = sampler.sample(obs, noise).float()
-        r = {"pack": Path(path).name, "recipe": pol.recipe, "dtype": dtype, "integer_backends": backends,
+        r = {"pack": Path(path).name, "recipe": pol.recipe, "dtype": dtype, "integer_backends": dict(backends),
              "graph_runs": dict(sampler.used), "graph_failures": dict(sampler.failures),
              "graph_vs_eager_max_abs": float((a_graph - a_eager).abs().max()),
              "finite": bool(torch.isfinite(a_graph).all())}
