@@ -10,17 +10,22 @@
 4. the node's runtime on the GPU: `Policy.from_pack(..., device)` + `infer()` for the shipped
    packs and `omega_qvla_int` packs made here (synthetic calibration), the same observation
    and noise on CPU and GPU: action difference (rad) and inference time;
-5. whole model per chunk (`device_check.chunk_times`): FP in fp32, fp16 and fp16 autocast,
-   W4A4 (the shipped Pi0.5 pack, a GR00T omega_qvla pack made here), each eager and
-   replayed from CUDA graphs;
-6. a stack of decoder layers at the published Pi0.5 widths (bench_stack.Stack: trunk 2048
+5. one W4A4 layer per kernel variant at the shipped and the published shapes, replayed
+   from CUDA graphs (`kernel_rows`): fp16 cuBLAS, the two Triton kernels, the one-kernel
+   layer, cuBLASLt int8 (`torch._int_mm`);
+6. whole model per chunk (`device_check.chunk_times`): FP in fp32, fp16 and fp16 autocast,
+   W4A4 (the shipped Pi0.5 pack, a GR00T omega_qvla pack made here) in float32 and with
+   its float parts in fp16, one-kernel layers on and off, each eager and replayed from
+   CUDA graphs;
+7. a stack of decoder layers at the published Pi0.5 widths (bench_stack.Stack: trunk 2048
    over 816 tokens, expert 1024 over 50 tokens, a chunk = trunk + 10 × expert): fp32, fp16
-   and W4A4 on the fused kernels, eager and graphed.
+   and W4A4 on the fused kernels (float parts in float32, and in fp16), eager and graphed.
 
 Each section that fails records its error and the next one runs; the JSON is rewritten
 after every section (a run cut short keeps what it measured).
 
     python bench/cuda_check.py --out bench/results     # writes quant_cuda_<gpu>.json
+    python bench/cuda_check.py --sections tests,kernels,chunk,stack --tag run2
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from omega_qvla_ros.quant import int_gemm, triton_kernels  # noqa: E402
 from omega_qvla_ros.tools.bench_quant import LATENCY_SHAPES, latency, median_ms  # noqa: E402
 from omega_qvla_ros.tools.device_check import (LAYER_SHAPES, chunk_times, compare_layer,  # noqa: E402
                                                compare_policy)
@@ -76,17 +82,90 @@ def chunk_rows(device: str, repeats: int, workdir: Path) -> list[dict]:
     gr00t_q = workdir / "gr00t_w4a4"
     assert cli(["quantize", "--family", "gr00t", "--recipe", "omega_qvla", "--calib", "synthetic",
                 "--out", str(gr00t_q), "--json"]) == 0
-    cases = [(models / "pi05_small_aloha", d) for d in ("float32", "fp16", "autocast_fp16")] + [
-        (models / "pi05_small_aloha_w4a4", d) for d in ("float32", "autocast_fp16")] + [
-        (models / "gr00t_small_aloha", d) for d in ("float32", "fp16", "autocast_fp16")] + [
-        (gr00t_q, d) for d in ("float32", "autocast_fp16")]
+    one_kernel = triton_kernels.FUSE_MAX_K
+    # (pack, dtype, one-kernel layers up to this contraction width: 0 = always two kernels)
+    cases = [(models / "pi05_small_aloha", d, one_kernel) for d in ("float32", "fp16", "autocast_fp16")] + [
+        (models / "pi05_small_aloha_w4a4", d, f) for d, f in (("float32", 0), ("float32", one_kernel),
+                                                             ("fp16", 0), ("fp16", one_kernel))] + [
+        (models / "gr00t_small_aloha", d, one_kernel) for d in ("float32", "fp16", "autocast_fp16")] + [
+        (gr00t_q, d, f) for d, f in (("float32", 0), ("float32", one_kernel), ("fp16", 0), ("fp16", one_kernel))]
     rows = []
-    for path, dtype in cases:
+    for path, dtype, fuse in cases:
+        triton_kernels.FUSE_MAX_K = fuse
         try:
-            rows.append(chunk_times(path, device, repeats, dtype))
+            rows.append({**chunk_times(path, device, repeats, dtype), "one_kernel_max_k": fuse})
         except Exception as e:  # one variant failing must not cost the others
-            rows.append({"pack": path.name, "dtype": dtype, "error": f"{type(e).__name__}: {e}"[:500]})
+            rows.append({"pack": path.name, "dtype": dtype, "one_kernel_max_k": fuse,
+                         "error": f"{type(e).__name__}: {e}"[:500]})
+        finally:
+            triton_kernels.FUSE_MAX_K = one_kernel
         print("chunk", rows[-1], flush=True)
+    return rows
+
+
+# the shipped small models' layers (Pi0.5: expert over 50 action tokens, trunk over a
+# 144-token prefix; q/k/v and gate/up run stacked) and the published widths
+KERNEL_SHAPES = [(50, 128, 256), (50, 128, 1024), (50, 512, 128), (50, 128, 128), (144, 192, 384),
+                 (144, 192, 1536), (144, 768, 192)] + PUBLISHED_SHAPES + [(816, 16384, 2048), (50, 4096, 1024)]
+
+
+def _per_call_ms(fn, calls: int = 20, repeats: int = 20) -> float:
+    """Device time per call of fn() as replayed from one CUDA graph of `calls` calls (the
+    way a graphed chunk runs its layers: no Python, no launch gaps), median ms."""
+    from omega_qvla_ros.runtime.cuda_graphs import capture
+
+    g = capture(lambda t: [fn() for _ in range(calls)][-1], [], warmup=2)
+    return median_ms(lambda: (g.run([]), torch.cuda.synchronize()), repeats) / calls
+
+
+def kernel_rows(device: str, repeats: int) -> list[dict]:
+    """One W4A4 layer (one static scale, omega rotation blocks) per shape, each variant
+    replayed from a CUDA graph: fp16 cuBLAS, the two Triton kernels (fp32 and fp16
+    activations), the one-kernel layer (fp16), and cuBLASLt's int8 GEMM (`torch._int_mm`
+    on the codes, int8 weights one byte each) with its rescale as a second op."""
+    from omega_qvla_ros.quant.packing import pack_int4
+    from omega_qvla_ros.quant.rotation import build_input_rotation
+
+    rows = []
+    for T, K, N in KERNEL_SHAPES:
+        g = torch.Generator().manual_seed(T + K + N)
+        x32 = (torch.randn(T, K, generator=g)).to(device)
+        x16 = x32.half()
+        rot = build_input_rotation(torch.randn(64, K, generator=g), "omega")
+        perm, blocks = rot.perm.to(torch.int32).to(device), rot.blocks.float().contiguous().to(device)
+        w = torch.randint(-8, 8, (N, K), generator=g, dtype=torch.int8)
+        packed, w8t = pack_int4(w).to(device), w.to(device).t()
+        ws, bias = (torch.rand(N, generator=g) * 0.01).to(device), torch.randn(N, generator=g).to(device)
+        w16 = (w.float() * 0.01).half().to(device)
+        codes = triton_kernels.rotate_quantize(x32, perm, blocks, 0.5)
+        row = {"shape": [T, K, N]}
+        variants = {
+            "fp16_ms": lambda: torch.nn.functional.linear(x16, w16),
+            "rotate_quantize_only_ms": lambda: triton_kernels.rotate_quantize(x16, perm, blocks, 0.5),
+            "two_kernels_fp32_ms": lambda: triton_kernels.int4_gemm(
+                triton_kernels.rotate_quantize(x32, perm, blocks, 0.5), packed, ws, 0.5, bias),
+            "two_kernels_fp16_ms": lambda: triton_kernels.int4_gemm(
+                triton_kernels.rotate_quantize(x16, perm, blocks, 0.5), packed, ws, 0.5, bias, out_dtype=torch.float16),
+            "gemm_only_ms": lambda: triton_kernels.int4_gemm(codes, packed, ws, 0.5, bias, out_dtype=torch.float16),
+            "one_kernel_fp16_ms": lambda: triton_kernels.rotate_quantize_gemm(
+                x16, perm, blocks, 0.5, packed, ws, 0.5, bias, out_dtype=torch.float16),
+            "int_mm_gemm_only_ms": lambda: int_gemm.gemm_int_mm(codes, w8t),
+            "int_mm_rescaled_ms": lambda: torch._int_mm(codes, w8t).mul(ws).half(),
+        }
+        for name, fn in variants.items():
+            try:
+                row[name] = _per_call_ms(fn, repeats=repeats)
+            except Exception as e:
+                row[name.replace("_ms", "_error")] = f"{type(e).__name__}: {e}"[:300]
+        one = triton_kernels.rotate_quantize_gemm(x16, perm, blocks, 0.5, packed, ws, 0.5, bias, out_dtype=torch.float16)
+        two = triton_kernels.int4_gemm(triton_kernels.rotate_quantize(x16, perm, blocks, 0.5), packed, ws, 0.5, bias,
+                                       out_dtype=torch.float16)
+        row["one_vs_two_kernels_max_abs"] = float((one.float() - two.float()).abs().max())
+        for k in list(row):
+            if k.endswith("_ms") and k != "fp16_ms" and "fp16_ms" in row:
+                row[k.replace("_ms", "_speed_vs_fp16")] = row["fp16_ms"] / row[k]
+        rows.append(row)
+        print("kernels", row, flush=True)
     return rows
 
 
@@ -122,11 +201,17 @@ def stack_rows(device: str, repeats: int, steps: int = 10, shapes=STACK_PARTS) -
         q = quantize(copy.deepcopy(fp), get_recipe("omega_qvla").with_scopes(**{side: [LINEARS]}), cal)
         backends = sorted({m._backend(x.device) for m in q.modules() if isinstance(m, QuantLinear)})
         fp16 = copy.deepcopy(fp).half()
+        q16 = copy.deepcopy(q)
+        for m in q16.modules():  # the float parts in half, the quantized layers as they are
+            if not isinstance(m, QuantLinear):
+                m._apply(lambda t: t.half() if t.is_floating_point() else t, recurse=False)
         row = {"width": width, "mlp": mlp, "tokens": tokens, "w4a4_backends": backends}
         with torch.inference_mode():
             y, y_fp = q(x), fp(x)
             row["w4a4_output_rel_mse"] = float(((y - y_fp) ** 2).mean() / (y_fp ** 2).mean())
-            for name, m, xin in (("fp32", fp, x), ("fp16", fp16, x.half()), ("w4a4", q, x)):
+            row["w4a4_fp16_output_rel_mse"] = float(((q16(x.half()).float() - y_fp) ** 2).mean() / (y_fp ** 2).mean())
+            for name, m, xin in (("fp32", fp, x), ("fp16", fp16, x.half()), ("w4a4", q, x),
+                                 ("w4a4_fp16", q16, x.half())):
                 try:
                     row[f"{name}_ms"], row[f"{name}_graph_ms"] = _graphed_ms(m, xin, repeats)
                 except Exception as e:
@@ -134,16 +219,17 @@ def stack_rows(device: str, repeats: int, steps: int = 10, shapes=STACK_PARTS) -
         parts[part] = row
         print("stack", part, row, flush=True)
     chunk = {}
-    for name in ("fp32", "fp16", "w4a4"):
+    for name in ("fp32", "fp16", "w4a4", "w4a4_fp16"):
         for mode in ("ms", "graph_ms"):
             k = f"{name}_{mode}"
             if all(k in parts[p] for p in parts):
                 chunk[k] = parts["trunk"][k] + steps * parts["expert"][k]
     for mode in ("ms", "graph_ms"):
         for base in ("fp16", "fp32"):
-            if f"w4a4_{mode}" in chunk and f"{base}_{mode}" in chunk:
-                chunk[f"w4a4_speed_vs_{base}{'_graphs' if mode == 'graph_ms' else ''}"] = (
-                    chunk[f"{base}_{mode}"] / chunk[f"w4a4_{mode}"])
+            for q in ("w4a4", "w4a4_fp16"):
+                if f"{q}_{mode}" in chunk and f"{base}_{mode}" in chunk:
+                    chunk[f"{q}_speed_vs_{base}{'_graphs' if mode == 'graph_ms' else ''}"] = (
+                        chunk[f"{base}_{mode}"] / chunk[f"{q}_{mode}"])
     return {**parts, "steps": steps, "chunk_equivalent": chunk}
 
 
@@ -153,8 +239,9 @@ def main() -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--policy-repeats", type=int, default=10)
-    ap.add_argument("--sections", default="tests,latency,agreement,policy,chunk,stack",
+    ap.add_argument("--sections", default="tests,latency,agreement,policy,kernels,chunk,stack",
                     help="comma-separated: which sections to run")
+    ap.add_argument("--tag", default="", help="a suffix of the JSON's name (a run of some sections only)")
     args = ap.parse_args()
     t0 = time.time()
     name = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.machine()
@@ -165,7 +252,8 @@ def main() -> int:
     if tests is not None:
         summary = (tests.stdout.strip().splitlines() or ["(no output)"])[-1]
         print(tests.stdout[-3000:], tests.stderr[-2000:], flush=True)
-    out = Path(args.out) / f"quant_cuda_{re.sub(r'[^A-Za-z0-9]+', '_', name).strip('_').lower()}.json"
+    tag = f"_{args.tag}" if args.tag else ""
+    out = Path(args.out) / f"quant_cuda_{re.sub(r'[^A-Za-z0-9]+', '_', name).strip('_').lower()}{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {"benchmark": "quant_cuda", "device": name, "torch": torch.__version__, "cuda": torch.version.cuda,
               "sections": sorted(wanted)}
@@ -187,6 +275,7 @@ def main() -> int:
                                        device=args.device, fp16=True))
     section("agreement", lambda: [compare_layer(s, m, args.device) for s in LAYER_SHAPES
                                   for m in ("dynamic", "per_step_factorized")])
+    section("kernels", lambda: kernel_rows(args.device, args.repeats))
     with tempfile.TemporaryDirectory() as tmp:
         section("policy", lambda: policy_rows(args.device, args.policy_repeats, Path(tmp)))
         section("chunk", lambda: chunk_rows(args.device, args.policy_repeats * 2, Path(tmp)))

@@ -26,63 +26,106 @@ def quant_section(path: Path) -> str:
 
 
 def cuda_section(path: Path) -> str:
-    """A lent GPU's run of bench/cuda_check.py (not re-run by `make bench`: no GPU here)."""
+    """A lent GPU's run of bench/cuda_check.py (not re-run by `make bench`: no GPU here);
+    a run of some sections only (`--tag`) shows those."""
     r = json.loads(path.read_text())
-    agree = r["agreement"]
-    worst = max(a["integer_vs_reference_max_rel"] for a in agree)
-    flips = sum(a["activation_codes_differing_from_cpu"] for a in agree)
-    codes = sum(a["activation_codes"] for a in agree)
-    rows = [f"### Integer path on CUDA ({r['device']}, torch {r['torch']}, CUDA {r['cuda']})", "",
-            f"`python bench/cuda_check.py` on a lent GPU → `{path.relative_to(ROOT)}`. "
-            f"`test/test_cuda.py` there: {r['pytest_test_cuda']['summary']}. Integer vs reference on the "
-            f"GPU, {len(agree)} shape × mode cases: max relative difference {worst:.1e}; activation codes "
-            f"differing from the CPU's: {flips} of {codes} (rounding-boundary ties; the rotation's float "
-            "rounding differs by device). Per layer (median of calls each followed by a synchronize, "
-            "so launch and Python time count): \"integer\" is omega_qvla_int's per-token scales "
-            "(`torch._int_mm` between unfused ops); \"fused\" is the default recipe's one static scale on "
-            "the two fused Triton kernels (rotate+quantize, int4 GEMM autotuned, int4 words unpacked "
-            "in-kernel).", "",
-            "| M, K, N | fp32 ms | fp16 ms | reference ms | integer ms | fused ms | integer vs fp16 "
-            "| fused vs fp16 | fused vs fp32 |", "|---|---|---|---|---|---|---|---|---|"]
-    for x in r["latency"]:
+    rows = [f"### Integer path on CUDA ({r['device']}, torch {r['torch']}, CUDA {r['cuda']}"
+            + (f", {path.stem.rsplit('_', 1)[1]}" if "sections" in r and "latency" not in r else "") + ")", "",
+            f"`python bench/cuda_check.py{' --sections ' + ','.join(r['sections']) if 'latency' not in r else ''}` "
+            f"on a lent GPU → `{path.relative_to(ROOT)}`. "
+            f"`test/test_cuda.py` there: {r['pytest_test_cuda']['summary']}." if "pytest_test_cuda" in r else ""]
+    agree = r.get("agreement")
+    if agree:
+        worst = max(a["integer_vs_reference_max_rel"] for a in agree)
+        flips = sum(a["activation_codes_differing_from_cpu"] for a in agree)
+        codes = sum(a["activation_codes"] for a in agree)
+        rows[-1] += (f" Integer vs reference on the "
+                     f"GPU, {len(agree)} shape × mode cases: max relative difference {worst:.1e}; activation codes "
+                     f"differing from the CPU's: {flips} of {codes} (rounding-boundary ties; the rotation's float "
+                     "rounding differs by device).")
+    if r.get("latency"):
+        rows[-1] += (" Per layer (median of calls each followed by a synchronize, "
+                     "so launch and Python time count): \"integer\" is omega_qvla_int's per-token scales "
+                     "(`torch._int_mm` between unfused ops); \"fused\" is the default recipe's one static scale on "
+                     "the two fused Triton kernels (rotate+quantize, int4 GEMM autotuned, int4 words unpacked "
+                     "in-kernel).")
+        rows += ["", "| M, K, N | fp32 ms | fp16 ms | reference ms | integer ms | fused ms | integer vs fp16 "
+                 "| fused vs fp16 | fused vs fp32 |", "|---|---|---|---|---|---|---|---|---|"]
+    for x in r.get("latency") or []:
         fused = (f"{x['integer_static_ms']:.3f} | " if "integer_static_ms" in x else "| ")
         rows.append(f"| {tuple(x['shape'])} | {x['fp32_ms']:.3f} | {x['fp16_ms']:.3f} | {x['reference_ms']:.3f} | "
                     f"{x['integer_ms']:.3f} | {fused}{x['integer_speedup_vs_fp16']:.2f}× | "
                     + (f"{x['integer_static_speedup_vs_fp16']:.2f}× | {x['integer_static_speedup_vs_fp32']:.2f}× |"
                        if "integer_static_ms" in x else " | |"))
+    kern = r.get("kernels") or []
+    if kern:
+        cols = [("fp16_ms", "fp16 cuBLAS"), ("two_kernels_fp32_ms", "two kernels, fp32 act."),
+                ("two_kernels_fp16_ms", "two kernels, fp16 act."), ("gemm_only_ms", "int4 GEMM alone"),
+                ("one_kernel_fp16_ms", "one kernel, fp16 act."), ("int_mm_gemm_only_ms", "`_int_mm` alone"),
+                ("int_mm_rescaled_ms", "`_int_mm` + rescale")]
+        rows += ["", "One W4A4 layer per kernel variant (`kernel_rows`: one static scale, omega rotation blocks, "
+                 "each variant replayed from a CUDA graph of 20 calls, µs per call; the first rows are the shipped "
+                 "models' layer shapes with q/k/v and gate/up stacked; \"one kernel\" = "
+                 "`triton_kernels.rotate_quantize_gemm`; `_int_mm` = cuBLASLt int8 on the codes, int8 weights, "
+                 "no rotation):", "",
+                 "| T, K, N | " + " | ".join(c[1] for c in cols) + " | best W4A4 vs fp16 |",
+                 "|---" * (len(cols) + 2) + "|"]
+        for x in kern:
+            best = min(x[k] for k in ("two_kernels_fp16_ms", "one_kernel_fp16_ms") if k in x)
+            rows.append(f"| {tuple(x['shape'])} | " + " | ".join(f"{1000 * x[k]:.1f}" if k in x else "–"
+                                                               for k, _ in cols)
+                        + f" | {x['fp16_ms'] / best:.2f}× |")
     chunk = r.get("chunk") or []
     if chunk:
+        one = any("one_kernel_max_macs" in c or "one_kernel_max_k" in c for c in chunk)
+
+        def one_rule(c: dict) -> str:  # run2 had T·K·N ≤ a count; later runs K ≤ a width
+            if "one_kernel_max_k" in c:
+                return f"K ≤ {c['one_kernel_max_k']}" if c["one_kernel_max_k"] else "off"
+            return f"T·K·N ≤ 2^{c['one_kernel_max_macs'].bit_length() - 1}" if c.get("one_kernel_max_macs") else "off"
         rows += ["", "Whole model per chunk on the GPU (`device_check.chunk_times`: the model alone, observation "
                  "already on the GPU, fixed noise; 10 denoising steps), eager vs replayed from CUDA graphs "
                  "(`runtime/cuda_graphs.py`, the runtime's default on CUDA). fp16: the whole model in half "
-                 "precision; autocast: fp16 autocast around the model as loaded. The GR00T W4A4 pack is "
-                 "made there (synthetic calibration; only the Pi0.5 one is shipped).", "",
-                 "| pack | precision | integer layers | eager ms | CUDA graph ms | graph vs eager "
-                 "| graph − eager max |", "|---|---|---|---|---|---|---|"]
+                 "precision (W4A4: its float parts; the quantized layers read and write half activations); "
+                 "autocast: fp16 autocast around the model as loaded. The GR00T W4A4 pack is "
+                 "made there (synthetic calibration; only the Pi0.5 one is shipped)."
+                 + (" One kernel: the layers within that rule run as `rotate_quantize_gemm` (off: always "
+                    "two kernels)." if one else ""), "",
+                 "| pack | precision |" + (" one kernel |" if one else "") + " integer layers | eager ms "
+                 "| CUDA graph ms | graph vs eager | graph − eager max |",
+                 "|---|---|" + ("---|" if one else "") + "---|---|---|---|---|"]
         for c in chunk:
+            lim = (f" {one_rule(c) if c.get('integer_backends') else '–'} |" if one else "")
             if "error" in c:
-                rows.append(f"| {c['pack']} | {c['dtype']} | failed: {c['error'][:80]} | | | | |")
+                rows.append(f"| {c['pack']} | {c['dtype']} |{lim} failed: {c['error'][:80]} | | | | |")
                 continue
             ways = "" if not c["graph_runs"].get("eager") else " (eager: capture failed)"
-            rows.append(f"| {c['pack']} | {c['dtype']} | {sum(c['integer_backends'].values())} | "
+            rows.append(f"| {c['pack']} | {c['dtype']} |{lim} {sum(c['integer_backends'].values())} | "
                         f"{c['eager_ms']:.1f} | {c['graph_ms']:.2f}{ways} | {c['graph_speedup']:.1f}× | "
                         f"{c['graph_vs_eager_max_abs']:.1e} |")
     st = r.get("stack")
     if st:
+        half = "w4a4_fp16_graph_ms" in st["trunk"]
         rows += ["", "Published Pi0.5 widths on the GPU (`bench_stack.Stack`, 2 decoder layers per part, "
-                 "random weights, omega_qvla on the fused kernels; a chunk = trunk + 10 × expert):", "",
+                 "random weights, omega_qvla on the fused kernels; a chunk = trunk + 10 × expert"
+                 + ("; W4A4 fp16: its float parts in half" if half else "") + "):", "",
                  "| part | tokens | fp32 ms | fp16 ms | W4A4 ms | fp32 graph | fp16 graph | W4A4 graph "
-                 "| W4A4 vs fp16 (graphs) |", "|---|---|---|---|---|---|---|---|---|"]
+                 + ("| W4A4 fp16 graph " if half else "") + "| W4A4 vs fp16 (graphs) |",
+                 "|---|---|---|---|---|---|---|---|" + ("---|" if half else "") + "---|"]
         for part in ("trunk", "expert"):
             x = st[part]
+            best = min(x["w4a4_graph_ms"], x.get("w4a4_fp16_graph_ms", x["w4a4_graph_ms"]))
             rows.append(f"| {part} ({x['width']}, MLP {x['mlp']}) | {x['tokens']} | {x['fp32_ms']:.2f} | "
                         f"{x['fp16_ms']:.2f} | {x['w4a4_ms']:.2f} | {x['fp32_graph_ms']:.2f} | "
                         f"{x['fp16_graph_ms']:.2f} | {x['w4a4_graph_ms']:.2f} | "
-                        f"{x['fp16_graph_ms'] / x['w4a4_graph_ms']:.2f}× |")
+                        + (f"{x['w4a4_fp16_graph_ms']:.2f} | " if half else "")
+                        + f"{x['fp16_graph_ms'] / best:.2f}× |")
         c = st["chunk_equivalent"]
+        best = min(c["w4a4_graph_ms"], c.get("w4a4_fp16_graph_ms", c["w4a4_graph_ms"]))
         rows.append(f"| chunk | | {c['fp32_ms']:.2f} | {c['fp16_ms']:.2f} | {c['w4a4_ms']:.2f} | "
                     f"{c['fp32_graph_ms']:.2f} | {c['fp16_graph_ms']:.2f} | {c['w4a4_graph_ms']:.2f} | "
-                    f"{c['w4a4_speed_vs_fp16_graphs']:.2f}× |")
+                    + (f"{c['w4a4_fp16_graph_ms']:.2f} | " if half else "")
+                    + f"{c['fp16_graph_ms'] / best:.2f}× |")
     pol = r.get("policy") or []
     if pol:
         rows += ["", "The node's runtime on the GPU (`Policy.from_pack(pack, 'cuda')` + `infer()`, chunks replayed "

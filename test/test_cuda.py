@@ -63,15 +63,16 @@ def test_policy_runtime_on_cuda_matches_cpu(which, int_pack):
     assert r["max_abs_action_diff_rad"] < r["w4a4_vs_fp_max_rad"], r
 
 
+@pytest.mark.parametrize("dtype", ["float32", "fp16"])
 @pytest.mark.parametrize("name", ["pi05_small_aloha", "pi05_small_aloha_w4a4", "gr00t_small_aloha"])
-def test_cuda_graphs_replay_the_eager_chunk(name):
+def test_cuda_graphs_replay_the_eager_chunk(name, dtype):
     """A chunk replayed from CUDA graphs is the eager chunk: same kernels, same per-step
     scales (baked into each step's part of the graph). Float GEMMs may take another
     cuBLAS algorithm inside a capture, so float rounding may differ; for W4A4 a rounding
     difference can flip a code, hence the looser bound there."""
     from omega_qvla_ros.tools.device_check import chunk_times
 
-    r = chunk_times(REPO / "models" / name, "cuda", repeats=0)
+    r = chunk_times(REPO / "models" / name, "cuda", repeats=0, dtype=dtype)
     assert r["graph_runs"]["eager"] == 0, r["graph_failures"]
     assert r["finite"]
     assert r["graph_vs_eager_max_abs"] < (1e-4 if r["recipe"] == "fp16" else 0.05), r

@@ -69,6 +69,60 @@ def test_int4_gemm_every_tuned_tile(tile):
     assert torch.allclose(y.double(), ref, rtol=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize("T,K,N,tile", [(37, 192, 136, None), (5, 64, 64, None), (70, 128, 200, (32, 128))]
+                         + [(21, 128, 136, c[:2]) for c in triton_kernels.FUSED_CONFIGS[:3]])
+def test_one_kernel_layer_equals_two_kernels(T, K, N, tile):
+    """rotate_quantize_gemm == int4_gemm(rotate_quantize(...)): the same codes (the same
+    fp32 products and rounding) and the same exact sums; in half precision the one
+    rounding of that output."""
+    g = torch.Generator().manual_seed(T + N)
+    x = torch.randn(T, K, generator=g) * 3
+    rot = build_input_rotation(torch.randn(64, K, generator=g), "omega")
+    perm, blocks = rot.perm.to(torch.int32), (rot.blocks.float() * 1.3).contiguous()
+    w = torch.randint(-8, 8, (N, K), generator=g, dtype=torch.int8)
+    ws, bias = torch.rand(N, generator=g) + 0.5, torch.randn(N, generator=g)
+    two = triton_kernels.int4_gemm(triton_kernels.rotate_quantize(x, perm, blocks, 0.45), pack_int4(w), ws, 0.45, bias)
+    one = triton_kernels.rotate_quantize_gemm(x, perm, blocks, 0.45, pack_int4(w), ws, 0.45, bias, tile=tile)
+    assert one.dtype == torch.float32 and torch.equal(one, two)
+    half = triton_kernels.rotate_quantize_gemm(x.half(), perm, blocks, 0.45, pack_int4(w), ws, 0.45, bias,
+                                               tile=tile, out_dtype=torch.float16)
+    codes_h = triton_kernels.rotate_quantize(x.half(), perm, blocks, 0.45)
+    ref_h = triton_kernels.int4_gemm(codes_h, pack_int4(w), ws, 0.45, bias)
+    assert half.dtype == torch.float16 and torch.equal(half, ref_h.half())
+
+
+def test_one_kernel_only_where_it_pays(monkeypatch):
+    """Where the H200 measured it faster: short contractions, small outputs."""
+    assert triton_kernels.fuse_pays(50, 128, 1024) and triton_kernels.fuse_pays(144, 192, 384)
+    assert not triton_kernels.fuse_pays(144, 192, 1536) and not triton_kernels.fuse_pays(50, 512, 128)
+    assert not triton_kernels.fuse_pays(816, 2048, 16384)
+    monkeypatch.setattr(triton_kernels, "FUSE_MAX_K", 0)
+    assert not triton_kernels.fuse_pays(1, 64, 64)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("side,mode", [("action_head", "per_step_factorized"), ("backbone", "static_tensor")])
+def test_quant_linear_on_triton_in_half(side, mode, fused, monkeypatch):
+    """Half-precision activations (a model whose float parts run in fp16): the layer reads
+    them as they are and writes its output in fp16, rounded once from the fp32 epilogue."""
+    monkeypatch.setattr(triton_kernels, "FUSE_MAX_K", 2 ** 20 if fused else 0)
+    monkeypatch.setattr(triton_kernels, "FUSE_MAX_OUTPUTS", 2 ** 40)
+    calls = []
+    for name in ("rotate_quantize_gemm", "int4_gemm"):
+        real = getattr(triton_kernels, name)
+        monkeypatch.setattr(triton_kernels, name, lambda *a, _r=real, _n=name, **k: (calls.append(_n), _r(*a, **k))[1])
+    q = default_layer(192, 136, side)
+    x = drift_inputs(37, 192, torch.Generator().manual_seed(4), steps=STEPS)[5].half()
+    with denoising_step(5, STEPS):
+        q.path, q.backend = "reference", "auto"
+        ref = q(x.float())
+        q.path, q.backend = "integer", "triton"
+        y = q(x)
+    assert calls == ["rotate_quantize_gemm" if fused else "int4_gemm"]
+    assert y.dtype == torch.float16 and not q.triton_failed
+    assert float((y.float() - ref).pow(2).mean() / ref.pow(2).mean()) < 1e-5
+
+
 @pytest.mark.parametrize("side,mode", [("action_head", "per_step_factorized"), ("backbone", "static_tensor")])
 def test_quant_linear_on_triton_equals_reference(side, mode):
     """A layer on backend "triton" (the fused kernels) against its own reference path."""
@@ -101,6 +155,7 @@ def test_triton_failure_falls_back_once(monkeypatch):
         def broken(*a, **k):
             raise RuntimeError("no kernel image for this device")
         monkeypatch.setattr(triton_kernels, "rotate_quantize", broken)
+        monkeypatch.setattr(triton_kernels, "rotate_quantize_gemm", broken)
         q2 = default_layer(192, 64, "action_head")
         q2.path, q2.backend = "integer", "triton"
         with pytest.warns(RuntimeWarning, match="unfused integer path"):

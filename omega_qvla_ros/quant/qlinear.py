@@ -47,6 +47,8 @@ from .rotation import (BLOCK, ROTATION_STORAGE, BlockRotation, DenseRotation, de
 
 STORAGE_FLOAT = torch.float16  # quantization state is stored (and held) at fp16 precision
 
+_HALF = (torch.float16, torch.bfloat16)  # activations a fused kernel writes in their own precision
+
 
 def storage_round(t: torch.Tensor) -> torch.Tensor:
     """Round float quantization state to what the pack stores (fp16), so that saving and
@@ -612,7 +614,8 @@ class QuantLinear(nn.Module):
     def _triton_forward(self, x: torch.Tensor) -> torch.Tensor | None:
         """The integer path as two fused Triton kernels (triton_kernels): rotate + quantize,
         then the int4 GEMM with the rescale (and the bias, without an output rotation) in
-        its epilogue. None, and the layer unfused for good, when they fail to build."""
+        its epilogue; small layers as one kernel doing both (triton_kernels.fuse_pays).
+        None, and the layer unfused for good, when they fail to build."""
         def make():
             rot = self._fused_input_rotation()[0]
             perm = rot.perm if rot.perm is not None else torch.arange(self.in_features, device=rot.blocks.device)
@@ -621,10 +624,17 @@ class QuantLinear(nn.Module):
         perm, blocks, w_scale = self._cached("triton", make)
         s = self._tensor_scale()
         s_in = 1.0 if self.spec.act_mode == "static_tensor" else s  # static: folded into the blocks
+        x2 = x.reshape(-1, self.in_features)
+        bias = None if self.spec.out_rotation else self.bias
+        # the output in the input's precision (one rounding, in the epilogue) unless an output
+        # rotation still has to run on it in float32
+        out_dtype = x.dtype if x.dtype in _HALF and not self.spec.out_rotation else torch.float32
         try:
-            codes = triton_kernels.rotate_quantize(x.reshape(-1, self.in_features), perm, blocks, s_in)
-            return triton_kernels.int4_gemm(codes, self.weight_packed, w_scale, s,
-                                            None if self.spec.out_rotation else self.bias)
+            if triton_kernels.fuse_pays(x2.shape[0], self.in_features, self.out_features):
+                return triton_kernels.rotate_quantize_gemm(x2, perm, blocks, s_in, self.weight_packed, w_scale, s,
+                                                           bias, out_dtype=out_dtype)
+            codes = triton_kernels.rotate_quantize(x2, perm, blocks, s_in)
+            return triton_kernels.int4_gemm(codes, self.weight_packed, w_scale, s, bias, out_dtype=out_dtype)
         except Exception as e:  # a compiler or driver refusing the kernels: never a dead node
             warnings.warn(f"Triton W4A4 kernels failed on {x.device} ({type(e).__name__}: {e}); "
                           "this layer runs the unfused integer path from now on", RuntimeWarning)

@@ -11,6 +11,11 @@ runs as two kernels instead of a chain of a dozen unfused ops (the chain measure
   from the pack's own words (compressed-tensors `pack-quantized` layout, packing.py),
   int32 accumulation, and the rescale (activation scale · per-row weight scale) and
   bias in the epilogue.
+- `rotate_quantize_gemm`: both in one kernel, for small layers (`fuse_pays`): each
+  program rotates and quantizes the 64-channel blocks of its rows itself, one block per
+  step of the contraction, so a layer is one launch instead of two. Every column tile
+  redoes its rows' rotation (fp32, no tensor cores) and each program walks its blocks in
+  turn, which pays only for short contractions and small outputs (measured: FUSE_MAX_K).
 
 On a GPU the GEMM's tile sizes are autotuned per (T, N, K) among GEMM_CONFIGS (the
 ~800-token prefix wants large tiles, 50 action tokens narrow ones); the interpreter
@@ -60,16 +65,84 @@ def _tuned() -> bool:
     return os.environ.get("TRITON_INTERPRET") != "1"
 
 
+@functools.lru_cache(maxsize=1)
+def _jit_helpers() -> None:
+    """The kernels' helper functions, jit-wrapped under the global names the kernels call,
+    once per process (Triton refuses a kernel whose globals changed after it compiled)."""
+    for name, fn in _HELPERS.items():
+        globals()[name] = triton.jit(fn)
+
+
 @functools.lru_cache(maxsize=2)
 def _kernels(tuned: bool = False):
-    """The jit-wrapped kernels (rotate+quantize, int4 GEMM), built on first use
-    (TRITON_INTERPRET is read then); with `tuned`, the GEMM autotuned over GEMM_CONFIGS
-    per (T, N, K)."""
+    """The jit-wrapped kernels (rotate+quantize, int4 GEMM, both in one), built on first use
+    (TRITON_INTERPRET is read then); with `tuned`, autotuned per shape over their CONFIGS."""
+    _jit_helpers()
     gemm = triton.jit(_int4_gemm_kernel)
     if tuned:
         gemm = triton.autotune(configs=[triton.Config({"BT": bt, "BN": bn, "BK": bk}, num_warps=w, num_stages=st)
                                         for bt, bn, bk, w, st in GEMM_CONFIGS], key=["T", "N", "K"])(gemm)
-    return triton.jit(_rotate_quantize_kernel), gemm
+    fused = triton.jit(_rotate_quantize_gemm_kernel)
+    if tuned:
+        fused = triton.autotune(configs=[triton.Config({"BT": bt, "BN": bn}, num_warps=w, num_stages=st)
+                                         for bt, bn, w, st in FUSED_CONFIGS], key=["T", "N", "K"])(fused)
+    rotate = triton.jit(_rotate_quantize_kernel)
+    if tuned:
+        rotate = triton.autotune(configs=[triton.Config({"BT": bt}, num_warps=w) for bt, w in ROTATE_CONFIGS],
+                                 key=["T", "n"])(rotate)
+    return rotate, gemm, fused
+
+
+# (rows, warps) per program of rotate_quantize on a GPU: its 64×64 fp32 block product per
+# program is latency-bound at 50 rows (~7 us per layer on an H200 with 64-row tiles, the
+# only ones tried then), so fewer rows per program (more programs) are among the choices
+ROTATE_CONFIGS = [(16, 2), (16, 4), (32, 4), (64, 4)]
+
+
+# (rows, columns, warps, stages) per tile of the one-kernel layer; its depth is one 64-block
+FUSED_CONFIGS = [(16, 64, 4, 2), (32, 64, 4, 2), (64, 64, 4, 2), (16, 128, 4, 2), (32, 128, 4, 2),
+                 (64, 128, 8, 2), (128, 64, 8, 2)]
+
+# The one-kernel layer where its rows' rotation is short (K ≤ FUSE_MAX_K: a program walks
+# K/64 fp32 block products in turn) and the output small (T·N ≤ FUSE_MAX_OUTPUTS: every
+# column tile redoes them). An H200 measured it faster than the two kernels at 50×128×N
+# (N 128–1024: 6.7–7.6 vs 10.0–10.3 us per layer, graphed) and 144×192×384 (9.4 vs 12.6),
+# slower at 144×192×1536 (14.5 vs 12.7) and from K = 512 on (20.7 vs 11.6 at 50×512×128;
+# bench/results/quant_cuda_nvidia_h200_run2.json, "kernels"). FUSE_MAX_K = 0 turns it off.
+FUSE_MAX_K = 192
+FUSE_MAX_OUTPUTS = 65536
+
+
+def fuse_pays(T: int, K: int, N: int) -> bool:
+    """Whether a [T, K] × [K, N] layer runs as one kernel (rotate_quantize_gemm)."""
+    return K <= FUSE_MAX_K and T * N <= FUSE_MAX_OUTPUTS
+
+
+def _codes_of(v):
+    """clamp(round(v), -8, 7) as int8, ties to even (torch.round)."""
+    r = tl.floor(v + 0.5)
+    r = tl.where(((r - v) == 0.5) & ((r - 2.0 * tl.floor(r * 0.5)) != 0.0), r - 1.0, r)
+    return tl.minimum(tl.maximum(r, -8.0), 7.0).to(tl.int8)
+
+
+def _weight_tile(w_ptr, cols, cmask, k0, words, BN: tl.constexpr, BK: tl.constexpr):
+    """int8 weight codes [BN, BK] of columns k0..k0+BK, unpacked from 8 nibbles per word."""
+    ws = k0 // 8 + tl.arange(0, BK // 8)
+    wp = tl.load(w_ptr + cols[:, None] * words + ws[None, :], mask=cmask[:, None] & (ws[None, :] < words), other=0)
+    nib = (wp[:, :, None] >> (4 * tl.arange(0, 8))[None, None, :]) & 0xF  # [BN, BK/8, 8]: column 8w + j
+    return (tl.reshape(nib, (BN, BK)) - 8).to(tl.int8)
+
+
+def _store_rescaled(acc, y_ptr, ws_ptr, bias_ptr, rows, cols, rmask, cmask, N, act_scale, HAS_BIAS: tl.constexpr):
+    """y = acc · act_scale · w_scale[col] (+ bias[col]), in y's dtype."""
+    y = acc.to(tl.float32) * act_scale * tl.load(ws_ptr + cols, mask=cmask, other=0.0)[None, :]
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + cols, mask=cmask, other=0.0)[None, :]
+    tl.store(y_ptr + rows[:, None] * N + cols[None, :], y.to(y_ptr.dtype.element_ty),
+             mask=rmask[:, None] & cmask[None, :])
+
+
+_HELPERS = {"_codes": _codes_of, "_weights": _weight_tile, "_store": _store_rescaled}
 
 
 def _rotate_quantize_kernel(x_ptr, perm_ptr, rot_ptr, out_ptr, T, n, stride_x, inv_scale,
@@ -84,11 +157,7 @@ def _rotate_quantize_kernel(x_ptr, perm_ptr, rot_ptr, out_ptr, T, n, stride_x, i
     bi = tl.arange(0, B)
     rot = tl.load(rot_ptr + blk * B * B + bi[:, None] * B + bi[None, :])
     z = tl.dot(x.to(tl.float32), rot, input_precision="ieee")
-    v = z * inv_scale
-    r = tl.floor(v + 0.5)  # round half to even, as torch.round
-    r = tl.where(((r - v) == 0.5) & ((r - 2.0 * tl.floor(r * 0.5)) != 0.0), r - 1.0, r)
-    q = tl.minimum(tl.maximum(r, -8.0), 7.0)
-    tl.store(out_ptr + rows[:, None] * n + cols[None, :], q.to(tl.int8), mask=rmask[:, None])
+    tl.store(out_ptr + rows[:, None] * n + cols[None, :], _codes(z * inv_scale), mask=rmask[:, None])
 
 
 def _int4_gemm_kernel(a_ptr, w_ptr, ws_ptr, bias_ptr, y_ptr, T, N, K, words, act_scale,
@@ -99,22 +168,34 @@ def _int4_gemm_kernel(a_ptr, w_ptr, ws_ptr, bias_ptr, y_ptr, T, N, K, words, act
     cols = pid_n * BN + tl.arange(0, BN)
     rmask = rows < T
     cmask = cols < N
-    shifts = 4 * tl.arange(0, 8)
     acc = tl.zeros((BT, BN), dtype=tl.int32)
     for k0 in range(0, K, BK):
         ks = k0 + tl.arange(0, BK)
         a = tl.load(a_ptr + rows[:, None] * K + ks[None, :], mask=rmask[:, None] & (ks[None, :] < K),
                     other=0)
-        ws = k0 // 8 + tl.arange(0, BK // 8)
-        wp = tl.load(w_ptr + cols[:, None] * words + ws[None, :],
-                     mask=cmask[:, None] & (ws[None, :] < words), other=0)
-        nib = (wp[:, :, None] >> shifts[None, None, :]) & 0xF  # [BN, BK/8, 8]: column 8w + j
-        w = (tl.reshape(nib, (BN, BK)) - 8).to(tl.int8)
-        acc += tl.dot(a, tl.trans(w))
-    y = acc.to(tl.float32) * act_scale * tl.load(ws_ptr + cols, mask=cmask, other=0.0)[None, :]
-    if HAS_BIAS:
-        y += tl.load(bias_ptr + cols, mask=cmask, other=0.0)[None, :]
-    tl.store(y_ptr + rows[:, None] * N + cols[None, :], y, mask=rmask[:, None] & cmask[None, :])
+        acc += tl.dot(a, tl.trans(_weights(w_ptr, cols, cmask, k0, words, BN, BK)))
+    _store(acc, y_ptr, ws_ptr, bias_ptr, rows, cols, rmask, cmask, N, act_scale, HAS_BIAS)
+
+
+def _rotate_quantize_gemm_kernel(x_ptr, perm_ptr, rot_ptr, w_ptr, ws_ptr, bias_ptr, y_ptr, T, N, K, words,
+                                stride_x, inv_scale, act_scale, HAS_BIAS: tl.constexpr,
+                                BT: tl.constexpr, BN: tl.constexpr, B: tl.constexpr):
+    pid_t = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rows = pid_t * BT + tl.arange(0, BT)
+    cols = pid_n * BN + tl.arange(0, BN)
+    rmask = rows < T
+    cmask = cols < N
+    bi = tl.arange(0, B)
+    acc = tl.zeros((BT, BN), dtype=tl.int32)
+    for blk in range(0, K // B):
+        # this block's codes, as _rotate_quantize_kernel writes them, times the same 64 channels' weights
+        src = tl.load(perm_ptr + blk * B + bi)
+        x = tl.load(x_ptr + rows[:, None] * stride_x + src[None, :], mask=rmask[:, None], other=0.0)
+        rot = tl.load(rot_ptr + blk * B * B + bi[:, None] * B + bi[None, :])
+        a = _codes(tl.dot(x.to(tl.float32), rot, input_precision="ieee") * inv_scale)
+        acc += tl.dot(a, tl.trans(_weights(w_ptr, cols, cmask, blk * B, words, BN, B)))
+    _store(acc, y_ptr, ws_ptr, bias_ptr, rows, cols, rmask, cmask, N, act_scale, HAS_BIAS)
 
 
 def _rows_tile(T: int) -> int:
@@ -128,24 +209,31 @@ def rotate_quantize(x: torch.Tensor, perm: torch.Tensor, blocks: torch.Tensor, s
     m = blocks.shape[0]
     if m * BLOCK != n or blocks.shape[1:] != (BLOCK, BLOCK):
         raise ValueError(f"rotate_quantize needs {n} channels in whole {BLOCK}-blocks")
-    kernel = _kernels(_tuned())[0]
+    tuned = _tuned()
+    kernel = _kernels(tuned)[0]
     out = torch.empty(T, n, dtype=torch.int8, device=x.device)
-    BT = _rows_tile(T)
     x = x if x.stride(1) == 1 else x.contiguous()
-    kernel[(triton.cdiv(T, BT), m)](x, perm, blocks, out, T, n, x.stride(0), 1.0 / scale, BT=BT, B=BLOCK)
+    args = (x, perm, blocks, out, T, n, x.stride(0), 1.0 / scale)
+    if tuned:
+        kernel[lambda meta: (triton.cdiv(T, meta["BT"]), m)](*args, B=BLOCK)
+    else:
+        BT = _rows_tile(T)
+        kernel[(triton.cdiv(T, BT), m)](*args, BT=BT, B=BLOCK)
     return out
 
 
 def int4_gemm(codes: torch.Tensor, packed: torch.Tensor, weight_scale: torch.Tensor, act_scale: float,
-              bias: torch.Tensor | None = None, tile: tuple[int, int, int] | None = None) -> torch.Tensor:
-    """(codes · unpack(packed)ᵀ) · act_scale · weight_scale (+ bias), float32 [T, N], for
-    int8 codes [T, K] and the pack's int32 words [N, ceil(K / 8)]. `tile` (rows, columns,
-    depth) fixes the GEMM's tile instead of the autotuner's or the default (tests)."""
+              bias: torch.Tensor | None = None, tile: tuple[int, int, int] | None = None,
+              out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(codes · unpack(packed)ᵀ) · act_scale · weight_scale (+ bias), [T, N] in `out_dtype`
+    (rounded once, from fp32), for int8 codes [T, K] and the pack's int32 words
+    [N, ceil(K / 8)]. `tile` (rows, columns, depth) fixes the GEMM's tile instead of the
+    autotuner's or the default (tests)."""
     T, K = codes.shape
     N, words = packed.shape
     if words * 8 < K:
         raise ValueError(f"{words} words per row cannot hold {K} int4 codes")
-    y = torch.empty(T, N, dtype=torch.float32, device=codes.device)
+    y = torch.empty(T, N, dtype=out_dtype, device=codes.device)
     args = (codes.contiguous(), packed.contiguous(), weight_scale, bias if bias is not None else weight_scale, y,
             T, N, K, words, float(act_scale))
     tuned = _tuned() and tile is None
@@ -155,4 +243,33 @@ def int4_gemm(codes: torch.Tensor, packed: torch.Tensor, weight_scale: torch.Ten
     else:
         BT, BN, BK = tile or (_rows_tile(T), 64, 64)
         kernel[(triton.cdiv(T, BT), triton.cdiv(N, BN))](*args, HAS_BIAS=bias is not None, BT=BT, BN=BN, BK=BK)
+    return y
+
+
+def rotate_quantize_gemm(x: torch.Tensor, perm: torch.Tensor, blocks: torch.Tensor, scale: float,
+                         packed: torch.Tensor, weight_scale: torch.Tensor, act_scale: float,
+                         bias: torch.Tensor | None = None, tile: tuple[int, int] | None = None,
+                         out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """int4_gemm(rotate_quantize(x, perm, blocks, scale), packed, ...) in one kernel: the
+    same codes and the same exact sums (x [T, K] with K = m·64, no tail block). `tile`
+    (rows, columns) fixes the tile (tests)."""
+    T, K = x.shape
+    N, words = packed.shape
+    m = blocks.shape[0]
+    if m * BLOCK != K or blocks.shape[1:] != (BLOCK, BLOCK):
+        raise ValueError(f"rotate_quantize_gemm needs {K} channels in whole {BLOCK}-blocks")
+    if words * 8 < K:
+        raise ValueError(f"{words} words per row cannot hold {K} int4 codes")
+    x = x if x.stride(1) == 1 else x.contiguous()
+    y = torch.empty(T, N, dtype=out_dtype, device=x.device)
+    args = (x, perm, blocks, packed.contiguous(), weight_scale, bias if bias is not None else weight_scale, y,
+            T, N, K, words, x.stride(0), 1.0 / scale, float(act_scale))
+    tuned = _tuned() and tile is None
+    kernel = _kernels(tuned)[2]
+    if tuned:
+        kernel[lambda meta: (triton.cdiv(T, meta["BT"]), triton.cdiv(N, meta["BN"]))](
+            *args, HAS_BIAS=bias is not None, B=BLOCK)
+    else:
+        BT, BN = tile or (_rows_tile(T), 64)
+        kernel[(triton.cdiv(T, BT), triton.cdiv(N, BN))](*args, HAS_BIAS=bias is not None, BT=BT, BN=BN, B=BLOCK)
     return y

@@ -138,9 +138,9 @@ def chunk_times(path: str | Path, device: str = "cuda", repeats: int = 20, dtype
     """The model's time per chunk on `device` (observation already there, fixed noise),
     eager vs replayed from CUDA graphs (runtime/cuda_graphs.py), and how far the replayed
     chunk is from the eager one (normalised action units). `dtype`: "float32" as loaded;
-    "fp16" the whole model and its inputs in half precision (FP packs only: quantized
-    layers cannot be converted; each Linear casts its input to half where it arrives in
-    float32); "autocast_fp16" float16 autocast around the model as
+    "fp16" the whole model and its inputs in half precision (quantized layers
+    keep their float32 state and run on half activations; each Linear casts its input to
+    half where it arrives in float32); "autocast_fp16" float16 autocast around the model as
     loaded. With `repeats` 0 the timings are left out."""
     from collections import Counter
     from contextlib import nullcontext
@@ -157,10 +157,14 @@ def chunk_times(path: str | Path, device: str = "cuda", repeats: int = 20, dtype
     obs = pol.processor.observation(raw)[0].to(dev)
     noise = noise.to(dev)
     if dtype == "fp16":
-        model.half()
+        # quantized layers keep their float32 state (scales, rotations): they read half
+        # inputs and write half outputs (the fused kernels' epilogue)
+        for m in model.modules():
+            if not isinstance(m, QuantLinear):
+                m._apply(lambda t: t.half() if t.is_floating_point() else t, recurse=False)
         for m in model.modules():  # a feature computed in float32 (GR00T's sinusoidal time) meets half weights
-            if isinstance(m, torch.nn.Linear):
-                m.register_forward_pre_hook(lambda mod, args: (args[0].to(mod.weight.dtype), *args[1:]))
+            if isinstance(m, (torch.nn.Linear, QuantLinear)):
+                m.register_forward_pre_hook(lambda mod, args: (args[0].half(), *args[1:]))
         obs = Observation(obs.images.half(), obs.tokens, obs.token_mask, obs.state.half(), obs.image_mask)
         noise = noise.half()
     ctx = (torch.autocast(dev.type, torch.float16, cache_enabled=False) if dtype == "autocast_fp16"
