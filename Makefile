@@ -93,9 +93,17 @@ bench-eval: setup
 	  $(VENV)/bin/omega-qvla eval --model models/pi05_small_aloha_cam_table --recipes omega_qvla \
 	    --tasks transfer_cube --episodes 50 --replan-every 2 --blend average --blend-new-weight 0.2 --workers 2 \
 	    --calib-episodes 4 --calib-frames 10 --calib-seed $$s --out build/draws/expert40_$$s.json || exit 1; done
+	for s in 90000 90100 90200 90300 90400 90500; do \
+	  $(VENV)/bin/omega-qvla eval --model models/pi05_small_aloha_cam_table --recipes omega_qvla \
+	    --tasks transfer_cube --episodes 50 --replan-every 2 --blend average --blend-new-weight 0.2 --workers 2 \
+	    --calib-episodes 8 --calib-frames 10 --calib-seed $$s --out build/draws/expert80_$$s.json || exit 1; done
 	$(VPY) bench/calibration_draws.py --recipes omega_qvla bench/results/eval_pi05_cam_table_ensemble.json \
 	  bench/results/eval_pi05_cam_table_ensemble_calib_policy.json build/draws/*.json \
 	  --out bench/results/calibration_draws_pi05_cam_table.json
+	@# does the offline action error (on the FP policy's own states) rank those draws by success?
+	$(VPY) bench/calibration_offline_error.py bench/results/calibration_draws_pi05_cam_table.json \
+	  --model models/pi05_small_aloha_cam_table --replan-every 2 --blend average --blend-new-weight 0.2 \
+	  --out bench/results/calibration_offline_error_pi05_cam_table.json
 	@# calibration on the FP policy's own rollouts vs the expert's (same seeds, transfer-cube only)
 	for f in $(EVAL_FAMILIES); do \
 	  $(VENV)/bin/omega-qvla eval --family $$f --recipes omega_qvla,omega_qvla_dynamic --tasks transfer_cube \

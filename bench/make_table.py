@@ -160,6 +160,21 @@ def calibration_draws_section(path: Path) -> str:
     return "\n".join(rows)
 
 
+def calibration_offline_error_section(path: Path) -> str:
+    """bench/calibration_offline_error.py: per calibration draw, offline action error and success."""
+    r = json.loads(path.read_text())
+    rows = [f"### Does offline action error rank calibration draws? (`{path.relative_to(ROOT)}`)", "",
+            f"Each draw of `{Path(r['draws_from']).name}` quantized again; its action error vs FP on "
+            f"{r['on_policy_observations']} observations of the FP policy's own closed-loop rollouts (seeds "
+            f"{r['rollout_seeds'][0]}–{r['rollout_seeds'][-1]}). Spearman ρ of that error against the draw's "
+            f"closed-loop successes over {len(r['rows'])} draws: **{r['spearman_rel_mse_vs_successes']:+.2f}**.", "",
+            "| calibration | seeds | successes | action rel-MSE vs FP | mean \\|Δ\\| joints |", "|---|---|---|---|---|"]
+    for x in sorted(r["rows"], key=lambda x: x["rel_mse_vs_fp"]):
+        rows.append(f"| {x['group'].split(', ', 2)[2]} | {x['calibration_seeds'][0]}–{x['calibration_seeds'][1]} | "
+                    f"{x['successes']}/{x['episodes']} | {x['rel_mse_vs_fp']:.5f} | {x['mean_abs_joint_error']:.4f} |")
+    return "\n".join(rows)
+
+
 def _eval_cell(e: dict) -> str:
     levels = "/".join(str(sum(1 for m in e.get("max_rewards", []) if m >= k)) for k in (1, 2, 3))
     return (f"{e['successes']}/{e['episodes']} = {100 * e['success_rate']:.0f}% "
@@ -320,6 +335,8 @@ def main() -> int:
         parts.append(activation_section(act))
     for draws in sorted((ROOT / "bench" / "results").glob("calibration_draws_*.json")):
         parts.append(calibration_draws_section(draws))
+    for off in sorted((ROOT / "bench" / "results").glob("calibration_offline_error_*.json")):
+        parts.append(calibration_offline_error_section(off))
     full = sorted((ROOT / "bench" / "results").glob("full_*.json"))
     if full:
         parts.append(full_section(full))
