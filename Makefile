@@ -15,6 +15,10 @@ export MUJOCO_GL ?= egl
 
 .PHONY: setup test bench bench-eval demo clean-venv
 
+# the calibration size of the committed evaluation tables (eval's default before 2026-12-04;
+# a later --calib-episodes / --calib-frames on the same line overrides it)
+CALIB10 = --calib-episodes 2 --calib-frames 5
+
 setup: $(VENV)/.stamp
 
 # Idempotent: re-runs only when the requirements or setup.py change.
@@ -51,31 +55,31 @@ EVAL_RECIPES := fp16,rtn,smoothquant,hadamard,omega_qvla,omega_qvla_outrot,omega
 EVAL_FAMILIES := pi05 gr00t
 bench-eval: setup
 	for f in $(EVAL_FAMILIES); do \
-	  $(VENV)/bin/omega-qvla eval --family $$f --recipes $(EVAL_RECIPES) --episodes 50 --workers 2 \
+	  $(VENV)/bin/omega-qvla eval $(CALIB10) --family $$f --recipes $(EVAL_RECIPES) --episodes 50 --workers 2 \
 	    --out bench/results/eval_$$f.json || exit 1; \
 	  $(VENV)/bin/omega-qvla bench sensitivity --family $$f --episodes 20 --rollouts 3 \
 	    --svg bench/results/sensitivity_$$f.svg --out bench/results/sensitivity_$$f.json || exit 1; done
-	$(VENV)/bin/omega-qvla eval --family pi05 --recipes fp16,omega_qvla --tasks transfer_cube --episodes 50 \
+	$(VENV)/bin/omega-qvla eval $(CALIB10) --family pi05 --recipes fp16,omega_qvla --tasks transfer_cube --episodes 50 \
 	  --workers 2 --execute-horizon 50 --replan-every 25 --blend crossfade --latency 0.35 \
 	  --out bench/results/eval_pi05_latency.json
-	$(VENV)/bin/omega-qvla eval --family gr00t --recipes fp16,omega_qvla --tasks transfer_cube --episodes 50 \
+	$(VENV)/bin/omega-qvla eval $(CALIB10) --family gr00t --recipes fp16,omega_qvla --tasks transfer_cube --episodes 50 \
 	  --workers 2 --blend crossfade --latency 0.15 --out bench/results/eval_gr00t_latency.json
 	@# temporal ensembling: a new chunk every 2 steps, overlaps averaged (new chunk's weight 0.2)
-	$(VENV)/bin/omega-qvla eval --family pi05 --recipes fp16,omega_qvla,rtn --tasks transfer_cube --episodes 50 \
+	$(VENV)/bin/omega-qvla eval $(CALIB10) --family pi05 --recipes fp16,omega_qvla,rtn --tasks transfer_cube --episodes 50 \
 	  --replan-every 2 --blend average --blend-new-weight 0.2 --workers 2 --out bench/results/eval_pi05_ensemble.json
-	$(VENV)/bin/omega-qvla eval --family gr00t --recipes fp16,omega_qvla --tasks transfer_cube --episodes 50 \
+	$(VENV)/bin/omega-qvla eval $(CALIB10) --family gr00t --recipes fp16,omega_qvla --tasks transfer_cube --episodes 50 \
 	  --replan-every 2 --blend average --blend-new-weight 0.2 --workers 2 --out bench/results/eval_gr00t_ensemble.json
 	@# the same under 50 ms of inference latency, a new chunk every 3 steps (what a ~50 ms W4A4 inference allows)
-	$(VENV)/bin/omega-qvla eval --family pi05 --recipes fp16,omega_qvla --tasks transfer_cube --episodes 50 \
+	$(VENV)/bin/omega-qvla eval $(CALIB10) --family pi05 --recipes fp16,omega_qvla --tasks transfer_cube --episodes 50 \
 	  --latency 0.05 --replan-every 3 --blend average --blend-new-weight 0.2 --workers 2 \
 	  --out bench/results/eval_pi05_ensemble_latency.json
 	@# the default fine-tuned on the simulator's narrower top camera (cam_table): chunks of 25 and ensembled
-	$(VENV)/bin/omega-qvla eval --model models/pi05_small_aloha_cam_table --recipes fp16,omega_qvla,rtn \
+	$(VENV)/bin/omega-qvla eval $(CALIB10) --model models/pi05_small_aloha_cam_table --recipes fp16,omega_qvla,rtn \
 	  --tasks transfer_cube --episodes 50 --workers 2 --out bench/results/eval_pi05_cam_table.json
-	$(VENV)/bin/omega-qvla eval --model models/pi05_small_aloha_cam_table --recipes fp16,omega_qvla,rtn \
+	$(VENV)/bin/omega-qvla eval $(CALIB10) --model models/pi05_small_aloha_cam_table --recipes fp16,omega_qvla,rtn \
 	  --tasks transfer_cube --episodes 50 --replan-every 2 --blend average --blend-new-weight 0.2 --workers 2 \
 	  --out bench/results/eval_pi05_cam_table_ensemble.json
-	$(VENV)/bin/omega-qvla eval --model models/pi05_small_aloha_cam_table --recipes omega_qvla \
+	$(VENV)/bin/omega-qvla eval $(CALIB10) --model models/pi05_small_aloha_cam_table --recipes omega_qvla \
 	  --tasks transfer_cube --episodes 50 --replan-every 2 --blend average --blend-new-weight 0.2 --workers 2 \
 	  --calib-source policy --out bench/results/eval_pi05_cam_table_ensemble_calib_policy.json
 	$(VENV)/bin/omega-qvla bench sensitivity --model models/pi05_small_aloha_cam_table --episodes 12 --rollouts 3 \
@@ -86,15 +90,15 @@ bench-eval: setup
 	@# the same W4A4 evaluation over calibration draws (seeds 90100, 90200, ...), expert and on-policy
 	mkdir -p build/draws
 	for s in 90100 90200 90300 90400; do for src in expert policy; do \
-	  $(VENV)/bin/omega-qvla eval --model models/pi05_small_aloha_cam_table --recipes omega_qvla \
+	  $(VENV)/bin/omega-qvla eval $(CALIB10) --model models/pi05_small_aloha_cam_table --recipes omega_qvla \
 	    --tasks transfer_cube --episodes 50 --replan-every 2 --blend average --blend-new-weight 0.2 --workers 2 \
 	    --calib-source $$src --calib-seed $$s --out build/draws/$${src}_$$s.json || exit 1; done; done
 	for s in 90000 90100 90200 90300 90400 90500; do \
-	  $(VENV)/bin/omega-qvla eval --model models/pi05_small_aloha_cam_table --recipes omega_qvla \
+	  $(VENV)/bin/omega-qvla eval $(CALIB10) --model models/pi05_small_aloha_cam_table --recipes omega_qvla \
 	    --tasks transfer_cube --episodes 50 --replan-every 2 --blend average --blend-new-weight 0.2 --workers 2 \
 	    --calib-episodes 4 --calib-frames 10 --calib-seed $$s --out build/draws/expert40_$$s.json || exit 1; done
 	for s in 90000 90100 90200 90300 90400 90500; do \
-	  $(VENV)/bin/omega-qvla eval --model models/pi05_small_aloha_cam_table --recipes omega_qvla \
+	  $(VENV)/bin/omega-qvla eval $(CALIB10) --model models/pi05_small_aloha_cam_table --recipes omega_qvla \
 	    --tasks transfer_cube --episodes 50 --replan-every 2 --blend average --blend-new-weight 0.2 --workers 2 \
 	    --calib-episodes 8 --calib-frames 10 --calib-seed $$s --out build/draws/expert80_$$s.json || exit 1; done
 	$(VPY) bench/calibration_draws.py --recipes omega_qvla bench/results/eval_pi05_cam_table_ensemble.json \
@@ -106,11 +110,11 @@ bench-eval: setup
 	  --out bench/results/calibration_offline_error_pi05_cam_table.json
 	@# calibration on the FP policy's own rollouts vs the expert's (same seeds, transfer-cube only)
 	for f in $(EVAL_FAMILIES); do \
-	  $(VENV)/bin/omega-qvla eval --family $$f --recipes omega_qvla,omega_qvla_dynamic --tasks transfer_cube \
+	  $(VENV)/bin/omega-qvla eval $(CALIB10) --family $$f --recipes omega_qvla,omega_qvla_dynamic --tasks transfer_cube \
 	    --episodes 50 --calib-source policy --out bench/results/eval_$${f}_calib_policy.json || exit 1; done
-	$(VENV)/bin/omega-qvla eval --family pi05 --recipes omega_qvla,omega_qvla_dynamic --tasks transfer_cube \
+	$(VENV)/bin/omega-qvla eval $(CALIB10) --family pi05 --recipes omega_qvla,omega_qvla_dynamic --tasks transfer_cube \
 	  --episodes 50 --calib-source policy --calib-episodes 8 --calib-frames 8 --out bench/results/eval_pi05_calib_policy64.json
-	$(VENV)/bin/omega-qvla eval --family pi05 --recipes omega_qvla,omega_qvla_dynamic --tasks transfer_cube \
+	$(VENV)/bin/omega-qvla eval $(CALIB10) --family pi05 --recipes omega_qvla,omega_qvla_dynamic --tasks transfer_cube \
 	  --episodes 50 --calib-source expert --calib-episodes 8 --calib-frames 8 --out bench/results/eval_pi05_calib_expert64.json
 	$(VPY) bench/make_table.py
 

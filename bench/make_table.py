@@ -175,6 +175,18 @@ def calibration_offline_error_section(path: Path) -> str:
     return "\n".join(rows)
 
 
+def _with_calibration(meta: dict) -> str | None:
+    """The recorded command with its calibration size spelled out (runs before 2026-12-04
+    left it to defaults that have changed since)."""
+    cmd, cal = meta.get("command"), meta.get("calibration", {})
+    if not cmd or "frames_per_episode" not in cal:
+        return cmd
+    for flag, key in (("--calib-episodes", "episodes_per_task"), ("--calib-frames", "frames_per_episode")):
+        if flag not in cmd:
+            cmd += f" {flag} {cal[key]}"
+    return cmd
+
+
 def _eval_cell(e: dict) -> str:
     levels = "/".join(str(sum(1 for m in e.get("max_rewards", []) if m >= k)) for k in (1, 2, 3))
     return (f"{e['successes']}/{e['episodes']} = {100 * e['success_rate']:.0f}% "
@@ -189,7 +201,7 @@ def eval_section(path: Path) -> str:
     recipes = [k for k in r if not k.startswith("_")]
     tasks = meta.get("tasks") or list(r[recipes[0]])
     rows = [f"### Closed-loop success ({path.stem.split('_', 1)[1]}, `{path.relative_to(ROOT)}`)", "",
-            f"Command: `{meta.get('command')}`; evaluation seeds {meta.get('eval_seeds')}; calibration "
+            f"Command: `{_with_calibration(meta)}`; evaluation seeds {meta.get('eval_seeds')}; calibration "
             f"{meta.get('calibration', {}).get('observations')} observations "
             f"({meta.get('calibration', {}).get('episodes_per_task')} "
             f"{meta.get('calibration', {}).get('source', 'expert')} episodes per task)."

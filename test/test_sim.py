@@ -463,3 +463,19 @@ def test_perturbed_recording_keeps_expert_labels(tmp_path):
     write_shard([noisy], tmp_path / "s.safetensors")
     ds = EpisodeDataset([tmp_path / "s.safetensors"], only_success=False)
     assert ds.episodes[0]["action_noise"] == 0.03
+
+
+def test_recorded_eval_command_spells_out_its_calibration(monkeypatch):
+    """A recorded command must say what ran when the calibration size came from defaults
+    (they changed once: 2 × 5 observations, then 4 × 10)."""
+    import argparse
+
+    from omega_qvla_ros.tools.eval_cmd import command_line
+
+    args = argparse.Namespace(calib_episodes=4, calib_frames=10)
+    monkeypatch.setattr("sys.argv", ["/x/bin/omega-qvla", "eval", "--episodes", "3"])
+    assert command_line(args) == "omega-qvla eval --episodes 3 --calib-episodes 4 --calib-frames 10"
+    monkeypatch.setattr("sys.argv", ["/x/bin/omega-qvla", "eval", "--calib-episodes=4", "--calib-frames", "10"])
+    assert command_line(args) == "omega-qvla eval --calib-episodes=4 --calib-frames 10"
+    monkeypatch.setattr("sys.argv", ["pytest"])
+    assert command_line(args) is None

@@ -43,8 +43,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--episodes", type=int, default=50)
     p.add_argument("--first-seed", type=int, default=EVAL_SEED,
                    help="first evaluation seed (disjoint from training)")
-    p.add_argument("--calib-episodes", type=int, default=2, help="expert episodes per task for calibration")
-    p.add_argument("--calib-frames", type=int, default=5, help="observations per calibration episode")
+    # 4 × 10 observations: over six calibration draws each, 40 observations handed over in
+    # 21.3 of 50 on average and 10 (2 × 5, the default until 2026-12-04) in 12.2; 80 no more
+    # (22.5) (bench/results/calibration_draws_pi05_cam_table.json)
+    p.add_argument("--calib-episodes", type=int, default=4, help="expert episodes per task for calibration")
+    p.add_argument("--calib-frames", type=int, default=10, help="observations per calibration episode")
     p.add_argument("--calib-seed", type=int, default=CALIB_SEED,
                    help="first calibration episode's seed (another draw of the calibration set; keep it "
                         "clear of the evaluation seeds)")
@@ -64,6 +67,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="also write the JSON here")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
+
+
+def command_line(args: argparse.Namespace) -> str | None:
+    """The command as typed, with the calibration size spelled out where the defaults gave
+    it (defaults change; a recorded command must still say what ran)."""
+    if not (sys.argv and "omega" in sys.argv[0]):
+        return None
+    argv = sys.argv[1:]
+    for flag, value in (("--calib-episodes", args.calib_episodes), ("--calib-frames", args.calib_frames)):
+        if not any(a == flag or a.startswith(flag + "=") for a in argv):
+            argv = [*argv, flag, str(value)]
+    return "omega-qvla " + " ".join(argv)
 
 
 def calibration_observations(policy, tasks, episodes: int, frames: int, seed: int = CALIB_SEED,
@@ -186,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
             runs = {i: run for part in parts for i, run in part["result"][r][t].items()}
             result[r][t] = summarize([runs[i] for i in sorted(runs)])
     result["_meta"] = {
-        "command": "omega-qvla " + " ".join(sys.argv[1:]) if sys.argv and "omega" in sys.argv[0] else None,
+        "command": command_line(args),
         "model": repo_relative(spec) if spec else "shipped default", "family": parts[0]["family"], "tasks": tasks,
         "eval_seeds": [args.first_seed, args.first_seed + args.episodes - 1],
         "calibration": {"observations": parts[0]["calibration_observations"], "episodes_per_task": args.calib_episodes,
