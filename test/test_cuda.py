@@ -76,3 +76,20 @@ def test_cuda_graphs_replay_the_eager_chunk(name, dtype):
     assert r["graph_runs"]["eager"] == 0, r["graph_failures"]
     assert r["finite"]
     assert r["graph_vs_eager_max_abs"] < (1e-4 if r["recipe"] == "fp16" else 0.05), r
+
+
+@pytest.mark.parametrize("name", ["pi05_small_aloha_w4a4", "gr00t_small_aloha"])
+def test_policy_in_fp16_on_cuda(name):
+    """Policy(precision="fp16"): the node's runtime with the float parts in half gives a
+    finite chunk near the float32 one (W4A4: within its own W4A4-vs-FP distance)."""
+    import numpy as np
+
+    from omega_qvla_ros.runtime.policy import Policy
+    from omega_qvla_ros.tools.device_check import random_observation
+
+    p32 = Policy.from_pack(REPO / "models" / name, "cuda")
+    p16 = Policy.from_pack(REPO / "models" / name, "cuda", precision="fp16")
+    raw, noise = random_observation(p32)
+    a32, a16 = p32.infer(raw, noise=noise).positions, p16.infer(raw, noise=noise).positions
+    assert np.isfinite(a16).all()
+    assert np.abs(a16 - a32).mean() < (0.01 if "w4a4" not in name else 0.1)

@@ -44,6 +44,7 @@ PARAMETERS: dict[str, object] = {
     "device": "auto",
     "kernel_weights": "auto",
     "cuda_graphs": True,
+    "precision": "float32",
     "mode": "policy",
     "dry_run": True,
     "joint_names": list(ALOHA_JOINTS),
@@ -126,7 +127,8 @@ class PolicyNode(Node):
                 raise ValueError("parameter pack_path is empty: point it at a model pack directory")
             policy = Policy.from_pack(p("pack_path"), device=p("device"), control_dt=self.dt,
                                       kernel_weights=p("kernel_weights"),
-                                      cuda_graphs=None if p("cuda_graphs") else False)
+                                      cuda_graphs=None if p("cuda_graphs") else False,
+                                      precision=p("precision"))
         self.policy = policy
         # the pack's processor keeps its normalisation (the model was trained with it); the
         # node's own limits drive the safety filter. Both must name the same joints.

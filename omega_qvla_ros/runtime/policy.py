@@ -12,6 +12,7 @@ from omega_qvla_ros.quant.pack import PackFormatError, load_pack
 from omega_qvla_ros.quant.qlinear import QuantLinear
 
 from .cuda_graphs import GraphedSampler
+from .precision import PRECISIONS, half_float_parts, half_observation
 from .preprocess import RawObservation
 from .robot import RobotSpec
 from .scheduler import ActionChunk
@@ -52,11 +53,19 @@ class Policy:
 
     def __init__(self, model, processor: Processor, device: torch.device | str = "cpu",
                  robot: RobotSpec | None = None, recipe: str = "fp16", control_dt: float = 0.02,
-                 manifest: dict | None = None, cuda_graphs: bool | None = None) -> None:
+                 manifest: dict | None = None, cuda_graphs: bool | None = None,
+                 precision: str = "float32") -> None:
         self.model, self.processor = model, processor
         self.device = torch.device(device)
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, not {self.device}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision == "fp16" and self.device.type != "cuda":
+            raise ValueError(f"precision 'fp16' is for a CUDA device, not {self.device} (no fast fp16 there)")
+        self.half = precision == "fp16"
+        if self.half:  # the float parts in half, before any graph is captured
+            half_float_parts(model)
         # on a GPU the chunk replays from CUDA graphs (runtime/cuda_graphs.py) unless told not to
         self.sampler = (GraphedSampler(model) if self.device.type == "cuda" and cuda_graphs is not False
                         else None)
@@ -74,7 +83,7 @@ class Policy:
     @classmethod
     def from_pack(cls, path: str | Path, device: str = "auto", robot: RobotSpec | None = None,
                   control_dt: float = 0.02, lean: bool = True, kernel_weights: str | None = None,
-                  cuda_graphs: bool | None = None) -> "Policy":
+                  cuda_graphs: bool | None = None, precision: str = "float32") -> "Policy":
         """Load a pack to run it. `lean` (the default): large unquantized parts stay at
         their stored half precision when they are big (> 512 MiB), integer layers give
         back their int4 codes once their kernels hold them, and in a big pack the integer
@@ -82,7 +91,8 @@ class Policy:
         CPU int4 kernel: `kernel_weights` "auto", see quant.pack.load_pack) — a W4A4 process then holds
         about the pack's size plus activations. `kernel_weights="hold"` keeps every int8 kernel weight
         (faster, twice the int4 bytes); `lean=False` keeps everything in float32.
-        `cuda_graphs` (default: on a CUDA device) replays each chunk from CUDA graphs."""
+        `cuda_graphs` (default: on a CUDA device) replays each chunk from CUDA graphs;
+        `precision` "fp16" (CUDA only) runs the unquantized parts in half (runtime/precision.py)."""
         dev = pick_device(device)
         kw = kernel_weights or ("auto" if lean else "hold")
         model, manifest = load_pack(path, device=dev, float_storage="auto" if lean else "float32",
@@ -92,7 +102,7 @@ class Policy:
         except (ValueError, TypeError, KeyError) as e:
             raise PackFormatError(f"{path}: bad processor in the manifest ({type(e).__name__}: {e})") from None
         return cls(model, proc, dev, robot=robot, recipe=(manifest.get("recipe") or {}).get("name", "unknown"),
-                   control_dt=control_dt, manifest=manifest, cuda_graphs=cuda_graphs)
+                   control_dt=control_dt, manifest=manifest, cuda_graphs=cuda_graphs, precision=precision)
 
     @property
     def cameras(self) -> list[str]:
@@ -130,6 +140,10 @@ class Policy:
         t0 = time.perf_counter()
         with torch.inference_mode():
             obs = obs.to(self.device)
+            if self.half:  # the flow's noise in half too (drawn here: the model would draw float32)
+                obs = half_observation(obs)
+                noise = (self.model.initial_noise(obs.batch_size, self.device) if noise is None
+                         else noise.to(self.device)).half()
             if self.sampler is None:
                 a = self.model.sample_actions(obs, num_steps=num_steps,
                                               noise=None if noise is None else noise.to(self.device))

@@ -145,10 +145,10 @@ def chunk_times(path: str | Path, device: str = "cuda", repeats: int = 20, dtype
     from collections import Counter
     from contextlib import nullcontext
 
-    from omega_qvla_ros.models.common import Observation
     from omega_qvla_ros.quant.qlinear import QuantLinear
     from omega_qvla_ros.runtime.cuda_graphs import GraphedSampler
     from omega_qvla_ros.runtime.policy import Policy
+    from omega_qvla_ros.runtime.precision import half_float_parts, half_observation
     from omega_qvla_ros.tools.bench_quant import median_ms
 
     pol = Policy.from_pack(path, device, cuda_graphs=False)
@@ -157,16 +157,8 @@ def chunk_times(path: str | Path, device: str = "cuda", repeats: int = 20, dtype
     obs = pol.processor.observation(raw)[0].to(dev)
     noise = noise.to(dev)
     if dtype == "fp16":
-        # quantized layers keep their float32 state (scales, rotations): they read half
-        # inputs and write half outputs (the fused kernels' epilogue)
-        for m in model.modules():
-            if not isinstance(m, QuantLinear):
-                m._apply(lambda t: t.half() if t.is_floating_point() else t, recurse=False)
-        for m in model.modules():  # a feature computed in float32 (GR00T's sinusoidal time) meets half weights
-            if isinstance(m, (torch.nn.Linear, QuantLinear)):
-                m.register_forward_pre_hook(lambda mod, args: (args[0].half(), *args[1:]))
-        obs = Observation(obs.images.half(), obs.tokens, obs.token_mask, obs.state.half(), obs.image_mask)
-        noise = noise.half()
+        half_float_parts(model)  # what Policy(precision="fp16") runs
+        obs, noise = half_observation(obs), noise.half()
     ctx = (torch.autocast(dev.type, torch.float16, cache_enabled=False) if dtype == "autocast_fp16"
            else nullcontext())
     sampler = GraphedSampler(model)
