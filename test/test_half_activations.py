@@ -67,3 +67,18 @@ def test_policy_precision_is_checked():
         Policy.from_pack(path, "cpu", precision="fp16")
     with pytest.raises(ValueError, match="precision must be one of"):
         Policy.from_pack(path, "cpu", precision="bf16")
+
+
+def test_lean_half_storage_computes_in_half_too():
+    """A lean load keeps big float parts in half and computes in float32
+    (quant/float_storage.py); with the float parts in half they compute in half."""
+    from torch import nn
+
+    from omega_qvla_ros.quant.float_storage import keep_half
+
+    model = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 4))
+    keep_half(model, modules={"0": model[0], "1": model[1]})
+    assert model(torch.tensor([1, 2])).dtype == torch.float32
+    half_float_parts(model)
+    assert model[0](torch.tensor([1, 2])).dtype == torch.float16
+    assert model(torch.tensor([1, 2])).dtype == torch.float16

@@ -17,12 +17,15 @@ PRECISIONS = ("float32", "fp16")
 
 def half_float_parts(model: nn.Module) -> nn.Module:
     """Convert `model` in place: every floating parameter and buffer outside the quantized
-    layers to fp16; every Linear and quantized layer casts an input that arrives in
+    layers to fp16 (lean-loaded half weights then compute in half as well); every Linear
+    and quantized layer casts an input that arrives in
     float32 (a feature some model code computes in float32, such as GR00T's sinusoidal
     time embedding) to fp16."""
     for m in model.modules():
         if not isinstance(m, QuantLinear):
             m._apply(lambda t: t.half() if t.is_floating_point() else t, recurse=False)
+        if hasattr(m, "compute_dtype"):  # a lean-loaded embedding (quant/float_storage.py) hands on half too
+            m.compute_dtype = torch.float16
         if isinstance(m, (nn.Linear, QuantLinear)):
             m.register_forward_pre_hook(_half_input)
     return model
