@@ -189,6 +189,7 @@ def stack_rows(device: str, repeats: int, steps: int = 10, shapes=STACK_PARTS) -
     from omega_qvla_ros.quant.qlinear import QuantLinear
     from omega_qvla_ros.quant.quantize import quantize
     from omega_qvla_ros.quant.recipes import get_recipe
+    from omega_qvla_ros.runtime.precision import half_float_parts
     from omega_qvla_ros.tools.bench_stack import LINEARS, Stack
 
     parts = {}
@@ -201,10 +202,7 @@ def stack_rows(device: str, repeats: int, steps: int = 10, shapes=STACK_PARTS) -
         q = quantize(copy.deepcopy(fp), get_recipe("omega_qvla").with_scopes(**{side: [LINEARS]}), cal)
         backends = sorted({m._backend(x.device) for m in q.modules() if isinstance(m, QuantLinear)})
         fp16 = copy.deepcopy(fp).half()
-        q16 = copy.deepcopy(q)
-        for m in q16.modules():  # the float parts in half, the quantized layers as they are
-            if not isinstance(m, QuantLinear):
-                m._apply(lambda t: t.half() if t.is_floating_point() else t, recurse=False)
+        q16 = half_float_parts(copy.deepcopy(q))  # the float parts in half, as Policy(precision="fp16")
         row = {"width": width, "mlp": mlp, "tokens": tokens, "w4a4_backends": backends}
         with torch.inference_mode():
             y, y_fp = q(x), fp(x)

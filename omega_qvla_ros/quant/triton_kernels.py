@@ -125,6 +125,13 @@ def _codes_of(v):
     return tl.minimum(tl.maximum(r, -8.0), 7.0).to(tl.int8)
 
 
+def _program_tile(T, N, BT: tl.constexpr, BN: tl.constexpr):
+    """This program's output rows and columns (program ids 0 and 1) and their bounds masks."""
+    rows = tl.program_id(0) * BT + tl.arange(0, BT)
+    cols = tl.program_id(1) * BN + tl.arange(0, BN)
+    return rows, cols, rows < T, cols < N
+
+
 def _weight_tile(w_ptr, cols, cmask, k0, words, BN: tl.constexpr, BK: tl.constexpr):
     """int8 weight codes [BN, BK] of columns k0..k0+BK, unpacked from 8 nibbles per word."""
     ws = k0 // 8 + tl.arange(0, BK // 8)
@@ -142,7 +149,7 @@ def _store_rescaled(acc, y_ptr, ws_ptr, bias_ptr, rows, cols, rmask, cmask, N, a
              mask=rmask[:, None] & cmask[None, :])
 
 
-_HELPERS = {"_codes": _codes_of, "_weights": _weight_tile, "_store": _store_rescaled}
+_HELPERS = {"_codes": _codes_of, "_tile": _program_tile, "_weights": _weight_tile, "_store": _store_rescaled}
 
 
 def _rotate_quantize_kernel(x_ptr, perm_ptr, rot_ptr, out_ptr, T, n, stride_x, inv_scale,
@@ -162,12 +169,7 @@ def _rotate_quantize_kernel(x_ptr, perm_ptr, rot_ptr, out_ptr, T, n, stride_x, i
 
 def _int4_gemm_kernel(a_ptr, w_ptr, ws_ptr, bias_ptr, y_ptr, T, N, K, words, act_scale,
                      HAS_BIAS: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    pid_t = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    rows = pid_t * BT + tl.arange(0, BT)
-    cols = pid_n * BN + tl.arange(0, BN)
-    rmask = rows < T
-    cmask = cols < N
+    rows, cols, rmask, cmask = _tile(T, N, BT, BN)
     acc = tl.zeros((BT, BN), dtype=tl.int32)
     for k0 in range(0, K, BK):
         ks = k0 + tl.arange(0, BK)
@@ -180,12 +182,7 @@ def _int4_gemm_kernel(a_ptr, w_ptr, ws_ptr, bias_ptr, y_ptr, T, N, K, words, act
 def _rotate_quantize_gemm_kernel(x_ptr, perm_ptr, rot_ptr, w_ptr, ws_ptr, bias_ptr, y_ptr, T, N, K, words,
                                 stride_x, inv_scale, act_scale, HAS_BIAS: tl.constexpr,
                                 BT: tl.constexpr, BN: tl.constexpr, B: tl.constexpr):
-    pid_t = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    rows = pid_t * BT + tl.arange(0, BT)
-    cols = pid_n * BN + tl.arange(0, BN)
-    rmask = rows < T
-    cmask = cols < N
+    rows, cols, rmask, cmask = _tile(T, N, BT, BN)
     bi = tl.arange(0, B)
     acc = tl.zeros((BT, BN), dtype=tl.int32)
     for blk in range(0, K // B):

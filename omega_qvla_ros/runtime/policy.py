@@ -140,16 +140,15 @@ class Policy:
         t0 = time.perf_counter()
         with torch.inference_mode():
             obs = obs.to(self.device)
-            if self.half:  # the flow's noise in half too (drawn here: the model would draw float32)
+            if self.half:
                 obs = half_observation(obs)
-                noise = (self.model.initial_noise(obs.batch_size, self.device) if noise is None
-                         else noise.to(self.device)).half()
-            if self.sampler is None:
-                a = self.model.sample_actions(obs, num_steps=num_steps,
-                                              noise=None if noise is None else noise.to(self.device))
-            else:  # a graph takes its noise as an input: drawn here, not inside the replay
-                noise = (self.model.initial_noise(obs.batch_size, self.device) if noise is None
-                         else noise.to(self.device))
-                a = self.sampler.sample(obs, noise, num_steps)
+            # a graph takes its noise as an input (not drawn inside the replay) and a half
+            # model takes it in half (the model would draw float32): drawn here for both
+            if noise is None and (self.sampler is not None or self.half):
+                noise = self.model.initial_noise(obs.batch_size, self.device)
+            if noise is not None:
+                noise = noise.to(self.device, torch.float16 if self.half else noise.dtype)
+            a = (self.model.sample_actions(obs, num_steps=num_steps, noise=noise) if self.sampler is None
+                 else self.sampler.sample(obs, noise, num_steps))
         positions = self.processor.actions(a.float().cpu(), q)[0]
         return ActionChunk(positions, raw.stamp, self.control_dt, time.perf_counter() - t0)
