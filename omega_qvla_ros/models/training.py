@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from .common import Observation
 from .processor import Processor
+from .quant_noise import QuantNoise
 
 
 @dataclass
@@ -101,9 +102,11 @@ def _normalisation(d: dict):
 
 
 def train(model, sampler: FrameSampler, out_dir: str | Path, tc: TrainConfig, resume: bool = True,
-          progress: bool = True, info: dict | None = None) -> dict:
+          progress: bool = True, info: dict | None = None, quant_noise: "QuantNoise | None" = None) -> dict:
     """Train (or resume) to `tc.steps`; `info` (normalisation, data, command) is stored
-    with every checkpoint, and each resumed invocation's command is kept in `commands`."""
+    with every checkpoint, and each resumed invocation's command is kept in `commands`.
+    `quant_noise` (models.quant_noise): W4A4 rounding in the batches it draws; the steps
+    that had it are counted in `quant_noise_steps`."""
     out = Path(out_dir)
     torch.manual_seed(tc.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
@@ -116,6 +119,9 @@ def train(model, sampler: FrameSampler, out_dir: str | Path, tc: TrainConfig, re
             raise ValueError(f"{ck}: the checkpoint was trained with another joint normalisation "
                              "(different data?); use a new --out or --no-resume")
         sampler.rng = np.random.default_rng(tc.seed + state["step"])
+    if quant_noise is not None:
+        quant_noise.reseed(tc.seed + state["step"])
+        state.setdefault("quant_noise_steps", 0)
     info = dict(info or {})
     if "command" in info:
         state["commands"].append([state["step"], info.pop("command")])
@@ -126,24 +132,32 @@ def train(model, sampler: FrameSampler, out_dir: str | Path, tc: TrainConfig, re
     bar = tqdm(range(state["step"], tc.steps), initial=state["step"], total=tc.steps, disable=not progress,
                desc="train")
     running = None
-    for step in bar:
-        for g in opt.param_groups:
-            g["lr"] = _lr(step, tc)
-        obs, actions = sampler.batch(tc.batch)
-        loss = model.loss(obs, actions)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)
-        opt.step()
-        lv = loss.detach().item()
-        running = lv if running is None else 0.95 * running + 0.05 * lv
-        bar.set_postfix(loss=f"{running:.4f}")
-        if (step + 1) % tc.log_every == 0:
-            state["losses"].append([step + 1, running])
-        if (step + 1) % tc.checkpoint_every == 0 or step + 1 == tc.steps:
-            state["step"] = step + 1
-            state["seconds"] = state.get("seconds", 0.0) + time.time() - t0
-            t0 = time.time()
-            save_checkpoint(ck, model, opt, step + 1, {k: v for k, v in state.items() if k != "step"})
+    if quant_noise is not None:
+        quant_noise.install()
+    try:
+        for step in bar:
+            for g in opt.param_groups:
+                g["lr"] = _lr(step, tc)
+            obs, actions = sampler.batch(tc.batch)
+            if quant_noise is not None and quant_noise.draw():
+                state["quant_noise_steps"] += 1
+            loss = model.loss(obs, actions)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip)
+            opt.step()
+            lv = loss.detach().item()
+            running = lv if running is None else 0.95 * running + 0.05 * lv
+            bar.set_postfix(loss=f"{running:.4f}")
+            if (step + 1) % tc.log_every == 0:
+                state["losses"].append([step + 1, running])
+            if (step + 1) % tc.checkpoint_every == 0 or step + 1 == tc.steps:
+                state["step"] = step + 1
+                state["seconds"] = state.get("seconds", 0.0) + time.time() - t0
+                t0 = time.time()
+                save_checkpoint(ck, model, opt, step + 1, {k: v for k, v in state.items() if k != "step"})
+    finally:
+        if quant_noise is not None:
+            quant_noise.remove()
     model.eval()
     return state

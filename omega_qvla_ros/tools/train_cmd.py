@@ -33,6 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="do not train the vision tower (GR00T N1.5 keeps its VLM frozen)")
     p.add_argument("--cameras", help="comma-separated camera names the model reads, in order (default: the "
                    "robot's first cameras, cam_high for the small sizes); the data must hold them")
+    p.add_argument("--quant-noise", type=float, default=0.0, metavar="P",
+                   help="train a share P of the batches with int4 rounding of the weights and activations of "
+                        "the layers W4A4 quantizes (straight-through; models/quant_noise.py), so the FP policy "
+                        "tolerates its W4A4 pack's error (0 = off)")
     p.add_argument("--include-failed", action="store_true", help="also train on unsuccessful episodes")
     p.add_argument("--export", metavar="PACK", help="after training, write the FP model as an fp16 pack "
                    "(config, joint normalisation and training record in its manifest)")
@@ -173,6 +177,14 @@ def run(args: argparse.Namespace) -> int:
     if init_from:
         vision["init_from_pack"] = init_from
     sampler = FrameSampler(ds, Processor(proc, action_width=cfg.action_dim), cfg.action_horizon, seed=args.seed)
+    noise = None
+    if args.quant_noise:
+        from omega_qvla_ros.models.quant_noise import QuantNoise
+
+        try:
+            noise = QuantNoise(model, probability=args.quant_noise, seed=args.seed)
+        except ValueError as e:
+            raise SystemExit(f"--quant-noise: {e}") from None
     tc = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
                      checkpoint_every=args.checkpoint_every)
     seeds: dict[str, list[int]] = {}
@@ -183,9 +195,12 @@ def run(args: argparse.Namespace) -> int:
                  "seeds": {t: [min(v), max(v)] for t, v in seeds.items()}}
     if vision:
         data_info["vision"] = vision
+    run_info = {"processor": proc.to_dict(), "robot": robot.to_dict(), "data": data_info,
+                "command": " ".join(sys.argv)}
+    if noise is not None:
+        run_info["quant_noise"] = {"probability": args.quant_noise, "layers": len(noise.targets)}
     state = train(model, sampler, args.out, tc, resume=not args.no_resume, progress=not args.json,
-                  info={"processor": proc.to_dict(), "robot": robot.to_dict(), "data": data_info,
-                        "command": " ".join(sys.argv)})
+                  info=run_info, quant_noise=noise)
     summary = {"out": args.out, "step": state["step"], "frames": len(ds), "episodes": len(ds.episodes),
                "final_loss": state["losses"][-1][1] if state["losses"] else None,
                "seconds": state.get("seconds"), "checkpoint": str(Path(args.out) / "checkpoint")}
@@ -197,6 +212,8 @@ def run(args: argparse.Namespace) -> int:
         training = {"steps": state["step"], "batch": args.batch, "lr": args.lr, "seed": args.seed,
                     "seconds": state.get("seconds"), "losses": state["losses"], "data": data_info,
                     "commands": state.get("commands", [])}
+        if "quant_noise" in state:
+            training["quant_noise"] = {**state["quant_noise"], "steps": state.get("quant_noise_steps", 0)}
         save_pack(model, args.export, model_info(model, args.size), recipe=RECIPES["fp16"].to_dict(),
                   processor=proc.to_dict(), extra={"robot": robot.to_dict(), "cameras": cams, "training": training},
                   float_dtype=torch.float16)
