@@ -21,14 +21,11 @@ import torch
 
 from omega_qvla_ros.models.calibrate import calibration_forward, quantize_model
 from omega_qvla_ros.models.quant_noise import QuantNoise
+from omega_qvla_ros.tools.bench_policy import action_error
 from omega_qvla_ros.tools.eval_cmd import CALIB_SEED, calibration_observations
 from omega_qvla_ros.tools.model_source import load_fp_model
 
 HELD_OUT_SEED = 91000  # expert episodes for the error: after the calibration draws' seeds
-
-
-def rel_mse(outs: list[torch.Tensor], refs: list[torch.Tensor]) -> float:
-    return sum(float(((a - b) ** 2).mean() / (b ** 2).mean()) for a, b in zip(outs, refs)) / len(refs)
 
 
 def pack_errors(spec: str, recipe: str, calib: tuple[int, int, int], held: tuple[int, int], seed: int) -> dict:
@@ -42,12 +39,15 @@ def pack_errors(spec: str, recipe: str, calib: tuple[int, int, int], held: tuple
         with torch.no_grad():
             return [fwd(model, o) for o in test]
     ref = chunks(fp.model)
+
+    def rel_mse(outs: list[torch.Tensor]) -> float:
+        return action_error(outs, ref, fp.processor.actions)[0]
     noise = QuantNoise(fp.model, probability=1.0)
     with noise.installed():
         noise.active = True
         noisy = chunks(fp.model)
     q = quantize_model(copy.deepcopy(fp.model), recipe, obs, seed=seed)
-    return {"model": spec, "quant_noise_rel_mse": rel_mse(noisy, ref), f"{recipe}_rel_mse": rel_mse(chunks(q), ref),
+    return {"model": spec, "quant_noise_rel_mse": rel_mse(noisy), f"{recipe}_rel_mse": rel_mse(chunks(q)),
             "training": (fp.manifest.get("extra") or {}).get("training", {}).get("quant_noise")}
 
 

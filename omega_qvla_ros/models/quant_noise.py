@@ -37,36 +37,32 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from omega_qvla_ros.quant.hadamard import hadamard_matrix
-from omega_qvla_ros.quant.int4 import mse_grid_scales
+from omega_qvla_ros.quant.hadamard import fast_hadamard
+from omega_qvla_ros.quant.int4 import QMAX, fake_quant, mse_grid_scales
 from omega_qvla_ros.quant.quantize import select_targets
 
 from .calibrate import scoped_recipe
 
 BLOCK = 64
-QMIN, QMAX = -8, 7
 
 
-def _rotate(t: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
-    """t @ blockdiag(h, h, ...) along the last axis."""
-    if h is None:
-        return t
+def _rotate(t: torch.Tensor) -> torch.Tensor:
+    """t @ blockdiag(H_64, H_64, ...) along the last axis (unrotated when not whole blocks)."""
     k = t.shape[-1]
-    return (t.reshape(*t.shape[:-1], k // h.shape[0], h.shape[0]) @ h).reshape(t.shape)
+    if k % BLOCK:
+        return t
+    return fast_hadamard(t.reshape(*t.shape[:-1], k // BLOCK, BLOCK)).reshape(t.shape)
 
 
 def _round_ste(t: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Symmetric int4 fake quantization with a straight-through gradient."""
-    q = torch.clamp(torch.round(t / scale), QMIN, QMAX) * scale
-    return t + (q - t).detach()
+    return t + (fake_quant(t, scale) - t).detach()
 
 
 def fake_w4a4_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """Q(x·H)·Q(W·H)ᵀ + b (module docstring): one activation scale per sample (leading
     index; per row for 2-D inputs), one MSE-grid weight scale per output channel."""
-    k = weight.shape[1]
-    h = hadamard_matrix(BLOCK, dtype=x.dtype, device=x.device) if k % BLOCK == 0 else None
-    xr, wr = _rotate(x, h), _rotate(weight, h)
+    xr, wr = _rotate(x), _rotate(weight)
     dims = tuple(range(1, xr.dim())) if xr.dim() > 2 else (-1,)
     sx = (xr.detach().abs().amax(dim=dims, keepdim=True) / QMAX).clamp_min(1e-8)
     sw = mse_grid_scales(wr.detach(), group_size=None).to(wr.dtype).reshape(-1, 1)
@@ -83,7 +79,7 @@ class QuantNoise:
     def __init__(self, model: nn.Module, probability: float = 0.5, seed: int = 0) -> None:
         if not 0.0 <= probability <= 1.0:
             raise ValueError(f"quantization-noise probability must lie in [0, 1], got {probability}")
-        self.model, self.probability = model, probability
+        self.probability = probability
         self.targets = {name: mod for name, (mod, _side, _sr) in
                         select_targets(model, scoped_recipe(model, "omega_qvla")).items()}
         if not self.targets:
