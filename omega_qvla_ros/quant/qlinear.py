@@ -30,6 +30,7 @@ stacked weights — and each takes its columns of the result.
 """
 from __future__ import annotations
 
+import random
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -69,6 +70,8 @@ ACT_MODES = ("none", "dynamic", "static", "static_tensor", "per_step", "per_step
 KERNEL_WEIGHTS = ("hold", "per_call", "int4_bf16", "int4_avx2")
 INTEGER_ACT_MODES = ("dynamic", "static_tensor", "per_step_factorized")
 PATHS = ("auto", "reference", "integer")
+DITHER_ACT_MODES = ("static_tensor", "per_step_factorized")
+DITHER_SEED = 20261205  # the offset bank's draw: fixed, so a pack runs the same everywhere
 
 
 @dataclass
@@ -88,6 +91,7 @@ class LayerSpec:
     side: str = "backbone"
     rotation_storage: str = "int8"
     input_group: str | None = None  # layers of one model with the same key share their input
+    act_dither: int = 0  # subtractive dither of the activation codes: a bank of this many offsets (0: off)
 
     def __post_init__(self) -> None:
         if self.act_mode not in ACT_MODES:
@@ -98,6 +102,9 @@ class LayerSpec:
             raise ValueError(f"unknown rotation storage {self.rotation_storage!r}")
         if self.act_mode in ("per_step", "per_step_factorized") and self.steps < 1:
             raise ValueError(f"activation mode {self.act_mode} needs steps >= 1")
+        if self.act_dither < 0 or (self.act_dither and self.act_mode not in DITHER_ACT_MODES):
+            raise ValueError(f"act_dither needs a bank size >= 1 and one activation scale per tensor "
+                             f"({DITHER_ACT_MODES}); got {self.act_dither} with {self.act_mode!r}")
 
     @property
     def integer_ok(self) -> bool:
@@ -297,7 +304,11 @@ class QuantLinear(nn.Module):
             elif backend == "int_mm":
                 self._int_mm_weights()
             else:  # "triton" reads the pack's int4 words; "exact" unpacks them per call
+                if self.spec.act_dither:
+                    self._dither_bank()
                 return
+            if self.spec.act_dither:
+                self._dither_bank()  # built from the int4 codes: before they are given back
             if release_codes:
                 self._release_codes()
 
@@ -455,6 +466,8 @@ class QuantLinear(nn.Module):
         if not self.uses_integer_path() or self.kernel_weights == "per_call" or \
                 self.spec.act_mode not in ("static_tensor", "per_step_factorized"):
             return None
+        if self.spec.act_dither and self.siblings is None:  # the general forward dithers (_product)
+            return None
         if self.siblings is not None:
             if not self._group().runs_on_avx2():
                 return None
@@ -504,8 +517,61 @@ class QuantLinear(nn.Module):
             group = leader._cache["input_group"] = InputGroup(leader.siblings)
         return group
 
+    # ---------------------------------------------------------------- dither
+    def _dither_bank(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(E [K, in], C [K, out]) for subtractive dither of the activation codes. The layer's
+        input transform maps E_k onto d_k, a uniform draw in [-1/2, 1/2) per channel in code
+        units (per unit of the step's tensor scale for "per_step_factorized"); C_k is E_k's
+        exact image through the layer's linear map (the same int4 weights, no activation
+        rounding, no bias). The layer then computes Q(x + f·E_k) − f·C_k with k drawn per
+        call: the same integer GEMM on a shifted input and one vector subtracted, and its
+        rounding error no longer the same function of the input in every call, so the
+        chunks a controller blends average it (why: the recipe's docstring). The inverse of
+        the rotation is its transpose (exact for the stored rotation up to its int8
+        rounding, which only bends d_k's distribution: C_k stays exact). Built once, from
+        the int4 codes (prepare builds it before giving them back)."""
+        def make():
+            K, n = self.spec.act_dither, self.in_features
+            g = torch.Generator().manual_seed(DITHER_SEED + n)
+            d = torch.rand(K, n, generator=g, dtype=torch.float64) - 0.5
+            dev = self.weight_packed.device
+            e = d.to(dev)
+            if self.spec.channel_div:
+                e = e * self.input_channel_div.double()
+            if self.spec.act_mode == "static_tensor":
+                e = e * self.act_scale.double()
+            rot = self._rotation("input")
+            if rot is not None:
+                e = rot.to(dtype=torch.float64).apply_inverse(e)
+            e = e.float()
+            c = self._rotated_input(e) @ self.dequantized_weight().t()
+            return e, c
+        return self._cached("dither", make)
+
+    def _dither_draw(self) -> tuple[int, float]:
+        """(bank row k for this call, factor f: the step's tensor scale, or 1 when the static
+        scale is inside E); a fixed-seed draw per layer, restarted on load. Drawn in Python:
+        a captured CUDA graph replays the row drawn at capture (dither off in effect)."""
+        draw = self._cached("dither_draw", lambda: random.Random(DITHER_SEED).randrange)
+        f = 1.0 if self.spec.act_mode == "static_tensor" else self._tensor_scale()
+        return draw(self.spec.act_dither), f
+
+    def _dither_offsets(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x + f·E_k, f·C_k) for this call (see _dither_bank)."""
+        e, c = self._dither_bank()
+        k, f = self._dither_draw()
+        ek, ck = (e[k], c[k]) if f == 1.0 else (e[k] * f, c[k] * f)
+        return x + ek.to(x.dtype), ck
+
     def _product(self, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """(the layer's product before its output rotation, whether the bias is in it)."""
+        if self.spec.act_dither:
+            x, ck = self._dither_offsets(x)
+            y, bias_added = self._undithered_product(x)
+            return y - ck, bias_added
+        return self._undithered_product(x)
+
+    def _undithered_product(self, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
         if self.spec.act_mode == "none":
             return self._rotated_input(x) @ self.dequantized_weight().t(), False
         if not self.uses_integer_path():
@@ -704,7 +770,7 @@ INPUT_SIDE_BUFFERS = ("input_perm", "input_rot_blocks", "input_rot_blocks_scale"
                       "input_rot_tail_scale", "input_channel_div", "act_scale", "act_step_table",
                       "act_step_scale")
 INPUT_SIDE_SPEC = ("in_features", "group_size", "rotation", "act_mode", "steps", "channel_div", "block",
-                   "side", "rotation_storage")
+                   "side", "rotation_storage", "act_dither")
 
 
 class InputGroup:
@@ -781,10 +847,18 @@ class InputGroup:
         member's columns as its own contiguous tensor (the attention and MLP after it then
         read contiguous memory, as in float)."""
         lay = self.layer
-        parts = lay._avx2_forward(x)
+        corr = None
+        if lay.spec.act_dither:  # one draw for the group: its members share one quantized input
+            xd, ck = lay._dither_offsets(x)
+            parts = lay._avx2_forward(xd)
+            corr = ck.split(self.sizes)
+        else:
+            parts = lay._avx2_forward(x)
         lead, reshape, dtype = x.shape[:-1], x.dim() != 2, x.dtype
         out = {}
-        for m, p, b in zip(self.members, parts, self.biases):
+        for i, (m, p, b) in enumerate(zip(self.members, parts, self.biases)):
+            if corr is not None:
+                p.sub_(corr[i])
             if b is not None:
                 p.add_(b)
             if reshape:

@@ -247,7 +247,7 @@ def layer_spec(linear: nn.Linear, sr: SideRecipe, side: str, steps: int, channel
         out_rotation=sr.out_rotation,
         act_mode={"per_step_mean": "per_step", "static_folded": "static_tensor"}.get(sr.act_mode, sr.act_mode),
         steps=steps if sr.act_mode in PER_STEP_MODES else 0, channel_div=channel_div, side=side,
-        rotation_storage=sr.rotation_storage, input_group=input_group)
+        rotation_storage=sr.rotation_storage, input_group=input_group, act_dither=sr.act_dither)
 
 
 def _per_step_table(samples: dict[int | None, torch.Tensor], steps: int, quantile: float,

@@ -40,6 +40,18 @@ Its choices, each measured on both packs (Pi0.5 / GR00T):
   the spread over calibration draws (GR00T, other seeds: 13/12 and 6/4 vs 6/3 and 9/6).
   `omega_qvla_outrot` keeps the output rotations.
 
+`omega_qvla_dither` (ablation, measured not helping): `omega_qvla` with subtractive dither
+of the int4 activations (qlinear._dither_bank). Three quarters of W4A4's error are the same
+for the same observation in every chunk, so a blending controller cannot average them;
+dither redraws the rounding error on every call. On `models/pi05_small_aloha_cam_table`
+(40 expert calibration observations, 80 of FP's own ensembled observations): action
+rel-MSE 0.0086 for one chunk (0.0076 without dither), 0.0048 for the mean of four chunks
+(0.0076: the same chunk four times) — the error does average — but in closed loop
+(ensembled, 50 transfer-cube episodes, calibration draws 90000 / 90100) it hands over in 0
+and 4 (touched 11 and 39) where `omega_qvla` does in 15 and 12. A lower action error on
+FP's states did not mean more success here (as the first layers with float activations, a
+mixed-precision ablation: 0 of 50; the model card).
+
 `omega_qvla_paper` and its one-change ablations (`omega_qvla_noperstep`, `hadamard`,
 `svd`): static per-input-channel backbone scales, q0.999/7 of the rotated calibration
 inputs — what the paper's code runs and what its published numbers come from. The
@@ -57,6 +69,7 @@ import re
 from dataclasses import dataclass, field
 
 WEIGHT_SOLVERS = ("rtn", "gptq", "gptq_blocklocal")
+DITHER_BANK = 16  # offsets per layer for the dithered recipe (a call draws one)
 RECIPE_ACT_MODES = ("none", "dynamic", "static", "static_folded", "per_step", "per_step_mean",
                     "per_step_factorized")
 
@@ -80,6 +93,7 @@ class SideRecipe:
     hessian_dtype: str = "float64"  # GPTQ Hessian algebra ("float32" for the published sizes)
     fold_alpha: float = 1.0  # static_folded: share of the static per-channel scale folded into W
     shared_input: bool = False  # layers reading one input (q/k/v, gate/up) share rotation and scales
+    act_dither: int = 0  # subtractive dither of the int4 activations, bank size (0: off; qlinear._dither_bank)
 
     def __post_init__(self) -> None:
         if self.weight_solver not in WEIGHT_SOLVERS:
@@ -189,6 +203,17 @@ RECIPES: dict[str, Recipe] = {
                         act_mode="per_step_factorized", shared_input=True),
         description="ablation of omega_qvla: the action head's output-row rotations too (the paper's "
                     "composite rotation of both weight axes): lower action error, slower"),
+    "omega_qvla_dither": Recipe(
+        "omega_qvla_dither",
+        backbone=_bb(rotation="omega", weight_solver="gptq", group_size=None, act_mode="static_folded",
+                     fold_alpha=0.75, shared_input=True, act_dither=DITHER_BANK),
+        action_head=_ah(rotation="omega", weight_solver="gptq", group_size=None,
+                        act_mode="per_step_factorized", shared_input=True, act_dither=DITHER_BANK),
+        description="omega_qvla with subtractive dither of the int4 activations: each call quantizes its "
+                    "input shifted by one of a fixed bank of offsets (a uniform draw of half a code step "
+                    "either way per channel) and subtracts the offset's exact product, so the rounding "
+                    "error is redrawn on every call and the chunks a blending controller merges average "
+                    "it (the same integer GEMMs, one vector add and subtract more per layer)"),
     "omega_qvla_dynamic": Recipe(
         "omega_qvla_dynamic",
         backbone=_bb(rotation="omega", weight_solver="gptq", group_size=None, act_mode="dynamic",
