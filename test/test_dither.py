@@ -71,8 +71,8 @@ BACKENDS = ["exact", "int_mm"] + (["fbgemm"] if int_gemm.fbgemm_available() else
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_integer_path_and_group_run_the_reference_dither(side, backend):
     """Every CPU kernel, its layers one by one and as an input group (one draw for the
-    group; on AVX2 the group's own call, InputGroup._avx2_outputs), twice per call so the
-    short AVX2 forward runs too."""
+    group; on AVX2 the group's own call, InputGroup._avx2_outputs), called twice so the
+    second call takes the short AVX2 forward and draws other offsets."""
     m = _quantized(side)
     assert any(q.siblings is not None and q.uses_integer_path() for q in _layers(m).values())
     x = _batches(1, 4)[0]
