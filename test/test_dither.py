@@ -15,20 +15,16 @@ from omega_qvla_ros.models.calibrate import quantize_model, synthetic_observatio
 from omega_qvla_ros.quant import RECIPES, cpu_kernel, int_gemm, quantize
 from omega_qvla_ros.quant.context import denoising_step
 from omega_qvla_ros.quant.pack import load_pack, save_pack
-from omega_qvla_ros.quant.qlinear import LayerSpec, QuantLinear
+from omega_qvla_ros.quant.qlinear import LayerSpec
 
 # the input-group tests' toy: three linears reading one input (one group), one reading another
-from test_input_groups import STEPS, Siblings, _batches  # noqa: E402
+from test_input_groups import STEPS, Siblings, _batches, _layers  # noqa: E402
 
 
 def _quantized(side: str, recipe: str = "omega_qvla_dither"):
     m = copy.deepcopy(Siblings((128, 96, 128)).eval())
     quantize(m, RECIPES[recipe].with_scopes(**{side: [r"attn\.[abcd]$"]}), _batches(3, 0))
     return m
-
-
-def _layers(model) -> dict[str, QuantLinear]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
 
 
 def _fresh(model, path: str = "auto", linked: bool = True, backend: str = "auto"):

@@ -24,8 +24,8 @@ Measured (issue 18, 1200 fine-tuning steps from the cam_table pack, model card):
 model learns to shrug off this noise (0.030 → 0.008–0.010) and its real W4A4 pack's error
 falls by 40–50% against a plain fine-tune's (0.0089 → 0.0045–0.0054), but the FP policy
 loses hand-overs and its W4A4 pack's do not rise above those of the pack it started from
-with half the batches noisy; with a quarter (lr 3e-5) FP kept 43/50 and W4A4 rose to 29 and
-27 of 50 on two calibration draws (the starting pack 15 and 12).
+with half the batches noisy; with a quarter (lr 3e-5) FP kept 43/50 and W4A4 handed over in
+16–33 of 50 over six calibration draws (mean 24.8; the starting pack 21.3 on the same draws).
 A tool for that experiment; training leaves it off.
 """
 from __future__ import annotations

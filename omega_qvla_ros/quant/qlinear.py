@@ -290,6 +290,8 @@ class QuantLinear(nn.Module):
                 raise ValueError("kernel_weights 'int4_avx2' needs our AVX2 kernel and a CPU device "
                                  f"({cpu_kernel.unavailable_reason() or self.weight_packed.device}); "
                                  "use 'hold', 'int4_bf16' or 'per_call'")
+            if self.spec.act_dither:
+                self._dither_bank()  # built from the int4 codes: before they may be given back
             backend = self._backend(self.weight_packed.device)
             if backend == "int4_bf16":
                 if self.weight_packed.device.type != "cpu" or not int_gemm.int4_bf16_available():
@@ -304,11 +306,7 @@ class QuantLinear(nn.Module):
             elif backend == "int_mm":
                 self._int_mm_weights()
             else:  # "triton" reads the pack's int4 words; "exact" unpacks them per call
-                if self.spec.act_dither:
-                    self._dither_bank()
                 return
-            if self.spec.act_dither:
-                self._dither_bank()  # built from the int4 codes: before they are given back
             if release_codes:
                 self._release_codes()
 
@@ -533,9 +531,7 @@ class QuantLinear(nn.Module):
         def make():
             K, n = self.spec.act_dither, self.in_features
             g = torch.Generator().manual_seed(DITHER_SEED + n)
-            d = torch.rand(K, n, generator=g, dtype=torch.float64) - 0.5
-            dev = self.weight_packed.device
-            e = d.to(dev)
+            e = (torch.rand(K, n, generator=g, dtype=torch.float64) - 0.5).to(self.weight_packed.device)
             if self.spec.channel_div:
                 e = e * self.input_channel_div.double()
             if self.spec.act_mode == "static_tensor":
@@ -847,18 +843,17 @@ class InputGroup:
         member's columns as its own contiguous tensor (the attention and MLP after it then
         read contiguous memory, as in float)."""
         lay = self.layer
-        corr = None
+        corr: tuple[torch.Tensor | None, ...] = (None,) * len(self.members)
+        x_in = x
         if lay.spec.act_dither:  # one draw for the group: its members share one quantized input
-            xd, ck = lay._dither_offsets(x)
-            parts = lay._avx2_forward(xd)
+            x_in, ck = lay._dither_offsets(x)
             corr = ck.split(self.sizes)
-        else:
-            parts = lay._avx2_forward(x)
+        parts = lay._avx2_forward(x_in)
         lead, reshape, dtype = x.shape[:-1], x.dim() != 2, x.dtype
         out = {}
-        for i, (m, p, b) in enumerate(zip(self.members, parts, self.biases)):
-            if corr is not None:
-                p.sub_(corr[i])
+        for m, p, b, c in zip(self.members, parts, self.biases, corr):
+            if c is not None:
+                p.sub_(c)
             if b is not None:
                 p.add_(b)
             if reshape:

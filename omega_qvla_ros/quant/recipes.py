@@ -49,8 +49,8 @@ rel-MSE 0.0086 for one chunk (0.0076 without dither), 0.0048 for the mean of fou
 (0.0076: the same chunk four times) — the error does average — but in closed loop
 (ensembled, 50 transfer-cube episodes, calibration draws 90000 / 90100) it hands over in 0
 and 4 (touched 11 and 39) where `omega_qvla` does in 15 and 12. A lower action error on
-FP's states did not mean more success here (as the first layers with float activations, a
-mixed-precision ablation: 0 of 50; the model card).
+FP's states did not mean more success here (nor did float activations in the first layers, a
+mixed-precision ablation: 0 and 6 of 50; the model card).
 
 `omega_qvla_paper` and its one-change ablations (`omega_qvla_noperstep`, `hadamard`,
 `svd`): static per-input-channel backbone scales, q0.999/7 of the rotated calibration
@@ -203,17 +203,6 @@ RECIPES: dict[str, Recipe] = {
                         act_mode="per_step_factorized", shared_input=True),
         description="ablation of omega_qvla: the action head's output-row rotations too (the paper's "
                     "composite rotation of both weight axes): lower action error, slower"),
-    "omega_qvla_dither": Recipe(
-        "omega_qvla_dither",
-        backbone=_bb(rotation="omega", weight_solver="gptq", group_size=None, act_mode="static_folded",
-                     fold_alpha=0.75, shared_input=True, act_dither=DITHER_BANK),
-        action_head=_ah(rotation="omega", weight_solver="gptq", group_size=None,
-                        act_mode="per_step_factorized", shared_input=True, act_dither=DITHER_BANK),
-        description="omega_qvla with subtractive dither of the int4 activations: each call quantizes its "
-                    "input shifted by one of a fixed bank of offsets (a uniform draw of half a code step "
-                    "either way per channel) and subtracts the offset's exact product, so the rounding "
-                    "error is redrawn on every call and the chunks a blending controller merges average "
-                    "it (the same integer GEMMs, one vector add and subtract more per layer)"),
     "omega_qvla_dynamic": Recipe(
         "omega_qvla_dynamic",
         backbone=_bb(rotation="omega", weight_solver="gptq", group_size=None, act_mode="dynamic",
@@ -234,6 +223,14 @@ RECIPES: dict[str, Recipe] = {
                              "scales, per-step factorized activation scales",
                              head_act="per_step_factorized", group=None, backbone_act="dynamic"),
 }
+# the default with one change (an ablation): the dither bank on both sides
+RECIPES["omega_qvla_dither"] = dataclasses.replace(
+    RECIPES["omega_qvla"].replace_sides(act_dither=DITHER_BANK), name="omega_qvla_dither",
+    description="omega_qvla with subtractive dither of the int4 activations: each call quantizes its "
+                "input shifted by one of a fixed bank of offsets (a uniform draw of half a code step "
+                "either way per channel) and subtracts the offset's exact product, so the rounding "
+                "error is redrawn on every call and the chunks a blending controller merges average "
+                "it (the same integer GEMMs, one vector add and subtract more per layer)")
 
 
 def get_recipe(name_or_recipe: "str | Recipe") -> Recipe:
