@@ -118,7 +118,19 @@ def test_train_with_quant_noise_records_it(tmp_path, capsys):
     a = load_file(str(tmp_path / "plain" / "checkpoint" / "model.safetensors"))
     b = load_file(str(tmp_path / "qn" / "checkpoint" / "model.safetensors"))
     assert any(not np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)  # the noise changed the training
+    # the recipe's own calibrated forward (calibrated_noise.py), quantized again every 2 batches
+    calibrated = ["--quant-noise", "1", "--quant-noise-from", "calibrated", "--quant-noise-refresh", "2",
+                  "--quant-noise-frames", "6"]
+    assert main(base + ["--out", str(tmp_path / "cal")] + calibrated) == 0
+    st = json.loads((tmp_path / "cal" / "checkpoint" / "state.json").read_text())
+    assert st["quant_noise_steps"] == 3
+    assert st["quant_noise"] | {"layers": 0} == {"probability": 1.0, "layers": 0, "source": "calibrated",
+                                                 "refresh_every": 2, "calibration_frames": 6}
+    c = load_file(str(tmp_path / "cal" / "checkpoint" / "model.safetensors"))
+    assert any(not np.array_equal(a[k].numpy(), c[k].numpy()) for k in a)
+    assert any(not np.array_equal(b[k].numpy(), c[k].numpy()) for k in a)  # not the Hadamard noise
     capsys.readouterr()
-    assert main(base + ["--out", str(tmp_path / "bad"), "--quant-noise", "2"]) != 0
-    err = capsys.readouterr().err
-    assert "--quant-noise" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    for bad in (["--quant-noise", "2"], calibrated[:-1] + ["0"]):
+        assert main(base + ["--out", str(tmp_path / "bad")] + bad) != 0
+        err = capsys.readouterr().err
+        assert "--quant-noise" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

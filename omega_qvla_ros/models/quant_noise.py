@@ -26,7 +26,8 @@ falls by 40–50% against a plain fine-tune's (0.0089 → 0.0045–0.0054), but 
 loses hand-overs and its W4A4 pack's do not rise above those of the pack it started from
 with half the batches noisy; with a quarter (lr 3e-5) FP kept 43/50 and W4A4 handed over in
 16–33 of 50 over six calibration draws (mean 24.8; the starting pack 21.3 on the same draws).
-A tool for that experiment; training leaves it off.
+A tool for that experiment; training leaves it off. `calibrated_noise` trains through
+the deployed recipe's own calibrated forward instead of this generic one.
 """
 from __future__ import annotations
 
@@ -76,12 +77,13 @@ class QuantNoise:
     `remove()` restores them (the model's state_dict never changes). `draw()` decides,
     from its own seeded generator, whether the next batch trains with the noise."""
 
-    def __init__(self, model: nn.Module, probability: float = 0.5, seed: int = 0) -> None:
+    def __init__(self, model: nn.Module, probability: float = 0.5, seed: int = 0,
+                 recipe: str = "omega_qvla") -> None:
         if not 0.0 <= probability <= 1.0:
             raise ValueError(f"quantization-noise probability must lie in [0, 1], got {probability}")
-        self.probability = probability
+        self.model, self.probability = model, probability
         self.targets = {name: mod for name, (mod, _side, _sr) in
-                        select_targets(model, scoped_recipe(model, "omega_qvla")).items()}
+                        select_targets(model, scoped_recipe(model, recipe)).items()}
         if not self.targets:
             raise ValueError("the model has no layers in its family's W4A4 scope")
         self.active = False
@@ -94,15 +96,21 @@ class QuantNoise:
         self.active = bool(torch.rand((), generator=self.generator) < self.probability)
         return self.active
 
+    def noisy_linear(self, name: str, mod: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        """Target `name`'s output for x with the rounding on."""
+        return fake_w4a4_linear(x, mod.weight, mod.bias)
+
     def install(self) -> None:
         noise = self
 
-        def forward(mod: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-            if noise.active:
-                return fake_w4a4_linear(x, mod.weight, mod.bias)
-            return F.linear(x, mod.weight, mod.bias)
-        for mod in self.targets.values():
-            mod.forward = types.MethodType(forward, mod)
+        def make(name: str):
+            def forward(mod: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+                if noise.active:
+                    return noise.noisy_linear(name, mod, x)
+                return F.linear(x, mod.weight, mod.bias)
+            return forward
+        for name, mod in self.targets.items():
+            mod.forward = types.MethodType(make(name), mod)
 
     def remove(self) -> None:
         self.active = False

@@ -37,6 +37,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="train a share P of the batches with int4 rounding of the weights and activations of "
                         "the layers W4A4 quantizes (straight-through; models/quant_noise.py), so the FP policy "
                         "tolerates its W4A4 pack's error (0 = off)")
+    p.add_argument("--quant-noise-from", choices=("hadamard", "calibrated"), default="hadamard",
+                   help="the rounding --quant-noise trains with: a generic 64-wide Hadamard with per-sample "
+                        "scales (quant_noise.py), or the default recipe's own calibrated W4A4 forward, "
+                        "re-quantized every --quant-noise-refresh batches on training frames "
+                        "(calibrated_noise.py)")
+    p.add_argument("--quant-noise-refresh", type=int, default=200, metavar="N",
+                   help="with --quant-noise-from calibrated: quantize the current model again every N batches")
+    p.add_argument("--quant-noise-frames", type=int, default=40, metavar="N",
+                   help="with --quant-noise-from calibrated: training frames that calibrate each quantization")
     p.add_argument("--include-failed", action="store_true", help="also train on unsuccessful episodes")
     p.add_argument("--export", metavar="PACK", help="after training, write the FP model as an fp16 pack "
                    "(config, joint normalisation and training record in its manifest)")
@@ -179,10 +188,23 @@ def run(args: argparse.Namespace) -> int:
     sampler = FrameSampler(ds, Processor(proc, action_width=cfg.action_dim), cfg.action_horizon, seed=args.seed)
     noise = None
     if args.quant_noise:
-        from omega_qvla_ros.models.quant_noise import QuantNoise
-
         try:
-            noise = QuantNoise(model, probability=args.quant_noise, seed=args.seed)
+            if args.quant_noise_from == "calibrated":
+                from omega_qvla_ros.models.calibrated_noise import CalibratedQuantNoise
+
+                if args.quant_noise_frames < 1:
+                    raise ValueError(f"--quant-noise-frames must be >= 1, got {args.quant_noise_frames}")
+                # frames drawn by a sampler of their own: the training batches stay those of the seed
+                calib_sampler = FrameSampler(ds, Processor(proc, action_width=cfg.action_dim), cfg.action_horizon,
+                                             seed=args.seed + 7919)
+                calib = [calib_sampler.batch(min(4, args.quant_noise_frames - i))[0]
+                         for i in range(0, args.quant_noise_frames, 4)]
+                noise = CalibratedQuantNoise(model, calib, probability=args.quant_noise, seed=args.seed,
+                                             refresh_every=args.quant_noise_refresh)
+            else:
+                from omega_qvla_ros.models.quant_noise import QuantNoise
+
+                noise = QuantNoise(model, probability=args.quant_noise, seed=args.seed)
         except ValueError as e:
             raise SystemExit(f"--quant-noise: {e}") from None
     tc = TrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
@@ -198,7 +220,11 @@ def run(args: argparse.Namespace) -> int:
     run_info = {"processor": proc.to_dict(), "robot": robot.to_dict(), "data": data_info,
                 "command": " ".join(sys.argv)}
     if noise is not None:
-        run_info["quant_noise"] = {"probability": args.quant_noise, "layers": len(noise.targets)}
+        run_info["quant_noise"] = {"probability": args.quant_noise, "layers": len(noise.targets),
+                                   "source": args.quant_noise_from}
+        if args.quant_noise_from == "calibrated":
+            run_info["quant_noise"] |= {"refresh_every": args.quant_noise_refresh,
+                                        "calibration_frames": args.quant_noise_frames}
     state = train(model, sampler, args.out, tc, resume=not args.no_resume, progress=not args.json,
                   info=run_info, quant_noise=noise)
     summary = {"out": args.out, "step": state["step"], "frames": len(ds), "episodes": len(ds.episodes),
