@@ -130,7 +130,7 @@ def test_train_with_quant_noise_records_it(tmp_path, capsys):
     assert any(not np.array_equal(a[k].numpy(), c[k].numpy()) for k in a)
     assert any(not np.array_equal(b[k].numpy(), c[k].numpy()) for k in a)  # not the Hadamard noise
     capsys.readouterr()
-    for bad in (["--quant-noise", "2"], calibrated[:-1] + ["0"]):
+    for bad in (["--quant-noise", "2"], calibrated[:-1] + ["0"], calibrated[2:]):
         assert main(base + ["--out", str(tmp_path / "bad")] + bad) != 0
         err = capsys.readouterr().err
         assert "--quant-noise" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

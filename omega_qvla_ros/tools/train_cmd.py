@@ -37,11 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="train a share P of the batches with int4 rounding of the weights and activations of "
                         "the layers W4A4 quantizes (straight-through; models/quant_noise.py), so the FP policy "
                         "tolerates its W4A4 pack's error (0 = off)")
-    p.add_argument("--quant-noise-from", choices=("hadamard", "calibrated"), default="hadamard",
+    p.add_argument("--quant-noise-from", choices=("hadamard", "calibrated"), default=None,
                    help="the rounding --quant-noise trains with: a generic 64-wide Hadamard with per-sample "
                         "scales (quant_noise.py), or the default recipe's own calibrated W4A4 forward, "
                         "re-quantized every --quant-noise-refresh batches on training frames "
-                        "(calibrated_noise.py)")
+                        "(calibrated_noise.py); default hadamard")
     p.add_argument("--quant-noise-refresh", type=int, default=200, metavar="N",
                    help="with --quant-noise-from calibrated: quantize the current model again every N batches")
     p.add_argument("--quant-noise-frames", type=int, default=40, metavar="N",
@@ -187,6 +187,9 @@ def run(args: argparse.Namespace) -> int:
         vision["init_from_pack"] = init_from
     sampler = FrameSampler(ds, Processor(proc, action_width=cfg.action_dim), cfg.action_horizon, seed=args.seed)
     noise = None
+    if not args.quant_noise and args.quant_noise_from:
+        raise SystemExit("--quant-noise-from needs --quant-noise P (the share of batches with the rounding)")
+    args.quant_noise_from = args.quant_noise_from or "hadamard"
     if args.quant_noise:
         try:
             if args.quant_noise_from == "calibrated":
