@@ -137,11 +137,10 @@ class CalibratedQuantNoise(QuantNoise):
         self.noisy: torch.Tensor | None = None  # per-sample noise fraction of the running denoising step
         self.refreshes = 0
         self._draws = 0
-        self._installed = False
 
     def refresh(self) -> None:
         """Quantize a copy of the current FP model with the recipe; keep its layers' parts."""
-        installed = self._installed
+        installed = "denoise_step" in self.model.__dict__  # a copy must not carry the wrappers
         if installed:
             self.remove()
         training = self.model.training
@@ -186,10 +185,8 @@ class CalibratedQuantNoise(QuantNoise):
             finally:
                 noise.noisy = None
         self.model.denoise_step = types.MethodType(denoise_step, self.model)
-        self._installed = True
 
     def remove(self) -> None:
         super().remove()
         if "denoise_step" in self.model.__dict__:
             del self.model.denoise_step
-        self._installed = False

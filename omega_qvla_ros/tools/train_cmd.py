@@ -198,8 +198,7 @@ def run(args: argparse.Namespace) -> int:
                 if args.quant_noise_frames < 1:
                     raise ValueError(f"--quant-noise-frames must be >= 1, got {args.quant_noise_frames}")
                 # frames drawn by a sampler of their own: the training batches stay those of the seed
-                calib_sampler = FrameSampler(ds, Processor(proc, action_width=cfg.action_dim), cfg.action_horizon,
-                                             seed=args.seed + 7919)
+                calib_sampler = FrameSampler(ds, sampler.proc, cfg.action_horizon, seed=args.seed + 7919)
                 calib = [calib_sampler.batch(min(4, args.quant_noise_frames - i))[0]
                          for i in range(0, args.quant_noise_frames, 4)]
                 noise = CalibratedQuantNoise(model, calib, probability=args.quant_noise, seed=args.seed,
