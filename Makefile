@@ -87,6 +87,20 @@ bench-eval: setup
 	  --svg bench/results/sensitivity_pi05_cam_table.svg --out bench/results/sensitivity_pi05_cam_table.json
 	$(VPY) bench/activation_sensitivity.py --model models/pi05_small_aloha_cam_table --replan-every 2 \
 	  --blend average --blend-new-weight 0.2 --out bench/results/activation_sensitivity_pi05_cam_table.json
+	@# the GR00T model fine-tuned on cam_table (whole 16-action chunks: ensembling hurts it in FP)
+	$(VENV)/bin/omega-qvla eval $(CALIB10) --model models/gr00t_small_aloha_cam_table --recipes fp16,omega_qvla,rtn \
+	  --tasks transfer_cube --episodes 50 --workers 2 --out bench/results/eval_gr00t_cam_table.json
+	$(VENV)/bin/omega-qvla bench sensitivity --model models/gr00t_small_aloha_cam_table --episodes 20 --rollouts 3 \
+	  --svg bench/results/sensitivity_gr00t_cam_table.svg --out bench/results/sensitivity_gr00t_cam_table.json
+	$(VPY) bench/activation_sensitivity.py --model models/gr00t_small_aloha_cam_table \
+	  --out bench/results/activation_sensitivity_gr00t_cam_table.json
+	mkdir -p build/draws_gr00t
+	for s in 90000 90100 90200 90300 90400 90500; do \
+	  $(VENV)/bin/omega-qvla eval --model models/gr00t_small_aloha_cam_table --recipes omega_qvla --tasks transfer_cube \
+	    --episodes 50 --workers 2 --calib-episodes 4 --calib-frames 10 --calib-seed $$s \
+	    --out build/draws_gr00t/expert40_$$s.json || exit 1; done
+	$(VPY) bench/calibration_draws.py --recipes omega_qvla bench/results/eval_gr00t_cam_table.json build/draws_gr00t/*.json \
+	  --out bench/results/calibration_draws_gr00t_cam_table.json
 	@# the same W4A4 evaluation over calibration draws (seeds 90100, 90200, ...), expert and on-policy
 	mkdir -p build/draws
 	for s in 90100 90200 90300 90400; do for src in expert policy; do \

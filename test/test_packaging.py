@@ -99,8 +99,10 @@ def test_shipped_packs_verify_and_the_launch_default_is_one():
     assert len(q_man["layers"]) == 42  # 3 trunk + 3 expert layers × 7 linears
     assert all(s["act_mode"] in ("static_tensor", "per_step_factorized") and s["group_size"] is None
                for s in q_man["layers"].values())  # integer-executable: every layer on int8 kernels
+    # five small packs (four FP16 policies of 7-10 MB, one W4A4 pack): a
+    # budget that catches an FP32 pack or a dataset committed by mistake
     size = sum(f.stat().st_size for f in (REPO / "models").rglob("*") if f.is_file())
-    assert size < 32 * 2**20
+    assert size < 48 * 2**20
 
 
 def test_shipped_gr00t_pack_is_what_eval_family_gr00t_loads():
@@ -135,6 +137,25 @@ def test_shipped_table_camera_pack_is_the_default_fine_tuned_on_cam_table():
     assert man["processor"]["state_norm"] == base["processor"]["state_norm"]
     training = man["extra"]["training"]
     assert training["steps"] == 3000 and "--init-from models/pi05_small_aloha " in training["commands"][0][1]
+
+
+def test_shipped_gr00t_table_camera_pack_is_the_gr00t_model_fine_tuned_on_cam_table():
+    """models/gr00t_small_aloha_cam_table: the GR00T pack fine-tuned on `cam_table` with the
+    vision tower of the Pi0.5 cam_table pack, frozen; it verifies, keeps the GR00T pack's
+    joint normalisation and records where its weights came from."""
+    from omega_qvla_ros.quant.pack import load_pack
+
+    _, base = load_pack(REPO / "models" / "gr00t_small_aloha")
+    model, man = load_pack(REPO / "models" / "gr00t_small_aloha_cam_table")
+    assert (REPO / "models" / "gr00t_small_aloha_cam_table" / "MODEL_CARD.md").is_file()
+    assert man["model"]["family"] == "gr00t" and man["recipe"]["name"] == "fp16" and model.config.num_steps == 4
+    assert man["processor"]["cameras"] == man["extra"]["cameras"] == ["cam_table"]
+    assert man["processor"]["state_norm"] == base["processor"]["state_norm"]
+    training = man["extra"]["training"]
+    vision = training["data"]["vision"]
+    assert training["steps"] == 3000 and vision["frozen_parameters"] > 0
+    assert vision["init_from"].endswith("pi05_small_aloha_cam_table")
+    assert vision["init_from_pack"].endswith("gr00t_small_aloha")
 
 
 def test_a_fresh_process_loads_a_pack_without_importing_the_models_first():
