@@ -131,7 +131,7 @@ class CalibratedQuantNoise(QuantNoise):
         if not observations:
             raise ValueError("calibrated quantization noise needs calibration observations")
         super().__init__(model, probability, seed, recipe)
-        self.observations, self.recipe = list(observations), recipe
+        self.observations = list(observations)
         self.seed, self.refresh_every = seed, refresh_every
         self.layers: dict[str, FrozenLayer] = {}
         self.noisy: torch.Tensor | None = None  # per-sample noise fraction of the running denoising step
@@ -151,7 +151,6 @@ class CalibratedQuantNoise(QuantNoise):
             self.layers = {name: FrozenLayer.of(twin.get_submodule(name), mod.weight)
                            for name, mod in self.targets.items()}
         finally:
-            del twin
             self.model.train(training)
             if installed:
                 self.install()

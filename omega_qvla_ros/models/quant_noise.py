@@ -81,7 +81,7 @@ class QuantNoise:
                  recipe: str = "omega_qvla") -> None:
         if not 0.0 <= probability <= 1.0:
             raise ValueError(f"quantization-noise probability must lie in [0, 1], got {probability}")
-        self.model, self.probability = model, probability
+        self.model, self.probability, self.recipe = model, probability, recipe
         self.targets = {name: mod for name, (mod, _side, _sr) in
                         select_targets(model, scoped_recipe(model, recipe)).items()}
         if not self.targets:
