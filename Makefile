@@ -47,6 +47,7 @@ bench: setup
 	mv bench/results/policy.json.tmp bench/results/policy.json
 	$(VENV)/bin/omega-qvla bench policy --family gr00t --json > bench/results/policy_gr00t.json.tmp
 	mv bench/results/policy_gr00t.json.tmp bench/results/policy_gr00t.json
+	$(VPY) bench/tf32x3_rotation_codes.py --out bench/results/tf32x3_rotation_codes.json
 	$(VPY) bench/make_table.py
 
 # Closed-loop success of the shipped models per recipe (about half an hour per family on 2 cores),

@@ -82,23 +82,26 @@ def chunk_rows(device: str, repeats: int, workdir: Path) -> list[dict]:
     gr00t_q = workdir / "gr00t_w4a4"
     assert cli(["quantize", "--family", "gr00t", "--recipe", "omega_qvla", "--calib", "synthetic",
                 "--out", str(gr00t_q), "--json"]) == 0
-    one_kernel = triton_kernels.FUSE_MAX_K
-    # (pack, dtype, one-kernel layers up to this contraction width: 0 = always two kernels)
-    cases = [(models / "pi05_small_aloha", d, one_kernel) for d in ("float32", "fp16", "autocast_fp16")] + [
-        (models / "pi05_small_aloha_w4a4", d, f) for d, f in (("float32", 0), ("float32", one_kernel),
-                                                             ("fp16", 0), ("fp16", one_kernel))] + [
-        (models / "gr00t_small_aloha", d, one_kernel) for d in ("float32", "fp16", "autocast_fp16")] + [
-        (gr00t_q, d, f) for d, f in (("float32", 0), ("float32", one_kernel), ("fp16", 0), ("fp16", one_kernel))]
+    one_kernel, prec = triton_kernels.FUSE_MAX_K, triton_kernels.ROTATE_PRECISION
+    # (pack, dtype, one-kernel layers up to this contraction width: 0 = always two kernels,
+    # the rotation's precision: the default and, in fp16, the fp32 "ieee" baseline)
+    w4a4 = [("float32", 0, prec), ("float32", one_kernel, prec), ("fp16", 0, prec), ("fp16", one_kernel, prec),
+            ("fp16", one_kernel, "ieee")]
+    cases = [(models / "pi05_small_aloha", d, one_kernel, prec) for d in ("float32", "fp16", "autocast_fp16")] + [
+        (models / "pi05_small_aloha_w4a4", *c) for c in w4a4] + [
+        (models / "gr00t_small_aloha", d, one_kernel, prec) for d in ("float32", "fp16", "autocast_fp16")] + [
+        (gr00t_q, *c) for c in w4a4]
     rows = []
-    for path, dtype, fuse in cases:
-        triton_kernels.FUSE_MAX_K = fuse
+    for path, dtype, fuse, precision in cases:
+        triton_kernels.FUSE_MAX_K, triton_kernels.ROTATE_PRECISION = fuse, precision
         try:
-            rows.append({**chunk_times(path, device, repeats, dtype), "one_kernel_max_k": fuse})
+            rows.append({**chunk_times(path, device, repeats, dtype), "one_kernel_max_k": fuse,
+                         "rotate_precision": precision})
         except Exception as e:  # one variant failing must not cost the others
-            rows.append({"pack": path.name, "dtype": dtype, "one_kernel_max_k": fuse,
+            rows.append({"pack": path.name, "dtype": dtype, "one_kernel_max_k": fuse, "rotate_precision": precision,
                          "error": f"{type(e).__name__}: {e}"[:500]})
         finally:
-            triton_kernels.FUSE_MAX_K = one_kernel
+            triton_kernels.FUSE_MAX_K, triton_kernels.ROTATE_PRECISION = one_kernel, prec
         print("chunk", rows[-1], flush=True)
     return rows
 
@@ -121,8 +124,10 @@ def _per_call_ms(fn, calls: int = 20, repeats: int = 20) -> float:
 def kernel_rows(device: str, repeats: int) -> list[dict]:
     """One W4A4 layer (one static scale, omega rotation blocks) per shape, each variant
     replayed from a CUDA graph: fp16 cuBLAS, the two Triton kernels (fp32 and fp16
-    activations), the one-kernel layer (fp16), and cuBLASLt's int8 GEMM (`torch._int_mm`
-    on the codes, int8 weights one byte each) with its rescale as a second op."""
+    activations), the one-kernel layer (fp16), each with the rotation on tensor cores (the
+    default "tf32x3") and in fp32 ("ieee", suffix _ieee), and cuBLASLt's int8 GEMM
+    (`torch._int_mm` on the codes, int8 weights one byte each) with its rescale as a second
+    op; and how many codes the two rotation precisions give differently."""
     from omega_qvla_ros.quant.packing import pack_int4
     from omega_qvla_ros.quant.rotation import build_input_rotation
 
@@ -141,17 +146,20 @@ def kernel_rows(device: str, repeats: int) -> list[dict]:
         row = {"shape": [T, K, N]}
         variants = {
             "fp16_ms": lambda: torch.nn.functional.linear(x16, w16),
-            "rotate_quantize_only_ms": lambda: triton_kernels.rotate_quantize(x16, perm, blocks, 0.5),
-            "two_kernels_fp32_ms": lambda: triton_kernels.int4_gemm(
-                triton_kernels.rotate_quantize(x32, perm, blocks, 0.5), packed, ws, 0.5, bias),
-            "two_kernels_fp16_ms": lambda: triton_kernels.int4_gemm(
-                triton_kernels.rotate_quantize(x16, perm, blocks, 0.5), packed, ws, 0.5, bias, out_dtype=torch.float16),
             "gemm_only_ms": lambda: triton_kernels.int4_gemm(codes, packed, ws, 0.5, bias, out_dtype=torch.float16),
-            "one_kernel_fp16_ms": lambda: triton_kernels.rotate_quantize_gemm(
-                x16, perm, blocks, 0.5, packed, ws, 0.5, bias, out_dtype=torch.float16),
             "int_mm_gemm_only_ms": lambda: int_gemm.gemm_int_mm(codes, w8t),
             "int_mm_rescaled_ms": lambda: torch._int_mm(codes, w8t).mul(ws).half(),
         }
+        for p, sfx in (("tf32x3", ""), ("ieee", "_ieee")):
+            variants.update({
+                f"rotate_quantize_only{sfx}_ms": lambda p=p: triton_kernels.rotate_quantize(x16, perm, blocks, 0.5, p),
+                f"two_kernels_fp32{sfx}_ms": lambda p=p: triton_kernels.int4_gemm(
+                    triton_kernels.rotate_quantize(x32, perm, blocks, 0.5, p), packed, ws, 0.5, bias),
+                f"two_kernels_fp16{sfx}_ms": lambda p=p: triton_kernels.int4_gemm(
+                    triton_kernels.rotate_quantize(x16, perm, blocks, 0.5, p), packed, ws, 0.5, bias,
+                    out_dtype=torch.float16),
+                f"one_kernel_fp16{sfx}_ms": lambda p=p: triton_kernels.rotate_quantize_gemm(
+                    x16, perm, blocks, 0.5, packed, ws, 0.5, bias, out_dtype=torch.float16, precision=p)})
         for name, fn in variants.items():
             try:
                 row[name] = _per_call_ms(fn, repeats=repeats)
@@ -161,6 +169,8 @@ def kernel_rows(device: str, repeats: int) -> list[dict]:
         two = triton_kernels.int4_gemm(triton_kernels.rotate_quantize(x16, perm, blocks, 0.5), packed, ws, 0.5, bias,
                                        out_dtype=torch.float16)
         row["one_vs_two_kernels_max_abs"] = float((one.float() - two.float()).abs().max())
+        ieee = triton_kernels.rotate_quantize(x32, perm, blocks, 0.5, "ieee")
+        row["tf32x3_vs_ieee_codes_differing"] = int((codes != ieee).sum())
         for k in list(row):
             if k.endswith("_ms") and k != "fp16_ms" and "fp16_ms" in row:
                 row[k.replace("_ms", "_speed_vs_fp16")] = row["fp16_ms"] / row[k]

@@ -63,21 +63,32 @@ def cuda_section(path: Path) -> str:
                 ("two_kernels_fp16_ms", "two kernels, fp16 act."), ("gemm_only_ms", "int4 GEMM alone"),
                 ("one_kernel_fp16_ms", "one kernel, fp16 act."), ("int_mm_gemm_only_ms", "`_int_mm` alone"),
                 ("int_mm_rescaled_ms", "`_int_mm` + rescale")]
+        # runs since the rotation moved to tensor cores ("tf32x3") also time the fp32 one ("ieee")
+        both = any("one_kernel_fp16_ieee_ms" in x for x in kern)
+        if both:
+            cols[3:3] = [("two_kernels_fp16_ieee_ms", "two kernels, fp16 act., fp32 rotation")]
+            cols[6:6] = [("one_kernel_fp16_ieee_ms", "one kernel, fp16 act., fp32 rotation")]
+        rotation = ("the Triton kernels' rotation on tensor cores (tf32x3) unless said \"fp32 rotation\" (ieee); "
+                    "codes differing = of T·K activation codes, tf32x3 vs ieee" if both
+                    else "the Triton kernels' rotation in fp32 (ieee)")
         rows += ["", "One W4A4 layer per kernel variant (`kernel_rows`: one static scale, omega rotation blocks, "
                  "each variant replayed from a CUDA graph of 20 calls, µs per call; the first rows are the shipped "
                  "models' layer shapes with q/k/v and gate/up stacked; \"one kernel\" = "
                  "`triton_kernels.rotate_quantize_gemm`; `_int_mm` = cuBLASLt int8 on the codes, int8 weights, "
-                 "no rotation):", "",
-                 "| T, K, N | " + " | ".join(c[1] for c in cols) + " | best W4A4 vs fp16 |",
-                 "|---" * (len(cols) + 2) + "|"]
+                 f"no rotation; {rotation}):", "",
+                 "| T, K, N | " + " | ".join(c[1] for c in cols) + " | best W4A4 vs fp16 |"
+                 + (" codes differing |" if both else ""),
+                 "|---" * (len(cols) + 2 + both) + "|"]
         for x in kern:
             best = min(x[k] for k in ("two_kernels_fp16_ms", "one_kernel_fp16_ms") if k in x)
             rows.append(f"| {tuple(x['shape'])} | " + " | ".join(f"{1000 * x[k]:.1f}" if k in x else "–"
                                                                for k, _ in cols)
-                        + f" | {x['fp16_ms'] / best:.2f}× |")
+                        + f" | {x['fp16_ms'] / best:.2f}× |"
+                        + (f" {x.get('tf32x3_vs_ieee_codes_differing', '–')} |" if both else ""))
     chunk = r.get("chunk") or []
     if chunk:
         one = any("one_kernel_max_macs" in c or "one_kernel_max_k" in c for c in chunk)
+        prec = any("rotate_precision" in c for c in chunk)
 
         def one_rule(c: dict) -> str:  # run2 had T·K·N ≤ a count; later runs K ≤ a width
             if "one_kernel_max_k" in c:
@@ -91,11 +102,13 @@ def cuda_section(path: Path) -> str:
                  "made there (synthetic calibration; only the Pi0.5 one is shipped)."
                  + (" One kernel: the layers within that rule run as `rotate_quantize_gemm` (off: always "
                     "two kernels)." if one else ""), "",
-                 "| pack | precision |" + (" one kernel |" if one else "") + " integer layers | eager ms "
-                 "| CUDA graph ms | graph vs eager | graph − eager max |",
-                 "|---|---|" + ("---|" if one else "") + "---|---|---|---|---|"]
+                 "| pack | precision |" + (" one kernel |" if one else "") + (" rotation |" if prec else "")
+                 + " integer layers | eager ms | CUDA graph ms | graph vs eager | graph − eager max |",
+                 "|---|---|" + ("---|" if one else "") + ("---|" if prec else "") + "---|---|---|---|---|"]
         for c in chunk:
             lim = (f" {one_rule(c) if c.get('integer_backends') else '–'} |" if one else "")
+            if prec:  # the Triton kernels' block product: tensor cores (tf32x3) or fp32 (ieee)
+                lim += f" {c['rotate_precision'] if c.get('integer_backends') else '–'} |"
             if "error" in c:
                 rows.append(f"| {c['pack']} | {c['dtype']} |{lim} failed: {c['error'][:80]} | | | | |")
                 continue

@@ -44,6 +44,8 @@ def test_committed_cuda_results_render_and_agree():
             a["activation_codes"] for a in agree)
         for k in r.get("kernels", []):  # the one-kernel layer computes what the two kernels do
             assert k["one_vs_two_kernels_max_abs"] == 0.0
+            T, K, _ = k["shape"]  # the rotation on tensor cores keeps the fp32 rotation's codes (runs since run3)
+            assert k.get("tf32x3_vs_ieee_codes_differing", 0) <= max(1, 1e-4 * T * K)
         for p in r.get("policy", []):  # the node's runtime on the GPU, as test_cuda.py bounds it
             assert p["finite"]
             if p["recipe"] == "fp16":
@@ -58,3 +60,29 @@ def test_committed_cuda_results_render_and_agree():
         assert sum(line.startswith("| (") for line in text.splitlines()) == len(r.get("latency", [])) + len(
             r.get("kernels", []))
         assert r.get("latency") or r.get("kernels") or r.get("chunk"), f"{f.name}: nothing measured"
+
+
+def test_tf32x3_emulation_and_its_committed_counts():
+    """bench/tf32x3_rotation_codes.py: its TF32 rounding keeps 10 mantissa bits (to nearest),
+    the hi/lo split carries fp32's accuracy, and the committed counts say the rotation on
+    tensor cores moves codes about as rarely as an exact product does."""
+    import importlib.util
+
+    import torch
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("tf32x3_codes", root / "bench" / "tf32x3_rotation_codes.py")
+    m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+    a = torch.randn(10000, generator=torch.Generator().manual_seed(0)) * 100
+    hi = m.tf32(a)
+    assert (hi.view(torch.int32) & 0x1FFF).eq(0).all()
+    assert ((a - hi).abs() <= a.abs() * 2.0 ** -11).all() and (hi != a).any()
+    lo = m.tf32(a - hi)
+    assert ((hi.double() + lo.double() - a.double()).abs() <= a.abs().double() * 2.0 ** -21).all()
+    r = json.loads((root / "bench" / "results" / "tf32x3_rotation_codes.json").read_text())
+    for part in ("shipped", "random"):
+        t = r[part]
+        assert t["codes"] > 1e6 and t["tf32x3_vs_fp32_max_code_step"] <= 1
+        assert t["tf32x3_vs_fp32_differing"] <= 1e-5 * t["codes"]

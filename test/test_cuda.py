@@ -93,3 +93,24 @@ def test_policy_in_fp16_on_cuda(name):
     a32, a16 = p32.infer(raw, noise=noise).positions, p16.infer(raw, noise=noise).positions
     assert np.isfinite(a16).all()
     assert np.abs(a16 - a32).mean() < (0.01 if "w4a4" not in name else 0.1)
+
+
+@pytest.mark.parametrize("T,K", [(50, 128), (144, 192), (816, 2048)])
+def test_rotation_on_tensor_cores_keeps_the_codes(T, K):
+    """The fused kernels' block product as three TF32 products ("tf32x3", the default) gives
+    the codes of the fp32 product ("ieee") but where z/s lies on a rounding edge (a CPU
+    emulation, bench/tf32x3_rotation_codes.py: 5 of 12.4M of the shipped pack's codes, an
+    exact fp64 product 4), for fp32 and fp16 activations."""
+    from omega_qvla_ros.quant import triton_kernels
+    from omega_qvla_ros.quant.rotation import build_input_rotation
+
+    pytest.importorskip("triton")
+    g = torch.Generator().manual_seed(T + K)
+    x = torch.randn(T, K, generator=g) * torch.exp(torch.randn(K, generator=g))
+    rot = build_input_rotation(x, "omega")
+    perm, blocks = rot.perm.to(torch.int32).cuda(), rot.blocks.float().contiguous().cuda()
+    s = float(x.abs().max()) / 7
+    for xin in (x.cuda(), x.cuda().half()):
+        codes = {p: triton_kernels.rotate_quantize(xin, perm, blocks, s, precision=p) for p in ("ieee", "tf32x3")}
+        diff = (codes["ieee"].float() - codes["tf32x3"].float()).abs()
+        assert diff.max() <= 1 and (diff > 0).sum() <= max(1, 1e-4 * diff.numel())

@@ -42,6 +42,27 @@ def test_round_half_to_even_like_torch():
     assert torch.equal(got.float(), torch.clamp(torch.round(x), -8, 7))
 
 
+def test_rotation_precision_is_one_of_two():
+    """The block product's precision reaches both kernels ("tf32x3" by default, "ieee" the
+    fp32 baseline; the interpreter computes both in fp32, a GPU test compares their codes:
+    test_cuda.py) and anything else is refused by name."""
+    assert triton_kernels.ROTATE_PRECISION == "tf32x3"
+    g = torch.Generator().manual_seed(3)
+    x, w = torch.randn(9, 128, generator=g), torch.randint(-8, 8, (16, 128), generator=g, dtype=torch.int8)
+    rot = build_input_rotation(torch.randn(64, 128, generator=g), "omega")
+    perm, blocks = rot.perm.to(torch.int32), rot.blocks.float().contiguous()
+    ws = torch.rand(16, generator=g) + 0.5
+    runs = [(triton_kernels.rotate_quantize(x, perm, blocks, 0.3, precision=p),
+             triton_kernels.rotate_quantize_gemm(x, perm, blocks, 0.3, pack_int4(w), ws, 0.3, precision=p))
+            for p in ("ieee", "tf32x3", None)]
+    assert all(torch.equal(a, runs[0][0]) and torch.equal(b, runs[0][1]) for a, b in runs)
+    for call in (lambda: triton_kernels.rotate_quantize(x, perm, blocks, 0.3, precision="tf32"),
+                 lambda: triton_kernels.rotate_quantize_gemm(x, perm, blocks, 0.3, pack_int4(w), ws, 0.3,
+                                                             precision="fp16")):
+        with pytest.raises(ValueError, match="rotation precision"):
+            call()
+
+
 @pytest.mark.parametrize("T,K,N", [(37, 200, 136), (5, 64, 64), (70, 130, 17)])
 def test_int4_gemm_equals_exact(T, K, N):
     g = torch.Generator().manual_seed(T)

@@ -23,9 +23,14 @@ runs one small fixed tile. The int4 words stay packed in the GEMM: an H200 ran a
 copy of the codes (a [K, N] layout, one byte per weight) slower, 0.41 vs 0.25 ms at
 816×2048×16384 (bench/results/cuda_int8_trial_nvidia_h200.json).
 
-Both are exact where the unfused path is: the codes are integers, the int32 sums are
-exact, and the rotation's float products are summed in fp32 ("ieee" precision: no
-TF32). Ties round half to even, as torch.round. Tested on the CPU through Triton's
+Both are exact where the unfused path is: the codes are integers and the int32 sums are
+exact. The rotation's block product runs on tensor cores as three TF32 products of each
+fp32 operand split into a high and a low TF32 part ("tf32x3", ROTATE_PRECISION): about
+fp32's own accuracy (the dropped low × low term is ~2^-22 of a product), so a code differs
+from the fp32 path only where z/s lies on a rounding edge, as another summation order
+already makes it; fp16 activations are exact in TF32 (both 11 significant bits). The H200
+measured the plain fp32 product ("ieee", FMA units) at ~7 µs per 50-row layer, most of
+a small layer's time. Ties round half to even, as torch.round. Tested on the CPU through Triton's
 interpreter (TRITON_INTERPRET=1); QuantLinear falls back to the unfused path where
 Triton is missing, and for good when a kernel fails to build on a device.
 """
@@ -44,6 +49,19 @@ try:  # the kernels are module globals: Triton resolves `tl` from them (its inte
     import triton.language as tl
 except ImportError:  # CPU-only installs: the unfused paths run
     triton = tl = None
+
+
+# the rotation's block product: "tf32x3" (tensor cores, ~fp32 accuracy) or "ieee" (fp32 FMA,
+# the measured baseline); Triton's interpreter computes both in fp32
+ROTATE_PRECISION = "tf32x3"
+PRECISIONS = ("tf32x3", "ieee")
+
+
+def _precision(precision: str | None) -> str:
+    p = ROTATE_PRECISION if precision is None else precision
+    if p not in PRECISIONS:
+        raise ValueError(f"rotation precision {p!r}: one of {', '.join(PRECISIONS)}")
+    return p
 
 
 def available(device: torch.device) -> bool:
@@ -153,7 +171,7 @@ _HELPERS = {"_codes": _codes_of, "_tile": _program_tile, "_weights": _weight_til
 
 
 def _rotate_quantize_kernel(x_ptr, perm_ptr, rot_ptr, out_ptr, T, n, stride_x, inv_scale,
-                           BT: tl.constexpr, B: tl.constexpr):
+                           PREC: tl.constexpr, BT: tl.constexpr, B: tl.constexpr):
     pid_t = tl.program_id(0)
     blk = tl.program_id(1)
     rows = pid_t * BT + tl.arange(0, BT)
@@ -163,7 +181,7 @@ def _rotate_quantize_kernel(x_ptr, perm_ptr, rot_ptr, out_ptr, T, n, stride_x, i
     x = tl.load(x_ptr + rows[:, None] * stride_x + src[None, :], mask=rmask[:, None], other=0.0)
     bi = tl.arange(0, B)
     rot = tl.load(rot_ptr + blk * B * B + bi[:, None] * B + bi[None, :])
-    z = tl.dot(x.to(tl.float32), rot, input_precision="ieee")
+    z = tl.dot(x.to(tl.float32), rot, input_precision=PREC)
     tl.store(out_ptr + rows[:, None] * n + cols[None, :], _codes(z * inv_scale), mask=rmask[:, None])
 
 
@@ -180,7 +198,7 @@ def _int4_gemm_kernel(a_ptr, w_ptr, ws_ptr, bias_ptr, y_ptr, T, N, K, words, act
 
 
 def _rotate_quantize_gemm_kernel(x_ptr, perm_ptr, rot_ptr, w_ptr, ws_ptr, bias_ptr, y_ptr, T, N, K, words,
-                                stride_x, inv_scale, act_scale, HAS_BIAS: tl.constexpr,
+                                stride_x, inv_scale, act_scale, HAS_BIAS: tl.constexpr, PREC: tl.constexpr,
                                 BT: tl.constexpr, BN: tl.constexpr, B: tl.constexpr):
     rows, cols, rmask, cmask = _tile(T, N, BT, BN)
     bi = tl.arange(0, B)
@@ -190,7 +208,7 @@ def _rotate_quantize_gemm_kernel(x_ptr, perm_ptr, rot_ptr, w_ptr, ws_ptr, bias_p
         src = tl.load(perm_ptr + blk * B + bi)
         x = tl.load(x_ptr + rows[:, None] * stride_x + src[None, :], mask=rmask[:, None], other=0.0)
         rot = tl.load(rot_ptr + blk * B * B + bi[:, None] * B + bi[None, :])
-        a = _codes(tl.dot(x.to(tl.float32), rot, input_precision="ieee") * inv_scale)
+        a = _codes(tl.dot(x.to(tl.float32), rot, input_precision=PREC) * inv_scale)
         acc += tl.dot(a, tl.trans(_weights(w_ptr, cols, cmask, blk * B, words, BN, B)))
     _store(acc, y_ptr, ws_ptr, bias_ptr, rows, cols, rmask, cmask, N, act_scale, HAS_BIAS)
 
@@ -199,9 +217,11 @@ def _rows_tile(T: int) -> int:
     return 16 if T <= 16 else 32 if T <= 32 else 64
 
 
-def rotate_quantize(x: torch.Tensor, perm: torch.Tensor, blocks: torch.Tensor, scale: float) -> torch.Tensor:
+def rotate_quantize(x: torch.Tensor, perm: torch.Tensor, blocks: torch.Tensor, scale: float,
+                    precision: str | None = None) -> torch.Tensor:
     """int8 codes clamp(round((x P blockdiag(blocks)) / scale), -8, 7) for x [T, n] with
-    n = m·64 (no tail block), perm [n] int32, blocks [m, 64, 64] float32."""
+    n = m·64 (no tail block), perm [n] int32, blocks [m, 64, 64] float32; `precision` of
+    the block product (default ROTATE_PRECISION)."""
     T, n = x.shape
     m = blocks.shape[0]
     if m * BLOCK != n or blocks.shape[1:] != (BLOCK, BLOCK):
@@ -211,11 +231,12 @@ def rotate_quantize(x: torch.Tensor, perm: torch.Tensor, blocks: torch.Tensor, s
     out = torch.empty(T, n, dtype=torch.int8, device=x.device)
     x = x if x.stride(1) == 1 else x.contiguous()
     args = (x, perm, blocks, out, T, n, x.stride(0), 1.0 / scale)
+    prec = _precision(precision)
     if tuned:
-        kernel[lambda meta: (triton.cdiv(T, meta["BT"]), m)](*args, B=BLOCK)
+        kernel[lambda meta: (triton.cdiv(T, meta["BT"]), m)](*args, PREC=prec, B=BLOCK)
     else:
         BT = _rows_tile(T)
-        kernel[(triton.cdiv(T, BT), m)](*args, BT=BT, B=BLOCK)
+        kernel[(triton.cdiv(T, BT), m)](*args, PREC=prec, BT=BT, B=BLOCK)
     return out
 
 
@@ -246,10 +267,10 @@ def int4_gemm(codes: torch.Tensor, packed: torch.Tensor, weight_scale: torch.Ten
 def rotate_quantize_gemm(x: torch.Tensor, perm: torch.Tensor, blocks: torch.Tensor, scale: float,
                          packed: torch.Tensor, weight_scale: torch.Tensor, act_scale: float,
                          bias: torch.Tensor | None = None, tile: tuple[int, int] | None = None,
-                         out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """int4_gemm(rotate_quantize(x, perm, blocks, scale), packed, ...) in one kernel: the
-    same codes and the same exact sums (x [T, K] with K = m·64, no tail block). `tile`
-    (rows, columns) fixes the tile (tests)."""
+                         out_dtype: torch.dtype = torch.float32, precision: str | None = None) -> torch.Tensor:
+    """int4_gemm(rotate_quantize(x, perm, blocks, scale, precision), packed, ...) in one
+    kernel: the same codes and the same exact sums (x [T, K] with K = m·64, no tail
+    block). `tile` (rows, columns) fixes the tile (tests)."""
     T, K = x.shape
     N, words = packed.shape
     m = blocks.shape[0]
@@ -263,10 +284,10 @@ def rotate_quantize_gemm(x: torch.Tensor, perm: torch.Tensor, blocks: torch.Tens
             T, N, K, words, x.stride(0), 1.0 / scale, float(act_scale))
     tuned = _tuned() and tile is None
     kernel = _kernels(tuned)[2]
+    flags = {"HAS_BIAS": bias is not None, "PREC": _precision(precision), "B": BLOCK}
     if tuned:
-        kernel[lambda meta: (triton.cdiv(T, meta["BT"]), triton.cdiv(N, meta["BN"]))](
-            *args, HAS_BIAS=bias is not None, B=BLOCK)
+        kernel[lambda meta: (triton.cdiv(T, meta["BT"]), triton.cdiv(N, meta["BN"]))](*args, **flags)
     else:
         BT, BN = tile or (_rows_tile(T), 64)
-        kernel[(triton.cdiv(T, BT), triton.cdiv(N, BN))](*args, HAS_BIAS=bias is not None, BT=BT, BN=BN, B=BLOCK)
+        kernel[(triton.cdiv(T, BT), triton.cdiv(N, BN))](*args, BT=BT, BN=BN, **flags)
     return y
