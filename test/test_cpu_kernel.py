@@ -1,6 +1,6 @@
 """Our AVX2 W4A4 kernel (quant/cpu_kernel.py): exact against a float64 product of the same
 codes, at the shapes where its tiling, padding and int16 widening have edges; picked by
-`auto` on AVX2 CPUs without VNNI; a failed build falls back to fbgemm with its reason."""
+`auto` on AVX2 CPUs, VNNI or not; a failed build falls back (int_mm or fbgemm) with its reason."""
 from __future__ import annotations
 
 import subprocess
@@ -18,16 +18,22 @@ def reference(z, w_codes, w_scale, s):
     return (codes.double() @ w_codes.double().t()) * w_scale.double() * torch.as_tensor(s).double()
 
 
+# the two tiles: k-pairs (AVX2, everywhere) and k-quads (AVX-512 VNNI, where the CPU has it)
+TILES = [False, pytest.param(True, marks=pytest.mark.skipif(not cpu_kernel.vnni(), reason="no AVX-512 VNNI"))]
+
+
 @needs_kernel
+@pytest.mark.parametrize("quads", TILES)
 @pytest.mark.parametrize("nibbles", [False, True])  # int8 weights; int4 unpacked per tile
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 33, 17), (50, 128, 128), (13, 190, 49), (9, 6, 40),
-                                   (5, 600, 70), (144, 192, 768), (3, 2048, 20)])
-def test_kernel_is_exact(m, k, n, nibbles):
+                                   (5, 600, 70), (144, 192, 768), (3, 2048, 20), (6, 131, 35)])
+def test_kernel_is_exact(m, k, n, nibbles, quads):
     g = torch.Generator().manual_seed(m * 1000 + k + n)
     w_codes = torch.randint(-8, 8, (n, k), generator=g)
     w_scale = torch.rand(n, generator=g) + 0.1
     z = torch.randn(m, k, generator=g) * 4
-    w = cpu_kernel.pack_weights(w_codes, w_scale, nibbles=nibbles)
+    w = cpu_kernel.pack_weights(w_codes, w_scale, nibbles=nibbles, quads=quads)
+    assert w.quads == quads
     assert w.packed.numel() <= (-(-n // 16) * 16) * (k + 3) // (2 if nibbles else 1) + 64
     for s, rows in ((0.7, None), (1.0, None), (1.0, torch.rand(m, 1, generator=g) + 0.2)):
         y = cpu_kernel.linear(z, w, s, rows)
@@ -43,10 +49,26 @@ def test_kernel_extreme_codes_do_not_saturate():
     k = 1000
     w_codes = torch.full((20, k), -8)
     for nibbles in (False, True):
-        w = cpu_kernel.pack_weights(w_codes, torch.ones(20), nibbles=nibbles)
-        for code in (7.0, -8.0):
-            y = cpu_kernel.linear(torch.full((5, k), code), w)
-            assert torch.equal(y, torch.full((5, 20), code * -8 * k))
+        for quads in (False, True) if cpu_kernel.vnni() else (False,):
+            w = cpu_kernel.pack_weights(w_codes, torch.ones(20), nibbles=nibbles, quads=quads)
+            for code in (7.0, -8.0):
+                y = cpu_kernel.linear(torch.full((5, k), code), w)
+                assert torch.equal(y, torch.full((5, 20), code * -8 * k))
+
+
+@needs_kernel
+def test_vnni_layout_only_where_its_tile_runs(monkeypatch):
+    """pack_weights takes the VNNI tile's layout by default where it runs (PREFER_VNNI),
+    and a plan refuses weights in that layout where it does not (they would be read as
+    k-pairs: wrong sums, no error)."""
+    codes = torch.randint(-8, 8, (16, 64), generator=torch.Generator().manual_seed(0))
+    assert cpu_kernel.pack_weights(codes, torch.ones(16)).quads == cpu_kernel.vnni()
+    monkeypatch.setattr(cpu_kernel, "PREFER_VNNI", False)
+    assert not cpu_kernel.pack_weights(codes, torch.ones(16)).quads
+    w = cpu_kernel.pack_weights(codes, torch.ones(16), quads=True)
+    monkeypatch.setattr(cpu_kernel, "vnni", lambda: False)
+    with pytest.raises(ValueError, match="VNNI"):
+        cpu_kernel.Plan(w)
 
 
 @needs_kernel
@@ -68,30 +90,33 @@ def test_kernel_rejects_a_wrong_width_or_device():
         int_gemm.pick_backend(torch.device("meta"), "avx2")
 
 
-def test_auto_picks_the_kernel_only_without_vnni():
+def test_auto_picks_the_kernel_wherever_it_builds():
+    """With or without VNNI (int_gemm.py: it ran whole chunks faster than torch._int_mm on
+    an AVX-512 VNNI CPU too); int_mm with VNNI, fbgemm without, where it cannot build."""
     cpu = torch.device("cpu")
-    if int_gemm.cpu_has_vnni():
-        assert int_gemm.pick_backend(cpu) == "int_mm"
-    elif cpu_kernel.available():
+    if cpu_kernel.available():
         assert int_gemm.pick_backend(cpu) == "avx2"
+    elif int_gemm.cpu_has_vnni():
+        assert int_gemm.pick_backend(cpu) == "int_mm"
     else:
         assert int_gemm.pick_backend(cpu) in ("fbgemm", "exact")
 
 
 def test_a_failed_build_falls_back_with_its_reason(tmp_path, monkeypatch):
     """No compiler that works: `available()` is False with the compiler's reason, `auto`
-    takes fbgemm, and asking for "avx2" by name is a clear error."""
+    takes int_mm with VNNI and fbgemm without, and asking for "avx2" by name is a clear error."""
     if cpu_kernel._cpu_ok() is not None:
         pytest.skip(cpu_kernel._cpu_ok())
     monkeypatch.setenv("OMEGA_QVLA_KERNEL_CACHE", str(tmp_path))  # nothing built there yet
     monkeypatch.setenv("CC", "false")
     cpu_kernel._lib.cache_clear()
     try:
-        with pytest.warns(RuntimeWarning, match="fbgemm"):
+        fallback = "int_mm" if int_gemm.cpu_has_vnni() else "fbgemm"
+        with pytest.warns(RuntimeWarning, match=f"integer layers use (torch._)?{fallback}"):
             assert not cpu_kernel.available()
         assert "did not build" in cpu_kernel.unavailable_reason()
-        if not int_gemm.cpu_has_vnni():
-            assert int_gemm.pick_backend(torch.device("cpu")) in ("fbgemm", "exact")
+        assert int_gemm.pick_backend(torch.device("cpu")) in ((fallback,) if fallback == "int_mm"
+                                                              else ("fbgemm", "exact"))
         with pytest.raises(ValueError, match="not available"):
             int_gemm.pick_backend(torch.device("cpu"), "avx2")
     finally:

@@ -1,16 +1,21 @@
-"""W4A4 linear on x86 CPUs with AVX2 and no VNNI: a small C kernel (csrc/w4a4_avx2.c),
-built on first use with the system C compiler and called through ctypes.
+"""W4A4 linear on x86 CPUs with AVX2: a small C kernel (csrc/w4a4_avx2.c), built on
+first use with the system C compiler and called through ctypes.
 
-Why a kernel of our own: on these CPUs nothing installed multiplies int4 codes faster
-than float32 at the shapes a VLA runs on a robot (tens to hundreds of tokens). Measured
-here (2 threads, 50 tokens × 128 → 128): float32 18 µs, fbgemm's int8 linear 36 µs
+Why a kernel of our own: on AVX2 CPUs without VNNI nothing installed multiplies int4
+codes faster than float32 at the shapes a VLA runs on a robot (tens to hundreds of
+tokens); with AVX-512 VNNI `torch._int_mm` is fast at the GEMM alone but pays its
+conversions around it, and the kernel, doing a layer in one call, still ran whole
+chunks faster (int_gemm.py). Measured on an AVX2-only CPU (2 threads, 50 tokens × 128 → 128): float32 18 µs, fbgemm's int8 linear 36 µs
 (it runs on one thread and its int8 products need int32 accumulation),
 `torch._int_mm` (oneDNN) 326 µs; torchao's CPU int8 × int4 kernels need AVX-512, VNNI,
 AMX or ARM and are not in its x86 wheel. int4 × int4 codes allow what int8 cannot:
 `vpmaddubsw` pair sums (≤ 240 with unsigned activation codes 0..15) add up in int16
 for 128 pairs without saturating, so one multiply-add and one add do 32
-multiply-accumulates. The kernel also quantizes the activations (round half to even,
-as torch.round) and rescales its output in the same call: one call per layer.
+multiply-accumulates. Where the CPU has AVX-512 VNNI (vnni()) the weights are packed by
+k-quads instead and one `vpdpbusd` does 64 multiply-accumulates into int32 (the same
+tile, the same exact sums; PREFER_VNNI = False keeps the AVX2 tile for comparison). The
+kernel also quantizes the activations (round half to even, as torch.round) and rescales
+its output in the same call: one call per layer.
 
 Each OpenMP thread keeps its scratch (the codes of 64 rows, 12 rotated rows; with int4
 weights, `pack_weights(nibbles=True)`, up to 8 MB of codes and one unpacked weight tile)
@@ -22,7 +27,7 @@ The library is built once per source version into a per-user cache
 (`$OMEGA_QVLA_KERNEL_CACHE`, else `~/.cache/omega_qvla_ros`), with OpenMP from the
 libgomp torch already loaded (torch.set_num_threads applies to it). Where the CPU has no
 AVX2, no C compiler is found, or the build fails, `available()` is False (the reason in
-`unavailable_reason()`) and layers use fbgemm.
+`unavailable_reason()`) and layers use torch._int_mm (VNNI) or fbgemm.
 """
 from __future__ import annotations
 
@@ -96,6 +101,12 @@ def _build() -> Path:
     return out
 
 
+def _fallback() -> str:
+    """What `auto` takes where this kernel cannot run (int_gemm.pick_backend)."""
+    from .int_gemm import cpu_has_vnni
+    return "torch._int_mm" if cpu_has_vnni() else "fbgemm"
+
+
 @functools.lru_cache(maxsize=None)
 def _lib() -> ctypes.CDLL | None:
     why = _cpu_ok()
@@ -104,11 +115,12 @@ def _lib() -> ctypes.CDLL | None:
             lib = ctypes.CDLL(str(_build()))
             lib.w4a4_linear_args.restype = ctypes.c_int
             lib.w4a4_linear_args.argtypes = [ctypes.c_void_p]
+            lib.w4a4_vnni_built.restype = ctypes.c_int
             return lib
         except (OSError, RuntimeError, subprocess.SubprocessError) as e:
             why = f"the AVX2 kernel did not build or load: {e}"
-            # said once: the integer layers then run on fbgemm, correct but about 2x slower
-            warnings.warn(f"{why}; integer layers use fbgemm (set CC or OMEGA_QVLA_KERNEL_CACHE)",
+            # said once: the integer layers then run on the fallback, correct but slower
+            warnings.warn(f"{why}; integer layers use {_fallback()} (set CC or OMEGA_QVLA_KERNEL_CACHE)",
                           RuntimeWarning, stacklevel=2)
     _reason.append(why)
     return None
@@ -119,6 +131,19 @@ def available() -> bool:
     return _lib() is not None
 
 
+# pack_weights' default layout where vnni() holds: by k-quads for the AVX-512 VNNI tile
+# (False: by k-pairs for the AVX2 tile everywhere; benchmarks compare the two)
+PREFER_VNNI = True
+
+
+def vnni() -> bool:
+    """Whether the kernel's AVX-512 VNNI tile runs here: the CPU has AVX-512F and VNNI and
+    the compiler built the tile (csrc: tile_vnni)."""
+    from .int_gemm import cpu_flags
+    return (available() and {"avx512f", "avx512_vnni"} <= cpu_flags()
+            and bool(_lib().w4a4_vnni_built()))
+
+
 def unavailable_reason() -> str | None:
     return None if available() else _reason[-1]
 
@@ -126,10 +151,11 @@ def unavailable_reason() -> str | None:
 @dataclass
 class PackedWeights:
     """int4 weight codes in the kernel's layout and per-row float scales: int8, one byte
-    per code ([n/16][k/2][16][2], zero padded), or with `nibbles` the same blocks at half a
-    byte per code (two k-pairs per 32 bytes, codes + 8 in the low and high nibbles: the
-    pack's own size, unpacked by the kernel per tile, 2–4% slower at 50 tokens);
-    `offset` is 8 × the row sums (what the activation codes' unsigned offset adds)."""
+    per code ([n/16][k/2][16][2] by k-pairs for the AVX2 tile, or with `quads`
+    [n/16][k/4][16][4] for the AVX-512 VNNI tile; zero padded), or with `nibbles` the same
+    blocks at half a byte per code (each 64 bytes in 32, codes + 8 in the low and high
+    nibbles: the pack's own size, unpacked by the kernel per tile, 2–4% slower at 50
+    tokens); `offset` is 8 × the row sums (what the activation codes' unsigned offset adds)."""
 
     packed: torch.Tensor  # int8 or uint8 (nibbles)
     offset: torch.Tensor  # int32 [n]
@@ -137,26 +163,30 @@ class PackedWeights:
     n: int
     k: int
     nibbles: bool = False
+    quads: bool = False
 
     def __post_init__(self) -> None:  # the kernel's arguments, read once (a call is µs)
-        self.args = (self.packed.data_ptr(), int(self.nibbles), self.n, self.offset.data_ptr(),
-                     self.scale.data_ptr())
+        self.args = (self.packed.data_ptr(), int(self.nibbles), int(self.quads), self.n,
+                     self.offset.data_ptr(), self.scale.data_ptr())
 
 
-def pack_weights(w_codes: torch.Tensor, w_scale: torch.Tensor, nibbles: bool = False) -> PackedWeights:
-    """codes [n, k] in [-8, 7] (any integer dtype) and per-row scales [n]."""
+def pack_weights(w_codes: torch.Tensor, w_scale: torch.Tensor, nibbles: bool = False,
+                 quads: bool | None = None) -> PackedWeights:
+    """codes [n, k] in [-8, 7] (any integer dtype) and per-row scales [n]; `quads`: the
+    VNNI tile's layout (default: where vnni() and PREFER_VNNI)."""
+    quads = (PREFER_VNNI and vnni()) if quads is None else quads
     n, k = w_codes.shape
-    blocks, kp = -(-n // BLOCK_COLS), k + (k & 1)
-    if nibbles:
-        kp += kp % 4  # whole pairs of k-pairs
+    step = 4 if quads or nibbles else 2  # whole k-quads (VNNI), whole pairs of k-pairs (nibbles)
+    blocks, kp = -(-n // BLOCK_COLS), -(-k // step) * step
     w = torch.zeros(blocks * BLOCK_COLS, kp, dtype=torch.int8)
     w[:n, :k] = w_codes.to(torch.int8).cpu()
-    packed = w.view(blocks, BLOCK_COLS, kp // 2, 2).permute(0, 2, 1, 3).contiguous()
+    group = 4 if quads else 2
+    packed = w.view(blocks, BLOCK_COLS, kp // group, group).permute(0, 2, 1, 3).contiguous()
     if nibbles:
         u = (packed.view(blocks, kp // 4, 2, 32).to(torch.int16) + 8).to(torch.uint8)
         packed = (u[:, :, 0] | (u[:, :, 1] << 4)).contiguous()
     offset = (8 * w_codes.cpu().to(torch.int32).sum(dim=1, dtype=torch.int32)).contiguous()
-    return PackedWeights(packed, offset, w_scale.detach().float().cpu().contiguous(), n, k, nibbles)
+    return PackedWeights(packed, offset, w_scale.detach().float().cpu().contiguous(), n, k, nibbles, quads)
 
 
 @dataclass
@@ -191,7 +221,7 @@ class _Args(ctypes.Structure):
     _fields_ = [("z", ctypes.c_void_p), ("m", ctypes.c_int64), ("k", ctypes.c_int64),
                 ("perm", ctypes.c_void_p), ("blocks", ctypes.c_void_p), ("nblk", ctypes.c_int64),
                 ("tail", ctypes.c_void_p), ("w", ctypes.c_void_p), ("nibbles", ctypes.c_int64),
-                ("n", ctypes.c_int64),
+                ("quads", ctypes.c_int64), ("n", ctypes.c_int64),
                 ("offset", ctypes.c_void_p), ("wscale", ctypes.c_void_p), ("rs", ctypes.c_void_p),
                 ("ends", ctypes.c_void_p), ("ys", ctypes.c_void_p), ("s", ctypes.c_float)]
 
@@ -211,6 +241,9 @@ class Plan:
         lib = _lib()
         if lib is None:
             raise RuntimeError(unavailable_reason())
+        if w.quads and not vnni():
+            raise ValueError("weights packed by k-quads need the kernel's AVX-512 VNNI tile, "
+                             "which this CPU or build lacks (cpu_kernel.vnni())")
         if rotation is not None and rotation.size != w.k:
             raise ValueError(f"the rotation covers {rotation.size} features, the weights {w.k}")
         self.sizes = (w.n,) if split is None else tuple(int(c) for c in split)
@@ -220,8 +253,8 @@ class Plan:
         self._ends = (ctypes.c_int64 * len(self.sizes))(*itertools.accumulate(self.sizes))
         self._outputs = ctypes.c_void_p * len(self.sizes)
         perm, blocks, nblk, tail = _NO_ROTATION if rotation is None else rotation.args
-        packed, nibbles, n, offset, scale = w.args
-        args = _Args(None, 0, w.k, perm, blocks, nblk, tail, packed, nibbles, n, offset, scale, None,
+        packed, nibbles, quads, n, offset, scale = w.args
+        args = _Args(None, 0, w.k, perm, blocks, nblk, tail, packed, nibbles, quads, n, offset, scale, None,
                      ctypes.addressof(self._ends), None, 1.0)
         self._template = bytes(args)
         self._fn = lib.w4a4_linear_args

@@ -5,11 +5,16 @@
   codes in [-8, 7] are passed as floats with scale 1 and zero point 8 (uint8 0..15,
   exact); weights are per-output-channel qint8 holding the int4 codes, so the op
   returns Σ q_x q_w · s_w. No VNNI needed and no int16 saturation: |u·w| ≤ 15·8.
-- "avx2": x86 CPUs with AVX2 and no VNNI (the `auto` choice there where the kernel
-  builds): cpu_kernel.py, a C kernel of ours whose int4 × int4 products accumulate in
-  int16 (`vpmaddubsw`), with the activation quantization and the rescale in the same
-  call; exact. fbgemm is the fallback where it cannot be built.
-- "int_mm": CUDA, and x86 CPUs with VNNI (the `auto` choice there). `torch._int_mm`
+- "avx2": x86 CPUs with AVX2 (the `auto` choice wherever the kernel builds, VNNI or
+  not): cpu_kernel.py, a C kernel of ours whose int4 × int4 products accumulate in
+  int16 (`vpmaddubsw`), with the rotation, the activation quantization and the rescale
+  in the same call; exact. With AVX-512 VNNI it takes its VNNI tile (`vpdpbusd`); on such
+  a CPU (2 threads) it ran the shipped Pi0.5 / GR00T chunks 1.29× / 1.32× FP32 against
+  `torch._int_mm`'s 0.94× / 0.92×, and the published-width Pi0.5 stack 4.89× (5.42× on
+  its int4 codes) against int_mm's 3.00× and torch's int4 kernel's 1.17×
+  (bench/results/policy_*_avx512.json, stack_pi05.json). fbgemm is the fallback where it
+  cannot be built (int_mm where the CPU has VNNI).
+- "int_mm": CUDA, and x86 CPUs with VNNI where our kernel cannot be built. `torch._int_mm`
   (int8 × int8 → int32, exact). On CUDA rows are padded to > 16 and K, N to multiples of
   8 as cuBLAS requires; on a CPU oneDNN takes any shape, and with VNNI it is 2–4× faster
   than fbgemm's whole op at the shipped widths (50×128×256: 6.7 µs vs ~20 µs, the int8
@@ -78,10 +83,10 @@ def pick_backend(device: torch.device, requested: str = "auto") -> str:
         return requested
     if device.type == "cuda":  # the fused kernels where Triton is installed
         return "triton" if triton_kernels.available(device) else "int_mm"
-    if device.type == "cpu" and cpu_has_vnni():
-        return "int_mm"
     if device.type == "cpu" and cpu_kernel.available():
         return "avx2"
+    if device.type == "cpu" and cpu_has_vnni():
+        return "int_mm"
     if device.type == "cpu" and fbgemm_available():
         return "fbgemm"
     return "exact"

@@ -452,8 +452,8 @@ def load_pack(pack_dir: str | os.PathLike, build_model: ModelBuilder | None = No
     rounded to bf16, ≤ 2^-8 relative per layer), "per_call" (int8 weights rebuilt from the
     int4 codes on each call: the pack's memory, exact, slow — ~8 ns per weight here) or
     "auto": for a pack whose int4 weights exceed KERNEL_LARGE_BYTES (published sizes), every
-    integer layer on "int4_avx2" where the layers' backend is our AVX2 kernel (x86 without
-    VNNI), else "int4_bf16" where torch has that kernel (CPU), else "per_call" — no
+    integer layer on "int4_avx2" where the layers' backend is our AVX2 kernel (x86 with
+    AVX2), else "int4_bf16" where torch has that kernel (CPU), else "per_call" — no
     layer then holds unpacked weights; "hold" for smaller packs (bit-exact, fastest). The
     bf16 rounding is not bit-equal to the exact kernels, but no worse against FP: shipped
     Pi0.5 W4A4, 40 expert-episode observations, action rel-MSE vs FP 0.00958 (int4_bf16)
@@ -516,7 +516,7 @@ def load_pack(pack_dir: str | os.PathLike, build_model: ModelBuilder | None = No
         if not big:
             kernel_weights = "hold"
         elif on_cpu and pick_backend(torch.device("cpu"), backend) == "avx2":
-            kernel_weights = "int4_avx2"  # exact, and faster than int4_bf16 without AVX-512
+            kernel_weights = "int4_avx2"  # exact, and faster than int4_bf16 (with AVX-512 too)
         else:
             kernel_weights = "int4_bf16" if int4_ok else "per_call"
     for m in model.modules():

@@ -18,7 +18,7 @@ weight scales (group_size None) and a per-token or per-tensor activation scale
 per-input-channel modes ("static", "per_step") run on the reference path only; a static
 per-channel scale folded into the weights ("static_tensor": channel divisor + one static
 scale) is integer-executable. Integer backends (int_gemm.BACKENDS): on x86 CPUs our AVX2
-kernel (cpu_kernel.py) where there is no VNNI, torch._int_mm where there is, fbgemm else;
+kernel (cpu_kernel.py) where it builds, else torch._int_mm with VNNI, fbgemm without;
 the fused Triton kernels on CUDA (triton_kernels.py; torch._int_mm where they do not
 apply), torch's int4 CPU kernel for `kernel_weights="int4_bf16"`, our AVX2 kernel on the
 int4 codes for `kernel_weights="int4_avx2"`.

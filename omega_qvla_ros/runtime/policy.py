@@ -87,7 +87,7 @@ class Policy:
         """Load a pack to run it. `lean` (the default): large unquantized parts stay at
         their stored half precision when they are big (> 512 MiB), integer layers give
         back their int4 codes once their kernels hold them, and in a big pack the integer
-        layers keep their weights at int4 (our AVX2 kernel on x86 without VNNI, else torch's
+        layers keep their weights at int4 (our AVX2 kernel on x86 with AVX2, else torch's
         CPU int4 kernel: `kernel_weights` "auto", see quant.pack.load_pack) — a W4A4 process then holds
         about the pack's size plus activations. `kernel_weights="hold"` keeps every int8 kernel weight
         (faster, twice the int4 bytes); `lean=False` keeps everything in float32.

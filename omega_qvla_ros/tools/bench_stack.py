@@ -70,15 +70,18 @@ def _part(width: int, mlp: int, layers: int, tokens: int, recipe: str, side: str
         if isinstance(m, QuantLinear):
             m.prepare()
     integer = sum(1 for m in q.modules() if isinstance(m, QuantLinear) and m.uses_integer_path())
-    # the same quantized stack holding int4 weights (the pack's size) in each kernel that can
+    # the same quantized stack holding int4 weights (the pack's size) in each kernel that can,
+    # and on torch._int_mm (int8 weights) where the CPU has VNNI and `auto` takes our kernel
     variants = {"fp32": fp, "w4a4": q}
     kinds = _int4_kinds()
     for kind in kinds:
-        v = copy.deepcopy(q)
-        for m in v.modules():
-            if isinstance(m, QuantLinear):
-                m.set_kernel_weights(kind)
-        variants[kind] = v
+        variants[kind] = variant(q, kind)
+    if int_gemm.cpu_has_vnni() and _q_backend(q) != "int_mm":
+        kinds.append("int_mm")
+        variants["int_mm"] = variant(q, "hold", "int_mm")
+    if cpu_kernel.vnni() and _q_backend(q) == "avx2":  # our kernel's AVX2 tile where it takes the VNNI one
+        kinds.append("avx2_tile")
+        variants["avx2_tile"] = variant(q, "hold", vnni=False)
     t = _times(variants, x, repeats)
     t_fp, t_q = t["fp32"], t["w4a4"]
     with torch.inference_mode():
@@ -95,6 +98,31 @@ def _part(width: int, mlp: int, layers: int, tokens: int, recipe: str, side: str
 
 
 INT4_KINDS = ("int4_avx2", "int4_bf16")  # int4 kernel_weights: our AVX2 kernel's, torch's int4 kernel
+# + torch._int_mm on int8 weights (VNNI CPUs where `auto` is our kernel), our kernel's AVX2
+# tile on int8 weights (CPUs where it takes its AVX-512 VNNI one)
+KINDS = INT4_KINDS + ("int_mm", "avx2_tile")
+
+
+def variant(q: nn.Module, kernel_weights: str, backend: str | None = None, vnni: bool = True) -> nn.Module:
+    """A copy of `q` whose integer layers hold `kernel_weights` (on `backend`; with `vnni`
+    False our kernel's AVX2 tile where it would take the VNNI one)."""
+    v = copy.deepcopy(q)
+    prefer = cpu_kernel.PREFER_VNNI
+    cpu_kernel.PREFER_VNNI = vnni and prefer  # read as the kernel weights are packed, below
+    try:
+        for m in v.modules():
+            if isinstance(m, QuantLinear):
+                if backend is not None:
+                    m.backend = backend
+                m.set_kernel_weights(kernel_weights)
+    finally:
+        cpu_kernel.PREFER_VNNI = prefer
+    return v
+
+
+def _q_backend(q: nn.Module) -> str:
+    """The integer backend `auto` gives the stack's layers on the CPU."""
+    return next(m._backend(torch.device("cpu")) for m in q.modules() if isinstance(m, QuantLinear))
 
 
 def _int4_kinds() -> list[str]:
@@ -120,8 +148,13 @@ def run(recipe: str = "omega_qvla", layers: int = 2, tokens: int = 800, steps: i
 
 
 def _kinds(part: dict) -> list[str]:
-    """The INT4_KINDS a part of a result holds."""
-    return [k for k in INT4_KINDS if f"{k}_speed_vs_fp32" in part]
+    """The KINDS a part of a result holds."""
+    return [k for k in KINDS if f"{k}_speed_vs_fp32" in part]
+
+
+def _label(kind: str) -> str:
+    return {"int_mm": "torch._int_mm, int8 weights held",
+            "avx2_tile": "our kernel's AVX2 tile, int8 weights held"}.get(kind, f"int4 weights held ({kind})")
 
 
 def format_text(r: dict) -> str:
@@ -132,7 +165,7 @@ def format_text(r: dict) -> str:
         lines.append(f"  {part}: {p['layers']} layers {p['width']}/{p['mlp']}, {p['tokens']} tokens: FP32 "
                      f"{p['fp32_s'] * 1e3:.0f} ms, W4A4 {p['w4a4_s'] * 1e3:.0f} ms ({p['speed_vs_fp32']:.2f}×), "
                      f"{p['integer_layers']}/{p['quantized_layers']} integer, rel-MSE {p['output_rel_mse']:.4f}"
-                     + "".join(f"; int4 weights held ({k}) {p[f'w4a4_{k}_s'] * 1e3:.0f} ms "
+                     + "".join(f"; {_label(k)} {p[f'w4a4_{k}_s'] * 1e3:.0f} ms "
                                f"({p[f'{k}_speed_vs_fp32']:.2f}×)" for k in _kinds(p)))
     c = r["chunk_equivalent"]
     lines.append(f"  chunk (trunk + {r['steps']} × expert): {c['speed_vs_fp32']:.2f}×"

@@ -1,4 +1,4 @@
-/* W4A4 linear for x86 CPUs with AVX2 and no VNNI (why: quant/cpu_kernel.py).
+/* W4A4 linear for x86 CPUs with AVX2, VNNI or not (why: quant/cpu_kernel.py).
  *
  * y[m, n] = (sum_k u[m,k] w[n,k] - offset[n]) * wscale[n] * s_m, where
  * u = clamp(round_half_even(z / s_m), -8, 7) + 8 are the activation codes of z as
@@ -12,6 +12,13 @@
  * in cpu_kernel.py): one 32-byte load holds a k-pair of 16 output columns, and one
  * broadcast of the row's two codes multiplies all of them. A tile is 4 rows x 48
  * columns: 12 accumulators, 3 weight vectors, 1 broadcast (16 ymm registers).
+ *
+ * On CPUs with AVX-512 VNNI the weights may be packed by k-quads instead, [n / 16 blocks]
+ * [k / 4 quads][16 columns][4] bytes (pack_weights(quads=True)): one 64-byte zmm load holds
+ * a k-quad of 16 columns and one vpdpbusd multiplies it by the row's four codes and adds
+ * the four products into each column's int32 lane (tile_vnni): 64 products per
+ * instruction instead of 32 per two, and no int16 stretch to widen. Same tile (4 rows x 3
+ * blocks, 12 zmm accumulators), same sums, same outputs.
  *
  * One call also rotates the input by the layer's 64-blocks (rotate_rows) and quantizes
  * it, so a layer is one call. Rows are split over OpenMP threads, each taking its rows
@@ -164,6 +171,44 @@ static __attribute__((noinline)) void tile(const uint8_t *const *u, const int8_t
     for (int i = 0; i < MR * NR * 2; i++) _mm256_storeu_si256((__m256i *)(out + 8 * i), wide[i]);
 }
 
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 9)
+#define W4A4_VNNI 1
+/* tile() on weights packed by k-quads, with AVX-512 VNNI (compiled for it whatever the
+   file's flags; called only where the CPU has it, cpu_kernel.vnni()): acc[r][c * 16 + j]
+   += sum over the quads of row u[r]'s four codes times column j's four weights, in int32
+   (|sum| <= 15 * 8 * k: no stretch to widen). */
+static __attribute__((noinline, target("avx512f,avx512vnni"))) void tile_vnni(
+        const uint8_t *const *u, const int8_t *const *w, int64_t quads, int32_t *out) {
+    const int8_t *w0 = w[0], *w1 = w[1], *w2 = w[2];
+    const uint8_t *u0 = u[0], *u1 = u[1], *u2 = u[2], *u3 = u[3];
+    __m512i c00 = _mm512_setzero_si512(), c01 = c00, c02 = c00, c10 = c00, c11 = c00, c12 = c00,
+            c20 = c00, c21 = c00, c22 = c00, c30 = c00, c31 = c00, c32 = c00;
+    for (int64_t p = 0; p < quads; p++) {
+        const __m512i x0 = _mm512_loadu_si512((const void *)(w0 + p * 64));
+        const __m512i x1 = _mm512_loadu_si512((const void *)(w1 + p * 64));
+        const __m512i x2 = _mm512_loadu_si512((const void *)(w2 + p * 64));
+        int32_t q;
+        __m512i a;
+#define ROW(R) memcpy(&q, u##R + 4 * p, 4); a = _mm512_set1_epi32(q);      \
+        c##R##0 = _mm512_dpbusd_epi32(c##R##0, a, x0);                     \
+        c##R##1 = _mm512_dpbusd_epi32(c##R##1, a, x1);                     \
+        c##R##2 = _mm512_dpbusd_epi32(c##R##2, a, x2);
+        ROW(0) ROW(1) ROW(2) ROW(3)
+#undef ROW
+    }
+#define OUT(R) _mm512_storeu_si512((void *)(out + (R * NR + 0) * NB), c##R##0); \
+    _mm512_storeu_si512((void *)(out + (R * NR + 1) * NB), c##R##1);            \
+    _mm512_storeu_si512((void *)(out + (R * NR + 2) * NB), c##R##2);
+    OUT(0) OUT(1) OUT(2) OUT(3)
+#undef OUT
+}
+#else
+#define W4A4_VNNI 0
+#endif
+
+/* Whether this build has tile_vnni (a compiler without AVX-512 VNNI support leaves it out). */
+int w4a4_vnni_built(void) { return W4A4_VNNI; }
+
 /* One tile's outputs: y[row][c] = (acc - offset) * wscale * s_row for the tile's
    columns [c0, c1), written to the output that holds column c: outputs ys[0..) hold the
    columns [0, ends[0]), [ends[0], ends[1]), ... as rows of their own width (a group of
@@ -192,8 +237,9 @@ static void store(const int32_t *acc, int mr, int64_t row0, int64_t c0, int64_t 
 
 /* NR (nr real) weight blocks in the int8 layout the tile reads (block c at out + c *
    pairs * 32) from their int4 form (cpu_kernel.pack_weights(nibbles=True)): 32 bytes hold
-   two k-pairs of one 16-column block, the first pair in the low nibbles, codes + 8 (the
-   int4 codes held at the pack's size, unpacked once per chunk of rows and tile). */
+   64 bytes of the int8 layout, the first 32 in the low nibbles, codes + 8 — two k-pairs
+   of one 16-column block, or with quads one k-quad (the int4 codes held at the pack's
+   size, unpacked once per chunk of rows and tile). */
 static void unpack_blocks(const uint8_t *wn, int64_t pairs, int nr, int8_t *out) {
     const int64_t quads = (pairs + 1) / 2;
     const __m256i mask = _mm256_set1_epi8(0x0F), eight = _mm256_set1_epi8(8);
@@ -223,6 +269,7 @@ typedef struct {
     const float *tail;
     const int8_t *w;
     int64_t nibbles;
+    int64_t quads;
     int64_t n;
     const int32_t *offset;
     const float *wscale;
@@ -232,7 +279,8 @@ typedef struct {
     float s;
 } w4a4_args;
 
-/* z [m, k] float32, w packed (int8, or int4 with nibbles != 0), offset/wscale [n], s one
+/* z [m, k] float32, w packed (int8, or int4 with nibbles != 0; by k-quads for tile_vnni
+   with quads != 0, else by k-pairs), offset/wscale [n], s one
    scale or rs [m] one per row (rs != NULL); the outputs ys (see store: nseg of them,
    ends[nseg - 1] == n), float32.
    With blocks != NULL the codes are those of z R. Each thread takes its own rows
@@ -247,11 +295,13 @@ int w4a4_linear_args(const w4a4_args *a) {
     const float *z = a->z, *blocks = a->blocks, *tail = a->tail, *wscale = a->wscale, *rs = a->rs;
     const int64_t m = a->m, k = a->k, nblk = a->nblk, n = a->n, *perm = a->perm, *ends = a->ends;
     const int8_t *w = a->w;
-    const int nibbles = a->nibbles != 0;
+    const int nibbles = a->nibbles != 0, quads = W4A4_VNNI && a->quads != 0;
     const int32_t *offset = a->offset;
     const float s = a->s;
     float *const *ys = a->ys;
-    const int64_t kp = (k + 1) & ~(int64_t)1, pairs = kp / 2, nblocks = (n + NB - 1) / NB;
+    /* codes per row, padded to whole k-pairs (k-quads); a block of weights is kp * 16 bytes */
+    const int64_t kp = quads ? (k + 3) & ~(int64_t)3 : (k + 1) & ~(int64_t)1, pairs = kp / 2,
+                  nblocks = (n + NB - 1) / NB;
     int failed = 0;
 #pragma omp parallel if (m * n * k >= 65536 && m >= 2 * MR) reduction(| : failed)
     {
@@ -299,7 +349,12 @@ int w4a4_linear_args(const w4a4_args *a) {
                     const int8_t *wt[NR];
                     for (int r = 0; r < MR; r++) u[r] = codes + (i0 - c0r + (r < mr ? r : 0)) * kp;
                     for (int c = 0; c < NR; c++) wt[c] = wb + (c < nr ? c : 0) * pairs * 32;
-                    tile(u, wt, pairs, &acc[0][0]);
+#if W4A4_VNNI
+                    if (quads)
+                        tile_vnni(u, wt, kp / 4, &acc[0][0]);
+                    else
+#endif
+                        tile(u, wt, pairs, &acc[0][0]);
                     for (int r = 0; r < mr; r++) sm[r] = rs ? rs[i0 + r] : s;
                     store(&acc[0][0], mr, i0, c0, c1, offset, wscale, sm, ends, ys);
                 }
