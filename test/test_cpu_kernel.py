@@ -18,25 +18,26 @@ def reference(z, w_codes, w_scale, s):
     return (codes.double() @ w_codes.double().t()) * w_scale.double() * torch.as_tensor(s).double()
 
 
-# the two tiles: k-pairs (AVX2, everywhere) and k-quads (AVX-512 VNNI, where the CPU has it)
-TILES = [False, pytest.param(True, marks=pytest.mark.skipif(not cpu_kernel.vnni(), reason="no AVX-512 VNNI"))]
+# the tiles: k-pairs (AVX2, everywhere: 0) and k-quads (the VNNI tiles, where the CPU has them)
+TILES = [0] + [pytest.param(t, marks=pytest.mark.skipif(t not in cpu_kernel.vnni_tiles(), reason="no such VNNI"))
+               for t in cpu_kernel.VNNI_TILES]
 
 
 @needs_kernel
-@pytest.mark.parametrize("quads", TILES)
+@pytest.mark.parametrize("tile", TILES)
 @pytest.mark.parametrize("nibbles", [False, True])  # int8 weights; int4 unpacked per tile
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (7, 33, 17), (50, 128, 128), (13, 190, 49), (9, 6, 40),
                                    (5, 600, 70), (144, 192, 768), (3, 2048, 20), (6, 131, 35)])
-def test_kernel_is_exact(m, k, n, nibbles, quads):
+def test_kernel_is_exact(m, k, n, nibbles, tile):
     g = torch.Generator().manual_seed(m * 1000 + k + n)
     w_codes = torch.randint(-8, 8, (n, k), generator=g)
     w_scale = torch.rand(n, generator=g) + 0.1
     z = torch.randn(m, k, generator=g) * 4
-    w = cpu_kernel.pack_weights(w_codes, w_scale, nibbles=nibbles, quads=quads)
-    assert w.quads == quads
+    w = cpu_kernel.pack_weights(w_codes, w_scale, nibbles=nibbles, quads=tile != 0)
+    assert w.quads == (tile != 0)
     assert w.packed.numel() <= (-(-n // 16) * 16) * (k + 3) // (2 if nibbles else 1) + 64
     for s, rows in ((0.7, None), (1.0, None), (1.0, torch.rand(m, 1, generator=g) + 0.2)):
-        y = cpu_kernel.linear(z, w, s, rows)
+        y = cpu_kernel.linear(z, w, s, rows, tile=tile or None)
         ref = reference(z, w_codes, w_scale, rows if rows is not None else s)
         assert y.shape == (m, n) and y.dtype == torch.float32
         assert float((y.double() - ref).abs().max() / ref.abs().max()) < 1e-6
@@ -49,24 +50,30 @@ def test_kernel_extreme_codes_do_not_saturate():
     k = 1000
     w_codes = torch.full((20, k), -8)
     for nibbles in (False, True):
-        for quads in (False, True) if cpu_kernel.vnni() else (False,):
-            w = cpu_kernel.pack_weights(w_codes, torch.ones(20), nibbles=nibbles, quads=quads)
+        for tile in [0] + cpu_kernel.vnni_tiles():
+            w = cpu_kernel.pack_weights(w_codes, torch.ones(20), nibbles=nibbles, quads=tile != 0)
             for code in (7.0, -8.0):
-                y = cpu_kernel.linear(torch.full((5, k), code), w)
+                y = cpu_kernel.linear(torch.full((5, k), code), w, tile=tile or None)
                 assert torch.equal(y, torch.full((5, 20), code * -8 * k))
 
 
 @needs_kernel
 def test_vnni_layout_only_where_its_tile_runs(monkeypatch):
-    """pack_weights takes the VNNI tile's layout by default where it runs (PREFER_VNNI),
-    and a plan refuses weights in that layout where it does not (they would be read as
-    k-pairs: wrong sums, no error)."""
+    """pack_weights takes the VNNI tiles' layout by default where one runs (TILE None: the
+    best), k-pairs with TILE 0, and a plan refuses weights in that layout where no VNNI
+    tile runs (they would be read as k-pairs: wrong sums, no error)."""
     codes = torch.randint(-8, 8, (16, 64), generator=torch.Generator().manual_seed(0))
     assert cpu_kernel.pack_weights(codes, torch.ones(16)).quads == cpu_kernel.vnni()
-    monkeypatch.setattr(cpu_kernel, "PREFER_VNNI", False)
+    monkeypatch.setattr(cpu_kernel, "TILE", 0)
     assert not cpu_kernel.pack_weights(codes, torch.ones(16)).quads
+    monkeypatch.setattr(cpu_kernel, "TILE", 3)
+    with pytest.raises(ValueError, match="VNNI tile 3"):
+        cpu_kernel.pack_weights(codes, torch.ones(16))
+    monkeypatch.setattr(cpu_kernel, "TILE", None)
     w = cpu_kernel.pack_weights(codes, torch.ones(16), quads=True)
-    monkeypatch.setattr(cpu_kernel, "vnni", lambda: False)
+    with pytest.raises(ValueError, match="VNNI tile 3"):
+        cpu_kernel.Plan(w, tile=3)
+    monkeypatch.setattr(cpu_kernel, "vnni_tiles", lambda: [])
     with pytest.raises(ValueError, match="VNNI"):
         cpu_kernel.Plan(w)
 

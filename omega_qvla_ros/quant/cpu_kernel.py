@@ -5,15 +5,17 @@ Why a kernel of our own: on AVX2 CPUs without VNNI nothing installed multiplies 
 codes faster than float32 at the shapes a VLA runs on a robot (tens to hundreds of
 tokens); with AVX-512 VNNI `torch._int_mm` is fast at the GEMM alone but pays its
 conversions around it, and the kernel, doing a layer in one call, still ran whole
-chunks faster (int_gemm.py). Measured on an AVX2-only CPU (2 threads, 50 tokens × 128 → 128): float32 18 µs, fbgemm's int8 linear 36 µs
+chunks faster (int_gemm.py). Measured on an AVX2-only CPU (2 threads, 50 tokens ×
+128 → 128): float32 18 µs, fbgemm's int8 linear 36 µs
 (it runs on one thread and its int8 products need int32 accumulation),
 `torch._int_mm` (oneDNN) 326 µs; torchao's CPU int8 × int4 kernels need AVX-512, VNNI,
 AMX or ARM and are not in its x86 wheel. int4 × int4 codes allow what int8 cannot:
 `vpmaddubsw` pair sums (≤ 240 with unsigned activation codes 0..15) add up in int16
 for 128 pairs without saturating, so one multiply-add and one add do 32
-multiply-accumulates. Where the CPU has AVX-512 VNNI (vnni()) the weights are packed by
-k-quads instead and one `vpdpbusd` does 64 multiply-accumulates into int32 (the same
-tile, the same exact sums; PREFER_VNNI = False keeps the AVX2 tile for comparison). The
+multiply-accumulates. Where the CPU has AVX-512 VNNI (vnni_tiles()) the weights are packed
+by k-quads instead and one `vpdpbusd` does 64 multiply-accumulates into int32 (the same
+tile, the same exact sums); with AVX-VNNI and no AVX-512 (Intel client cores) the same
+layout runs in 256-bit halves; TILE picks a tile for comparisons. The
 kernel also quantizes the activations (round half to even, as torch.round) and rescales
 its output in the same call: one call per layer.
 
@@ -131,17 +133,39 @@ def available() -> bool:
     return _lib() is not None
 
 
-# pack_weights' default layout where vnni() holds: by k-quads for the AVX-512 VNNI tile
-# (False: by k-pairs for the AVX2 tile everywhere; benchmarks compare the two)
-PREFER_VNNI = True
+# the kernel's VNNI tiles (csrc): 1 tile_vnni (AVX-512 VNNI, zmm), 2 tile_avxvnni (AVX-VNNI,
+# ymm: Intel client cores without AVX-512), with the CPU flags each needs
+VNNI_TILES = {1: {"avx512f", "avx512_vnni"}, 2: {"avx_vnni"}}
+
+
+def vnni_tiles() -> list[int]:
+    """The VNNI tiles that run here (built, and the CPU has their instructions), best first."""
+    from .int_gemm import cpu_flags
+    if not available():
+        return []
+    built = _lib().w4a4_vnni_built()
+    return [t for t, flags in VNNI_TILES.items() if built & t and flags <= cpu_flags()]
 
 
 def vnni() -> bool:
-    """Whether the kernel's AVX-512 VNNI tile runs here: the CPU has AVX-512F and VNNI and
-    the compiler built the tile (csrc: tile_vnni)."""
-    from .int_gemm import cpu_flags
-    return (available() and {"avx512f", "avx512_vnni"} <= cpu_flags()
-            and bool(_lib().w4a4_vnni_built()))
+    """Whether one of the kernel's VNNI tiles runs here (weights packed by k-quads)."""
+    return bool(vnni_tiles())
+
+
+# the tile kernels take: None the best that runs here (the first of vnni_tiles(), else the
+# AVX2 tile); 0 the AVX2 tile (weights by k-pairs); 1 or 2 that VNNI tile. Read as weights
+# are packed and plans built (benchmarks compare the tiles; the outputs are the same)
+TILE: int | None = None
+
+
+def _tile() -> int:
+    """The tile new weights and plans take (TILE, checked against what runs here)."""
+    tiles = vnni_tiles()
+    if TILE is None:
+        return tiles[0] if tiles else 0
+    if TILE and TILE not in tiles:
+        raise ValueError(f"VNNI tile {TILE} does not run here (these do: {tiles})")
+    return TILE
 
 
 def unavailable_reason() -> str | None:
@@ -173,8 +197,8 @@ class PackedWeights:
 def pack_weights(w_codes: torch.Tensor, w_scale: torch.Tensor, nibbles: bool = False,
                  quads: bool | None = None) -> PackedWeights:
     """codes [n, k] in [-8, 7] (any integer dtype) and per-row scales [n]; `quads`: the
-    VNNI tile's layout (default: where vnni() and PREFER_VNNI)."""
-    quads = (PREFER_VNNI and vnni()) if quads is None else quads
+    VNNI tiles' layout (default: where the tile taken, TILE, is one of them)."""
+    quads = _tile() != 0 if quads is None else quads
     n, k = w_codes.shape
     step = 4 if quads or nibbles else 2  # whole k-quads (VNNI), whole pairs of k-pairs (nibbles)
     blocks, kp = -(-n // BLOCK_COLS), -(-k // step) * step
@@ -237,13 +261,19 @@ class Plan:
     Holds `w` and `rotation`, whose memory the kernel reads."""
 
     def __init__(self, w: PackedWeights, rotation: PackedRotation | None = None,
-                 split: tuple[int, ...] | None = None) -> None:
+                 split: tuple[int, ...] | None = None, tile: int | None = None) -> None:
         lib = _lib()
         if lib is None:
             raise RuntimeError(unavailable_reason())
-        if w.quads and not vnni():
-            raise ValueError("weights packed by k-quads need the kernel's AVX-512 VNNI tile, "
+        tiles = vnni_tiles()
+        if w.quads and not tiles:
+            raise ValueError("weights packed by k-quads need one of the kernel's VNNI tiles, "
                              "which this CPU or build lacks (cpu_kernel.vnni())")
+        if w.quads and tile is not None and tile not in tiles:
+            raise ValueError(f"VNNI tile {tile} does not run here (these do: {tiles})")
+        if w.quads and tile is None:
+            tile = _tile() or tiles[0]  # TILE = 0 packs by k-pairs: these weights came otherwise
+        tile = tile if w.quads else 0
         if rotation is not None and rotation.size != w.k:
             raise ValueError(f"the rotation covers {rotation.size} features, the weights {w.k}")
         self.sizes = (w.n,) if split is None else tuple(int(c) for c in split)
@@ -253,8 +283,8 @@ class Plan:
         self._ends = (ctypes.c_int64 * len(self.sizes))(*itertools.accumulate(self.sizes))
         self._outputs = ctypes.c_void_p * len(self.sizes)
         perm, blocks, nblk, tail = _NO_ROTATION if rotation is None else rotation.args
-        packed, nibbles, quads, n, offset, scale = w.args
-        args = _Args(None, 0, w.k, perm, blocks, nblk, tail, packed, nibbles, quads, n, offset, scale, None,
+        packed, nibbles, _, n, offset, scale = w.args
+        args = _Args(None, 0, w.k, perm, blocks, nblk, tail, packed, nibbles, tile, n, offset, scale, None,
                      ctypes.addressof(self._ends), None, 1.0)
         self._template = bytes(args)
         self._fn = lib.w4a4_linear_args
@@ -284,10 +314,11 @@ class Plan:
 
 def linear(z: torch.Tensor, w: PackedWeights, scale: float = 1.0,
            row_scales: torch.Tensor | None = None, rotation: PackedRotation | None = None,
-           split: tuple[int, ...] | None = None) -> torch.Tensor | list[torch.Tensor]:
+           split: tuple[int, ...] | None = None, tile: int | None = None) -> torch.Tensor | list[torch.Tensor]:
     """Σ_k q[m,k] q_w[n,k] · s_w[n] · s_m with q = clamp(round(z' / s_m), -8, 7), for float32
     z [m, k] on the CPU, z' = z or, with `rotation`, z R (computed in the kernel);
     s_m = `scale`, or `row_scales` [m] (or [m, 1]) per row. With `split` (column counts
     summing to n) the result is one contiguous tensor per part, written by the kernel.
-    A layer called many times binds its arguments once with Plan."""
-    return Plan(w, rotation, split)(z, scale, row_scales)
+    `tile` picks one of the VNNI tiles (VNNI_TILES) for weights packed by k-quads (default:
+    the best that runs here). A layer called many times binds its arguments once with Plan."""
+    return Plan(w, rotation, split, tile)(z, scale, row_scales)

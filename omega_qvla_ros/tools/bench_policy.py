@@ -119,10 +119,10 @@ def run(model_spec: str | None = None, bag: str | Path = DEMO_BAG, recipes: list
 
     from omega_qvla_ros.models import model_info
     from omega_qvla_ros.models.calibrate import quantize_model
+    from omega_qvla_ros.quant import int_gemm
     from omega_qvla_ros.quant.pack import save_pack
-    from omega_qvla_ros.quant import cpu_kernel, int_gemm
     from omega_qvla_ros.quant.qlinear import QuantLinear
-    from omega_qvla_ros.tools.bench_stack import variant
+    from omega_qvla_ros.tools.bench_stack import other_tiles, variant
     from omega_qvla_ros.tools.model_cmds import bag_observations
     from omega_qvla_ros.tools.model_source import load_fp_model
 
@@ -162,9 +162,8 @@ def run(model_spec: str | None = None, bag: str | Path = DEMO_BAG, recipes: list
         if int_gemm.cpu_has_vnni() and int_gemm.pick_backend(torch.device("cpu")) != "int_mm":
             # what `auto` took on VNNI CPUs before our kernel was preferred there: side by side
             variants["omega_qvla_integer_int_mm"] = (variant(models["omega_qvla"], "hold", "int_mm"), "auto")
-        if cpu_kernel.vnni() and int_gemm.pick_backend(torch.device("cpu")) == "avx2":
-            # our kernel's AVX2 tile where it takes its AVX-512 VNNI one
-            variants["omega_qvla_integer_avx2_tile"] = (variant(models["omega_qvla"], "hold", vnni=False), "auto")
+        for kind, tile in other_tiles(int_gemm.pick_backend(torch.device("cpu"))).items():
+            variants[f"omega_qvla_integer_{kind}"] = (variant(models["omega_qvla"], "hold", tile=tile), "auto")
     if "omega_qvla_paper" in models:
         variants["omega_qvla_paper_reference"] = (models["omega_qvla_paper"], "reference")
     o, n = test[0], noise[0]

@@ -79,9 +79,9 @@ def _part(width: int, mlp: int, layers: int, tokens: int, recipe: str, side: str
     if int_gemm.cpu_has_vnni() and _q_backend(q) != "int_mm":
         kinds.append("int_mm")
         variants["int_mm"] = variant(q, "hold", "int_mm")
-    if cpu_kernel.vnni() and _q_backend(q) == "avx2":  # our kernel's AVX2 tile where it takes the VNNI one
-        kinds.append("avx2_tile")
-        variants["avx2_tile"] = variant(q, "hold", vnni=False)
+    for kind, tile in other_tiles(_q_backend(q)).items():  # our kernel's other tiles
+        kinds.append(kind)
+        variants[kind] = variant(q, "hold", tile=tile)
     t = _times(variants, x, repeats)
     t_fp, t_q = t["fp32"], t["w4a4"]
     with torch.inference_mode():
@@ -98,17 +98,17 @@ def _part(width: int, mlp: int, layers: int, tokens: int, recipe: str, side: str
 
 
 INT4_KINDS = ("int4_avx2", "int4_bf16")  # int4 kernel_weights: our AVX2 kernel's, torch's int4 kernel
-# + torch._int_mm on int8 weights (VNNI CPUs where `auto` is our kernel), our kernel's AVX2
-# tile on int8 weights (CPUs where it takes its AVX-512 VNNI one)
-KINDS = INT4_KINDS + ("int_mm", "avx2_tile")
+# + torch._int_mm on int8 weights (VNNI CPUs where `auto` is our kernel), our kernel's other
+# tiles on int8 weights (other_tiles)
+KINDS = INT4_KINDS + ("int_mm", "avx2_tile", "avxvnni_tile")
 
 
-def variant(q: nn.Module, kernel_weights: str, backend: str | None = None, vnni: bool = True) -> nn.Module:
-    """A copy of `q` whose integer layers hold `kernel_weights` (on `backend`; with `vnni`
-    False our kernel's AVX2 tile where it would take the VNNI one)."""
+def variant(q: nn.Module, kernel_weights: str, backend: str | None = None, tile: int | None = None) -> nn.Module:
+    """A copy of `q` whose integer layers hold `kernel_weights` (on `backend`; on our
+    kernel's `tile`, cpu_kernel.TILE, where given)."""
     v = copy.deepcopy(q)
-    prefer = cpu_kernel.PREFER_VNNI
-    cpu_kernel.PREFER_VNNI = vnni and prefer  # read as the kernel weights are packed, below
+    before = cpu_kernel.TILE
+    cpu_kernel.TILE = tile if tile is not None else before  # read as the kernel weights are built, below
     try:
         for m in v.modules():
             if isinstance(m, QuantLinear):
@@ -116,8 +116,16 @@ def variant(q: nn.Module, kernel_weights: str, backend: str | None = None, vnni:
                     m.backend = backend
                 m.set_kernel_weights(kernel_weights)
     finally:
-        cpu_kernel.PREFER_VNNI = prefer
+        cpu_kernel.TILE = before
     return v
+
+
+def other_tiles(backend: str) -> dict[str, int]:
+    """Our kernel's tiles other than the one it takes here, by variant name, where the
+    layers' backend is our kernel: its AVX2 tile, and AVX-VNNI's beside AVX-512 VNNI's."""
+    tiles = cpu_kernel.vnni_tiles() if backend == "avx2" else []
+    return {name: t for name, t in (("avx2_tile", 0), ("avxvnni_tile", 2)) if tiles and t != tiles[0]
+            and (t == 0 or t in tiles)}
 
 
 def _q_backend(q: nn.Module) -> str:
@@ -154,7 +162,8 @@ def _kinds(part: dict) -> list[str]:
 
 def _label(kind: str) -> str:
     return {"int_mm": "torch._int_mm, int8 weights held",
-            "avx2_tile": "our kernel's AVX2 tile, int8 weights held"}.get(kind, f"int4 weights held ({kind})")
+            "avx2_tile": "our kernel's AVX2 tile, int8 weights held",
+            "avxvnni_tile": "our kernel's AVX-VNNI tile, int8 weights held"}.get(kind, f"int4 weights held ({kind})")
 
 
 def format_text(r: dict) -> str:

@@ -18,7 +18,8 @@
  * a k-quad of 16 columns and one vpdpbusd multiplies it by the row's four codes and adds
  * the four products into each column's int32 lane (tile_vnni): 64 products per
  * instruction instead of 32 per two, and no int16 stretch to widen. Same tile (4 rows x 3
- * blocks, 12 zmm accumulators), same sums, same outputs.
+ * blocks, 12 zmm accumulators), same sums, same outputs. CPUs with AVX-VNNI and no
+ * AVX-512 take the same layout in 256-bit halves (tile_avxvnni).
  *
  * One call also rotates the input by the layer's 64-blocks (rotate_rows) and quantizes
  * it, so a layer is one call. Rows are split over OpenMP threads, each taking its rows
@@ -172,7 +173,7 @@ static __attribute__((noinline)) void tile(const uint8_t *const *u, const int8_t
 }
 
 #if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 9)
-#define W4A4_VNNI 1
+#define W4A4_VNNI512 1
 /* tile() on weights packed by k-quads, with AVX-512 VNNI (compiled for it whatever the
    file's flags; called only where the CPU has it, cpu_kernel.vnni()): acc[r][c * 16 + j]
    += sum over the quads of row u[r]'s four codes times column j's four weights, in int32
@@ -203,11 +204,44 @@ static __attribute__((noinline, target("avx512f,avx512vnni"))) void tile_vnni(
 #undef OUT
 }
 #else
-#define W4A4_VNNI 0
+#define W4A4_VNNI512 0
 #endif
 
-/* Whether this build has tile_vnni (a compiler without AVX-512 VNNI support leaves it out). */
-int w4a4_vnni_built(void) { return W4A4_VNNI; }
+#if (defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11)
+#define W4A4_AVXVNNI 1
+/* tile_vnni for CPUs with AVX-VNNI and no AVX-512 (Intel client cores since Alder Lake):
+   the same sums with the VEX vpdpbusd on 256-bit halves of each k-quad (columns 0-7 and
+   8-15 of a block), one block at a time — 8 accumulators, 2 weight vectors and a
+   broadcast fit the 16 ymm registers that 12 accumulators per block pair would not. */
+static __attribute__((noinline, target("avx2,avxvnni"))) void tile_avxvnni(
+        const uint8_t *const *u, const int8_t *const *w, int64_t quads, int32_t *out) {
+    const uint8_t *u0 = u[0], *u1 = u[1], *u2 = u[2], *u3 = u[3];
+    for (int c = 0; c < NR; c++) {
+        const int8_t *wc = w[c];
+        __m256i l0 = _mm256_setzero_si256(), h0 = l0, l1 = l0, h1 = l0, l2 = l0, h2 = l0, l3 = l0, h3 = l0;
+        for (int64_t p = 0; p < quads; p++) {
+            const __m256i xl = _mm256_loadu_si256((const __m256i *)(wc + p * 64));
+            const __m256i xh = _mm256_loadu_si256((const __m256i *)(wc + p * 64 + 32));
+            int32_t q;
+            __m256i a;
+#define ROW(R) memcpy(&q, u##R + 4 * p, 4); a = _mm256_set1_epi32(q); \
+            l##R = _mm256_dpbusd_avx_epi32(l##R, a, xl); h##R = _mm256_dpbusd_avx_epi32(h##R, a, xh);
+            ROW(0) ROW(1) ROW(2) ROW(3)
+#undef ROW
+        }
+#define OUT(R) _mm256_storeu_si256((__m256i *)(out + (R * NR + c) * NB), l##R); \
+        _mm256_storeu_si256((__m256i *)(out + (R * NR + c) * NB + 8), h##R);
+        OUT(0) OUT(1) OUT(2) OUT(3)
+#undef OUT
+    }
+}
+#else
+#define W4A4_AVXVNNI 0
+#endif
+
+/* Which VNNI tiles this build has, as bits: 1 tile_vnni (AVX-512), 2 tile_avxvnni (a
+   compiler without the instruction set leaves its tile out). */
+int w4a4_vnni_built(void) { return W4A4_VNNI512 | (W4A4_AVXVNNI << 1); }
 
 /* One tile's outputs: y[row][c] = (acc - offset) * wscale * s_row for the tile's
    columns [c0, c1), written to the output that holds column c: outputs ys[0..) hold the
@@ -279,8 +313,8 @@ typedef struct {
     float s;
 } w4a4_args;
 
-/* z [m, k] float32, w packed (int8, or int4 with nibbles != 0; by k-quads for tile_vnni
-   with quads != 0, else by k-pairs), offset/wscale [n], s one
+/* z [m, k] float32, w packed (int8, or int4 with nibbles != 0; by k-quads for a VNNI
+   tile with quads != 0, else by k-pairs), offset/wscale [n], s one
    scale or rs [m] one per row (rs != NULL); the outputs ys (see store: nseg of them,
    ends[nseg - 1] == n), float32.
    With blocks != NULL the codes are those of z R. Each thread takes its own rows
@@ -295,7 +329,9 @@ int w4a4_linear_args(const w4a4_args *a) {
     const float *z = a->z, *blocks = a->blocks, *tail = a->tail, *wscale = a->wscale, *rs = a->rs;
     const int64_t m = a->m, k = a->k, nblk = a->nblk, n = a->n, *perm = a->perm, *ends = a->ends;
     const int8_t *w = a->w;
-    const int nibbles = a->nibbles != 0, quads = W4A4_VNNI && a->quads != 0;
+    /* quads: 1 tile_vnni, 2 tile_avxvnni (the weights by k-quads), 0 tile (by k-pairs) */
+    const int nibbles = a->nibbles != 0,
+              quads = (a->quads == 1 && W4A4_VNNI512) ? 1 : (a->quads == 2 && W4A4_AVXVNNI) ? 2 : 0;
     const int32_t *offset = a->offset;
     const float s = a->s;
     float *const *ys = a->ys;
@@ -349,9 +385,14 @@ int w4a4_linear_args(const w4a4_args *a) {
                     const int8_t *wt[NR];
                     for (int r = 0; r < MR; r++) u[r] = codes + (i0 - c0r + (r < mr ? r : 0)) * kp;
                     for (int c = 0; c < NR; c++) wt[c] = wb + (c < nr ? c : 0) * pairs * 32;
-#if W4A4_VNNI
-                    if (quads)
+#if W4A4_VNNI512
+                    if (quads == 1)
                         tile_vnni(u, wt, kp / 4, &acc[0][0]);
+                    else
+#endif
+#if W4A4_AVXVNNI
+                    if (quads == 2)
+                        tile_avxvnni(u, wt, kp / 4, &acc[0][0]);
                     else
 #endif
                         tile(u, wt, pairs, &acc[0][0]);
