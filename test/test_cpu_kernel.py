@@ -61,7 +61,8 @@ def test_kernel_extreme_codes_do_not_saturate():
 def test_vnni_layout_only_where_its_tile_runs(monkeypatch):
     """pack_weights takes the VNNI tiles' layout by default where one runs (TILE None: the
     best), k-pairs with TILE 0, and a plan refuses weights in that layout where no VNNI
-    tile runs (they would be read as k-pairs: wrong sums, no error)."""
+    tile runs (they would be read as k-pairs: wrong sums, no error); the kernel refuses them
+    too where its build lacks the tile asked for."""
     codes = torch.randint(-8, 8, (16, 64), generator=torch.Generator().manual_seed(0))
     assert cpu_kernel.pack_weights(codes, torch.ones(16)).quads == cpu_kernel.vnni()
     monkeypatch.setattr(cpu_kernel, "TILE", 0)
@@ -73,6 +74,10 @@ def test_vnni_layout_only_where_its_tile_runs(monkeypatch):
     w = cpu_kernel.pack_weights(codes, torch.ones(16), quads=True)
     with pytest.raises(ValueError, match="VNNI tile 3"):
         cpu_kernel.Plan(w, tile=3)
+    # the kernel itself computes nothing on k-quad weights for a tile its build lacks
+    monkeypatch.setattr(cpu_kernel, "vnni_tiles", lambda: [3])
+    with pytest.raises(ValueError, match="tile this kernel build lacks"):
+        cpu_kernel.Plan(w, tile=3)(torch.randn(4, 64))
     monkeypatch.setattr(cpu_kernel, "vnni_tiles", lambda: [])
     with pytest.raises(ValueError, match="VNNI"):
         cpu_kernel.Plan(w)

@@ -307,7 +307,10 @@ class Plan:
         ys = [torch.empty(m, c, dtype=torch.float32) for c in self.sizes]
         outputs = self._outputs(*[y.data_ptr() for y in ys])
         a.z, a.m, a.s, a.ys = z.data_ptr(), m, scale, ctypes.addressof(outputs)
-        if self._fn(ctypes.addressof(a)):
+        rc = self._fn(ctypes.addressof(a))
+        if rc == -2:
+            raise ValueError("the weights are packed for a VNNI tile this kernel build lacks")
+        if rc:
             raise MemoryError("the AVX2 kernel could not allocate its per-thread scratch")
         return ys if self.split else ys[0]
 

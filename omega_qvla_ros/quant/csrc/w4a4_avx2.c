@@ -321,7 +321,8 @@ typedef struct {
    through every step (one fork, no barrier), MC rows at a time (more with int4 weights):
    rotation (ROT_ROWS rows at a time), quantization, then the GEMM against one tile of NR
    weight blocks at a time (the tile's weights stay in cache while the chunk passes).
-   Returns 0, or -1 when a thread's scratch could not be allocated (outputs undefined). */
+   Returns 0, -1 when a thread's scratch could not be allocated (outputs undefined), or -2
+   when the weights are by k-quads for a VNNI tile this build lacks (nothing computed). */
 #define MC 64
 #define NIB_CODES (8 << 20)
 #define ROT_ROWS (2 * RT)
@@ -332,6 +333,7 @@ int w4a4_linear_args(const w4a4_args *a) {
     /* quads: 1 tile_vnni, 2 tile_avxvnni (the weights by k-quads), 0 tile (by k-pairs) */
     const int nibbles = a->nibbles != 0,
               quads = (a->quads == 1 && W4A4_VNNI512) ? 1 : (a->quads == 2 && W4A4_AVXVNNI) ? 2 : 0;
+    if (a->quads && !quads) return -2; /* k-quad weights for a tile this build lacks */
     const int32_t *offset = a->offset;
     const float s = a->s;
     float *const *ys = a->ys;
