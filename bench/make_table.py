@@ -259,13 +259,14 @@ def full_section(paths: list[Path]) -> str:
             "Hessians, 2 synthetic calibration observations), then the W4A4 pack loaded as the runtime "
             "loads it and a chunk (one observation, fixed noise) timed against the FP32 model in the same "
             "run; each step in its own process (peak RSS is that process's).", "",
-            "Runtime default (`kernel_weights: auto`: a big pack's integer layers keep their int4 codes "
-            "in torch's CPU int4 kernel, `int4_bf16`, where the run recorded it; older runs rebuilt int8 "
-            "kernel weights per call) and, in brackets, every int8 kernel weight held "
-            "(`kernel_weights: hold`, the speed option).", "",
+            "Runtime default (`kernel_weights: auto`: a big pack's integer layers keep their int4 codes, "
+            "in the kernel the row's run recorded: our kernel's `int4_avx2` wherever it builds since "
+            "2026-12-05, torch's CPU int4 kernel `int4_bf16` on AVX-512 VNNI CPUs before; older runs "
+            "rebuilt int8 kernel weights per call) and, in brackets, every int8 kernel weight held "
+            "(`kernel_weights: hold`: twice the int4 bytes; faster than `int4_bf16`, no faster than `int4_avx2`).", "",
             "| family | recipe | threads | params | quantize | quantize peak RSS | W4A4 pack | load / run peak RSS "
-            "| run RSS / pack | chunk FP32 / W4A4 | speed vs FP32 | action max / mean \\|Δ\\| vs FP |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "| run RSS / pack | chunk FP32 / W4A4 | speed vs FP32 | `auto` kernel | action max / mean \\|Δ\\| vs FP |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for p in paths:
         r = json.loads(p.read_text())
@@ -282,7 +283,7 @@ def full_section(paths: list[Path]) -> str:
         rows.append(f"| {r['family']} | {recipe} | {r['threads']} | {r['params'] / 1e9:.2f}B | "
                     f"{r['quantize_wall_s'] / 60:.1f} min | {r['quantize_peak_rss_gib']:.2f} GiB | "
                     f"{r['pack_bytes'] / 2**30:.2f} GiB | {r['load_peak_rss_gib']:.2f} / {run_rss} GiB | {ratio} | "
-                    f"{chunk} s | {speed} | "
+                    f"{chunk} s | {speed} | {', '.join(r.get('kernel_weights_default') or []) or '–'} | "
                     f"{r['action_max_abs_diff_vs_fp']:.3f} / {r['action_mean_abs_diff_vs_fp']:.3f} |")
     return "\n".join(rows + ([""] + notes if notes else []))
 

@@ -130,8 +130,8 @@ def run(family: str, work: str | Path, recipe: str = "omega_qvla", checkpoint: s
     res["calibration"] = {"batches": calib_batches, "observations_per_batch": 1, "source": "synthetic"}
     res["pack_bytes"] = sum(f.stat().st_size for f in q.iterdir())
     runs = {}
-    # the runtime's default (lean, kernel_weights "auto"), the speed option (every int8
-    # kernel weight held), and the FP32 reference
+    # the runtime's default (lean, kernel_weights "auto"), every int8 kernel weight held
+    # ("hold": twice the int4 bytes), and the FP32 reference
     for name, pack, kw in (("w4a4", q, "auto"), ("w4a4_hold", q, "hold"), ("fp32", fp, "hold")):
         out, wall, rss = _run_child([py, "-c", _RUN, str(pack), str(work / f"actions_{name}.safetensors"),
                                      str(chunks), "auto", kw], log)
