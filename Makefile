@@ -48,6 +48,8 @@ bench: setup
 	$(VENV)/bin/omega-qvla bench policy --family gr00t --json > bench/results/policy_gr00t.json.tmp
 	mv bench/results/policy_gr00t.json.tmp bench/results/policy_gr00t.json
 	$(VPY) bench/tf32x3_rotation_codes.py --out bench/results/tf32x3_rotation_codes.json
+	$(VPY) bench/profile_chunk.py --w4a4 models/pi05_small_aloha_w4a4 --fp models/pi05_small_aloha --chunks 5 \
+	  --out bench/results/profile_small_pi05.json
 	$(VPY) bench/make_table.py
 
 # Closed-loop success of the shipped models per recipe (about half an hour per family on 2 cores),

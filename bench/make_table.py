@@ -317,6 +317,41 @@ def activation_section(path: Path) -> str:
     return "\n".join(lines)
 
 
+def profile_section(path: Path) -> str:
+    """bench/profile_chunk.py: where a W4A4 chunk's time goes beside FP32, part by part."""
+    r = json.loads(path.read_text())
+    w, f = r["runs"]["w4a4"], r["runs"]["fp32"]
+    labels = {"quantized_linears": "linears W4A4 quantizes", "float_modules": "float modules (linears, norms, embeddings)"}
+    keys = [k for k in w if k.endswith("_s") and k not in ("chunk_s", "outside_modules_s")]
+    order = {"vision": 0, "trunk": 1, "action_head": 2, "other": 3}
+    keys.sort(key=lambda k: (order.get(k.split("_quantized")[0].split("_float")[0], 9), k))
+
+    d = "models" if (ROOT / "models" / w["pack"]).is_dir() else "DIR"
+
+    def ms(x: float) -> str:
+        return f"{1e3 * x:.0f}" if x >= 0.1 else f"{1e3 * x:.1f}"
+    rows = [f"### Where a chunk's time goes: {w['pack']} beside {f['pack']}", "",
+            f"`python bench/profile_chunk.py --w4a4 {d}/{w['pack']} --fp {d}/{f['pack']} --chunks {r.get('chunks', 1)}` "
+            + ("(DIR: the published sizes' packs written by `omega-qvla bench full --work DIR`) " if d == "DIR" else "")
+            + "→ "
+            f"`{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name}`; {r['machine']}, "
+            f"{r['threads']} threads; forward hooks on every leaf "
+            "module (a quantized layer counts as one) in the fastest hooked chunk, each pack in its own process "
+            f"as the runtime loads it (`kernel_weights: {r['kernel_weights']}`). The float parts run the same code on both "
+            "sides: their ratios away from 1× are this machine's run-to-run noise, or the W4A4 load keeping big float "
+            "parts at fp16 (upcast per call); the speeds to quote are `bench full` / `bench policy`'s, without hooks.", "",
+            "| part | FP32 ms | W4A4 ms | FP32 / W4A4 |", "|---|---|---|---|"]
+    for k in keys + ["outside_modules_s", "chunk_s"]:
+        part, _, kind = k.removesuffix("_s").partition("_quantized_linears" if "_quantized_linears" in k
+                                                         else "_float_modules")
+        label = {"outside_modules_s": "outside modules (attention products and softmax, activations, residuals, glue)",
+                 "chunk_s": "**whole chunk (hooked)**"}.get(k) or (
+            f"{part.replace('_', ' ')}: {labels['quantized_linears' if 'quantized' in k else 'float_modules']}")
+        a, b = f.get(k, 0.0), w.get(k, 0.0)
+        rows.append(f"| {label} | {ms(a)} | {ms(b)} | " + (f"{a / b:.2f}× |" if b > 0 and a > 0 else "– |"))
+    return "\n".join(rows)
+
+
 def main() -> int:
     parts = []
     q = ROOT / "bench" / "results" / "quant.json"
@@ -366,6 +401,8 @@ def main() -> int:
     full = sorted((ROOT / "bench" / "results").glob("full_*.json"))
     if full:
         parts.append(full_section(full))
+    for prof in sorted((ROOT / "bench" / "results").glob("profile_*.json")):
+        parts.append(profile_section(prof))
     for st in sorted((ROOT / "bench" / "results").glob("stack_*.json")):
         parts.append(stack_section(st))
     mem = sorted((ROOT / "bench" / "results").glob("memory_*_full.json"))

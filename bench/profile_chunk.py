@@ -1,0 +1,113 @@
+"""Where a W4A4 chunk's time goes, beside FP32: per part of the model (vision tower, VLM
+trunk, action head; the family's scopes say which is which) the linears W4A4 quantizes and
+every other leaf module (float linears, norms, embeddings), and what runs outside modules
+(attention's products and softmax, activations, residual adds, the loop's glue), from
+forward hooks on one chunk after a warm one. Each pack runs in its own process, as the
+runtime loads it (lean; a published size fits one at a time).
+
+    python bench/profile_chunk.py --w4a4 PACK --fp PACK --out bench/results/profile_X.json
+
+The hooks add a few µs per module call, the same on both sides; chunk_s is the hooked
+chunk (bench full / bench policy time chunks without hooks).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+
+def profile(pack: str, kernel_weights: str = "auto", chunks: int = 1) -> dict:
+    """One warm chunk, then `chunks` hooked ones of `pack`: seconds per part in the fastest."""
+    import torch
+
+    from omega_qvla_ros.models import get_family
+    from omega_qvla_ros.models.calibrate import synthetic_batches
+    from omega_qvla_ros.models.memory import component_of
+    from omega_qvla_ros.models.processor import processor_from_manifest
+    from omega_qvla_ros.quant.pack import load_pack, read_manifest
+    from omega_qvla_ros.quant.qlinear import QuantLinear
+    from omega_qvla_ros.runtime.robot import RobotSpec
+
+    quantized = bool(read_manifest(pack)["layers"])
+    model, manifest = load_pack(pack, path="auto", float_storage="auto" if quantized else "float32",
+                                integer_codes="drop", kernel_weights=kernel_weights if quantized else "hold")
+    scopes = get_family(model.config.family).scopes
+    proc = processor_from_manifest(manifest, pack, RobotSpec().to_dict(), model.config)
+    obs = synthetic_batches(proc, 1, batch=1, seed=12345)[0]
+    c = model.config
+    noise = torch.randn(1, c.action_horizon, c.action_dim, generator=torch.Generator().manual_seed(7))
+    acc: dict[str, float] = {}
+
+    def timed(mod: torch.nn.Module, key: str) -> None:
+        start: list[float] = []
+        mod.register_forward_pre_hook(lambda m, a: start.append(time.perf_counter()))
+        mod.register_forward_hook(lambda m, a, o: acc.__setitem__(key, acc.get(key, 0.0)
+                                                                  + time.perf_counter() - start.pop()))
+
+    quantized_scope = scopes.backbone + scopes.action_head
+    hooked: list[str] = []  # leaf modules (a QuantLinear counts as one): no time counted twice
+    for name, m in model.named_modules():
+        if any(name.startswith(h + ".") for h in hooked) or not name:
+            continue
+        if isinstance(m, QuantLinear) or not any(True for _ in m.children()):
+            hooked.append(name)
+            kind = "quantized_linears" if any(re.search(q, name) for q in quantized_scope) else "float_modules"
+            timed(m, f"{component_of(name, scopes)}_{kind}_s")
+    best: tuple[float, dict] | None = None
+    with torch.inference_mode():
+        model.sample_actions(obs, noise=noise)
+        for _ in range(chunks):
+            acc.clear()
+            t = time.perf_counter()
+            model.sample_actions(obs, noise=noise)
+            total = time.perf_counter() - t
+            best = min(best, (total, dict(acc)), key=lambda b: b[0]) if best else (total, dict(acc))
+    total, acc = best
+    r = {"pack": Path(pack).name, "quantized": quantized, "chunk_s": total, **dict(sorted(acc.items()))}
+    r["outside_modules_s"] = total - sum(acc.values())
+    return r
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--w4a4", required=True, help="the W4A4 pack")
+    ap.add_argument("--fp", required=True, help="the FP pack it was made from")
+    ap.add_argument("--kernel-weights", default="auto", help="the W4A4 load's kernel_weights")
+    ap.add_argument("--chunks", type=int, default=3, help="hooked chunks per pack (the fastest counts)")
+    ap.add_argument("--out", help="write the JSON here (else stdout)")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # child: profile this pack, print JSON
+    a = ap.parse_args(argv)
+    if a.one:
+        print(json.dumps(profile(a.one, a.kernel_weights, a.chunks)))
+        return 0
+    import torch
+
+    from omega_qvla_ros.tools.machine import describe
+    runs = {}
+    for name, pack in (("w4a4", a.w4a4), ("fp32", a.fp)):
+        p = subprocess.run([sys.executable, __file__, "--w4a4", a.w4a4, "--fp", a.fp, "--one", pack,
+                            "--kernel-weights", a.kernel_weights, "--chunks", str(a.chunks)], capture_output=True, text=True)
+        if p.returncode != 0:
+            print(f"profile_chunk: {pack}: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else p.returncode}",
+                  file=sys.stderr)
+            return 1
+        runs[name] = json.loads(p.stdout.strip().splitlines()[-1])
+    r = {"benchmark": "profile", "machine": describe(), "threads": torch.get_num_threads(),
+         "torch": torch.__version__, "kernel_weights": a.kernel_weights, "chunks": a.chunks, "runs": runs,
+         "w4a4_speed_vs_fp32": runs["fp32"]["chunk_s"] / runs["w4a4"]["chunk_s"]}
+    text = json.dumps(r, indent=2) + "\n"
+    if a.out:
+        Path(a.out).write_text(text)
+    else:
+        print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
