@@ -321,11 +321,13 @@ def profile_section(path: Path) -> str:
     """bench/profile_chunk.py: where a W4A4 chunk's time goes beside FP32, part by part."""
     r = json.loads(path.read_text())
     w, f = r["runs"]["w4a4"], r["runs"]["fp32"]
-    labels = {"quantized_linears": "linears W4A4 quantizes", "float_modules": "float modules (linears, norms, embeddings)"}
-    keys = [k for k in w if k.endswith("_s") and k not in ("chunk_s", "outside_modules_s")]
-    order = {"vision": 0, "trunk": 1, "action_head": 2, "other": 3}
-    keys.sort(key=lambda k: (order.get(k.split("_quantized")[0].split("_float")[0], 9), k))
-
+    kinds = {"quantized_linears": "linears W4A4 quantizes", "float_modules": "float modules (linears, norms, embeddings)"}
+    order = ("vision", "trunk", "action_head", "other")
+    timed = [(m[1], m[2], k) for k in w if (m := re.fullmatch(r"(.+)_(quantized_linears|float_modules)_s", k))]
+    timed.sort(key=lambda t: (order.index(t[0]) if t[0] in order else len(order), t[2]))
+    labels = [(f"{part.replace('_', ' ')}: {kinds[kind]}", k) for part, kind, k in timed] + [
+        ("outside modules (attention products and softmax, activations, residuals, glue)", "outside_modules_s"),
+        ("**whole chunk (hooked)**", "chunk_s")]
     d = "models" if (ROOT / "models" / w["pack"]).is_dir() else "DIR"
 
     def ms(x: float) -> str:
@@ -341,12 +343,7 @@ def profile_section(path: Path) -> str:
             "sides: their ratios away from 1× are this machine's run-to-run noise, or the W4A4 load keeping big float "
             "parts at fp16 (upcast per call); the speeds to quote are `bench full` / `bench policy`'s, without hooks.", "",
             "| part | FP32 ms | W4A4 ms | FP32 / W4A4 |", "|---|---|---|---|"]
-    for k in keys + ["outside_modules_s", "chunk_s"]:
-        part, _, kind = k.removesuffix("_s").partition("_quantized_linears" if "_quantized_linears" in k
-                                                         else "_float_modules")
-        label = {"outside_modules_s": "outside modules (attention products and softmax, activations, residuals, glue)",
-                 "chunk_s": "**whole chunk (hooked)**"}.get(k) or (
-            f"{part.replace('_', ' ')}: {labels['quantized_linears' if 'quantized' in k else 'float_modules']}")
+    for label, k in labels:
         a, b = f.get(k, 0.0), w.get(k, 0.0)
         rows.append(f"| {label} | {ms(a)} | {ms(b)} | " + (f"{a / b:.2f}× |" if b > 0 and a > 0 else "– |"))
     return "\n".join(rows)

@@ -21,27 +21,19 @@ import time
 from pathlib import Path
 
 
-
 def profile(pack: str, kernel_weights: str = "auto", chunks: int = 1) -> dict:
     """One warm chunk, then `chunks` hooked ones of `pack`: seconds per part in the fastest."""
     import torch
 
     from omega_qvla_ros.models import get_family
-    from omega_qvla_ros.models.calibrate import synthetic_batches
     from omega_qvla_ros.models.memory import component_of
-    from omega_qvla_ros.models.processor import processor_from_manifest
-    from omega_qvla_ros.quant.pack import load_pack, read_manifest
     from omega_qvla_ros.quant.qlinear import QuantLinear
-    from omega_qvla_ros.runtime.robot import RobotSpec
+    from omega_qvla_ros.tools.bench_full import chunk_inputs, load_as_runtime
 
-    quantized = bool(read_manifest(pack)["layers"])
-    model, manifest = load_pack(pack, path="auto", float_storage="auto" if quantized else "float32",
-                                integer_codes="drop", kernel_weights=kernel_weights if quantized else "hold")
+    model, manifest = load_as_runtime(pack, kernel_weights)
+    obs, noise = chunk_inputs(model, manifest, pack)
     scopes = get_family(model.config.family).scopes
-    proc = processor_from_manifest(manifest, pack, RobotSpec().to_dict(), model.config)
-    obs = synthetic_batches(proc, 1, batch=1, seed=12345)[0]
-    c = model.config
-    noise = torch.randn(1, c.action_horizon, c.action_dim, generator=torch.Generator().manual_seed(7))
+    quantized_scope = scopes.backbone + scopes.action_head
     acc: dict[str, float] = {}
 
     def timed(mod: torch.nn.Module, key: str) -> None:
@@ -50,28 +42,25 @@ def profile(pack: str, kernel_weights: str = "auto", chunks: int = 1) -> dict:
         mod.register_forward_hook(lambda m, a, o: acc.__setitem__(key, acc.get(key, 0.0)
                                                                   + time.perf_counter() - start.pop()))
 
-    quantized_scope = scopes.backbone + scopes.action_head
-    hooked: list[str] = []  # leaf modules (a QuantLinear counts as one): no time counted twice
+    inside = None  # the QuantLinear whose submodules come next (depth first): not hooked again
     for name, m in model.named_modules():
-        if any(name.startswith(h + ".") for h in hooked) or not name:
+        if not name or (inside and name.startswith(inside)):
             continue
-        if isinstance(m, QuantLinear) or not any(True for _ in m.children()):
-            hooked.append(name)
+        if isinstance(m, QuantLinear) or next(m.children(), None) is None:  # leaf modules
+            inside = name + "."
             kind = "quantized_linears" if any(re.search(q, name) for q in quantized_scope) else "float_modules"
             timed(m, f"{component_of(name, scopes)}_{kind}_s")
-    best: tuple[float, dict] | None = None
+    runs = []
     with torch.inference_mode():
         model.sample_actions(obs, noise=noise)
         for _ in range(chunks):
             acc.clear()
             t = time.perf_counter()
             model.sample_actions(obs, noise=noise)
-            total = time.perf_counter() - t
-            best = min(best, (total, dict(acc)), key=lambda b: b[0]) if best else (total, dict(acc))
-    total, acc = best
-    r = {"pack": Path(pack).name, "quantized": quantized, "chunk_s": total, **dict(sorted(acc.items()))}
-    r["outside_modules_s"] = total - sum(acc.values())
-    return r
+            runs.append((time.perf_counter() - t, dict(acc)))
+    total, acc = min(runs, key=lambda r: r[0])
+    return {"pack": Path(pack).name, "quantized": bool(manifest["layers"]), "chunk_s": total,
+            **dict(sorted(acc.items())), "outside_modules_s": total - sum(acc.values())}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,25 +23,14 @@ RESULT_FIELDS = ("params", "quantize_wall_s", "quantize_peak_rss_gib", "pack_byt
 # a child process: load a pack, time chunks on one synthetic observation, save the actions
 _RUN = r"""
 import json, resource, sys, time, torch
-from omega_qvla_ros.models.calibrate import synthetic_batches
-from omega_qvla_ros.models.processor import processor_from_manifest
-from omega_qvla_ros.quant.pack import load_pack
-from omega_qvla_ros.runtime.robot import RobotSpec
+from omega_qvla_ros.tools.bench_full import chunk_inputs, load_as_runtime
 from safetensors.torch import save_file
 pack, out, chunks, path, kernel_weights = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-from omega_qvla_ros.quant.pack import read_manifest
-quantized = bool(read_manifest(pack)["layers"])
 t0 = time.time()
-# as the runtime loads (runtime/policy.py, lean): W4A4 keeps its big float parts at their stored
-# precision and gives back int4 codes an integer kernel holds; the FP reference runs in float32
-model, manifest = load_pack(pack, path=path, float_storage="auto" if quantized else "float32",
-                            integer_codes="drop", kernel_weights=kernel_weights)
+model, manifest = load_as_runtime(pack, kernel_weights, path)
 load_s, load_rss = time.time() - t0, rss()
-proc = processor_from_manifest(manifest, pack, RobotSpec().to_dict(), model.config)
-obs = synthetic_batches(proc, 1, batch=1, seed=12345)[0]
-c = model.config
-noise = torch.randn(1, c.action_horizon, c.action_dim, generator=torch.Generator().manual_seed(7))
+obs, noise = chunk_inputs(model, manifest, pack)
 times = []
 with torch.inference_mode():
     for _ in range(chunks):
@@ -55,6 +44,31 @@ kinds = Counter(m.kernel_weights for m in model.modules() if isinstance(m, Quant
 print(json.dumps({"load_s": load_s, "load_peak_rss_gib": load_rss, "chunk_s": times, "run_peak_rss_gib": rss(),
                   "threads": torch.get_num_threads(), "kernel_weights": dict(kinds)}))
 """
+
+
+def load_as_runtime(pack: str, kernel_weights: str = "auto", path: str = "auto"):
+    """(model, manifest) of `pack` as the runtime loads it (runtime/policy.py, lean): a W4A4
+    pack keeps its big float parts at their stored precision and gives back the int4 codes an
+    integer kernel holds; an FP pack runs in float32."""
+    from omega_qvla_ros.quant.pack import load_pack, read_manifest
+
+    quantized = bool(read_manifest(pack)["layers"])
+    return load_pack(pack, path=path, float_storage="auto" if quantized else "float32",
+                     integer_codes="drop", kernel_weights=kernel_weights)
+
+
+def chunk_inputs(model, manifest: dict, pack: str):
+    """The one synthetic observation and the fixed noise every timed chunk runs on."""
+    import torch
+
+    from omega_qvla_ros.models.calibrate import synthetic_batches
+    from omega_qvla_ros.models.processor import processor_from_manifest
+    from omega_qvla_ros.runtime.robot import RobotSpec
+
+    proc = processor_from_manifest(manifest, pack, RobotSpec().to_dict(), model.config)
+    obs = synthetic_batches(proc, 1, batch=1, seed=12345)[0]
+    c = model.config
+    return obs, torch.randn(1, c.action_horizon, c.action_dim, generator=torch.Generator().manual_seed(7))
 
 
 def _run_child(cmd: list[str], log=None) -> tuple[str, float, float]:
