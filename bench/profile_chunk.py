@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 
 
-def profile(pack: str, kernel_weights: str = "auto", chunks: int = 1) -> dict:
-    """One warm chunk, then `chunks` hooked ones of `pack`: seconds per part in the fastest."""
+def profile(pack: str, kernel_weights: str = "auto", chunks: int = 1, top: int = 0) -> dict:
+    """One warm chunk, then `chunks` hooked ones of `pack`: seconds per part in the fastest,
+    and with `top` its slowest leaf modules, layer indices pooled ("blocks.*.norm1")."""
     import torch
 
     from omega_qvla_ros.models import get_family
@@ -35,12 +36,17 @@ def profile(pack: str, kernel_weights: str = "auto", chunks: int = 1) -> dict:
     scopes = get_family(model.config.family).scopes
     quantized_scope = scopes.backbone + scopes.action_head
     acc: dict[str, float] = {}
+    per_module: dict[str, float] = {}
 
-    def timed(mod: torch.nn.Module, key: str) -> None:
+    def timed(mod: torch.nn.Module, key: str, pooled: str) -> None:
         start: list[float] = []
+
+        def done(m, a, o) -> None:
+            dt = time.perf_counter() - start.pop()
+            acc[key] = acc.get(key, 0.0) + dt
+            per_module[pooled] = per_module.get(pooled, 0.0) + dt
         mod.register_forward_pre_hook(lambda m, a: start.append(time.perf_counter()))
-        mod.register_forward_hook(lambda m, a, o: acc.__setitem__(key, acc.get(key, 0.0)
-                                                                  + time.perf_counter() - start.pop()))
+        mod.register_forward_hook(done)
 
     inside = None  # the QuantLinear whose submodules come next (depth first): not hooked again
     for name, m in model.named_modules():
@@ -49,18 +55,22 @@ def profile(pack: str, kernel_weights: str = "auto", chunks: int = 1) -> dict:
         if isinstance(m, QuantLinear) or next(m.children(), None) is None:  # leaf modules
             inside = name + "."
             kind = "quantized_linears" if any(re.search(q, name) for q in quantized_scope) else "float_modules"
-            timed(m, f"{component_of(name, scopes)}_{kind}_s")
+            timed(m, f"{component_of(name, scopes)}_{kind}_s", re.sub(r"(layers|blocks)\.\d+", r"\1.*", name))
     runs = []
     with torch.inference_mode():
         model.sample_actions(obs, noise=noise)
         for _ in range(chunks):
             acc.clear()
+            per_module.clear()
             t = time.perf_counter()
             model.sample_actions(obs, noise=noise)
-            runs.append((time.perf_counter() - t, dict(acc)))
-    total, acc = min(runs, key=lambda r: r[0])
-    return {"pack": Path(pack).name, "quantized": bool(manifest["layers"]), "chunk_s": total,
-            **dict(sorted(acc.items())), "outside_modules_s": total - sum(acc.values())}
+            runs.append((time.perf_counter() - t, dict(acc), dict(per_module)))
+    total, acc, modules = min(runs, key=lambda r: r[0])
+    out = {"pack": Path(pack).name, "quantized": bool(manifest["layers"]), "chunk_s": total,
+           **dict(sorted(acc.items())), "outside_modules_s": total - sum(acc.values())}
+    if top:
+        out["slowest_modules"] = dict(sorted(modules.items(), key=lambda kv: -kv[1])[:top])
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,11 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fp", required=True, help="the FP pack it was made from")
     ap.add_argument("--kernel-weights", default="auto", help="the W4A4 load's kernel_weights")
     ap.add_argument("--chunks", type=int, default=3, help="hooked chunks per pack (the fastest counts)")
+    ap.add_argument("--top", type=int, default=0, help="also record each run's N slowest leaf modules")
     ap.add_argument("--out", help="write the JSON here (else stdout)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # child: profile this pack, print JSON
     a = ap.parse_args(argv)
     if a.one:
-        print(json.dumps(profile(a.one, a.kernel_weights, a.chunks)))
+        print(json.dumps(profile(a.one, a.kernel_weights, a.chunks, a.top)))
         return 0
     import torch
 
@@ -81,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = {}
     for name, pack in (("w4a4", a.w4a4), ("fp32", a.fp)):
         p = subprocess.run([sys.executable, __file__, "--w4a4", a.w4a4, "--fp", a.fp, "--one", pack,
-                            "--kernel-weights", a.kernel_weights, "--chunks", str(a.chunks)], capture_output=True, text=True)
+                            "--kernel-weights", a.kernel_weights, "--chunks", str(a.chunks), "--top", str(a.top)], capture_output=True, text=True)
         if p.returncode != 0:
             print(f"profile_chunk: {pack}: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else p.returncode}",
                   file=sys.stderr)

@@ -22,7 +22,8 @@ def _module(name: str, path: Path):
 def test_profile_of_the_shipped_pi05_packs(tmp_path):
     out = tmp_path / "profile.json"
     p = subprocess.run([sys.executable, str(SCRIPT), "--w4a4", str(ROOT / "models" / "pi05_small_aloha_w4a4"),
-                        "--fp", str(ROOT / "models" / "pi05_small_aloha"), "--chunks", "1", "--out", str(out)],
+                        "--fp", str(ROOT / "models" / "pi05_small_aloha"), "--chunks", "1", "--top", "4",
+                        "--out", str(out)],
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     r = json.loads(out.read_text())
@@ -33,6 +34,9 @@ def test_profile_of_the_shipped_pi05_packs(tmp_path):
         parts = sum(v for k, v in run.items() if k.endswith("_s") and k not in ("chunk_s", "outside_modules_s"))
         assert 0 < parts < run["chunk_s"]  # no time counted twice
         assert abs(parts + run["outside_modules_s"] - run["chunk_s"]) < 1e-9
+        slowest = run["slowest_modules"]  # --top: layers pooled, slowest first, within the parts
+        assert len(slowest) == 4 and list(slowest.values()) == sorted(slowest.values(), reverse=True)
+        assert sum(slowest.values()) <= parts + 1e-9 and any("layers.*." in k for k in slowest)
     assert r["runs"]["w4a4"]["quantized"] and not r["runs"]["fp32"]["quantized"]
     table = _module("make_table", ROOT / "bench" / "make_table.py")
     text = table.profile_section(out)
