@@ -12,20 +12,22 @@
    and noise on CPU and GPU: action difference (rad) and inference time;
 5. one W4A4 layer per kernel variant at the shipped and the published shapes, replayed
    from CUDA graphs (`kernel_rows`): fp16 cuBLAS, the two Triton kernels, the one-kernel
-   layer, cuBLASLt int8 (`torch._int_mm`);
+   layer, cuBLASLt int8 (`torch._int_mm`), the trial GEMM on an int8 copy of the codes
+   (`triton_kernels.int8_gemm`);
 6. whole model per chunk (`device_check.chunk_times`): FP in fp32, fp16 and fp16 autocast,
    W4A4 (the shipped Pi0.5 pack, a GR00T omega_qvla pack made here) in float32 and with
-   its float parts in fp16, one-kernel layers on and off, each eager and replayed from
-   CUDA graphs;
+   its float parts in fp16, one-kernel layers on and off, the GEMM on the int4 words and
+   on the int8 copy, each eager and replayed from CUDA graphs;
 7. a stack of decoder layers at the published Pi0.5 widths (bench_stack.Stack: trunk 2048
    over 816 tokens, expert 1024 over 50 tokens, a chunk = trunk + 10 × expert): fp32, fp16
-   and W4A4 on the fused kernels (float parts in float32, and in fp16), eager and graphed.
+   and W4A4 on the fused kernels (float parts in float32, and in fp16; in fp16 on the int8
+   copy too), eager and graphed.
 
 Each section that fails records its error and the next one runs; the JSON is rewritten
 after every section (a run cut short keeps what it measured).
 
     python bench/cuda_check.py --out bench/results     # writes quant_cuda_<gpu>.json
-    python bench/cuda_check.py --sections tests,kernels,chunk,stack --tag run2
+    python bench/cuda_check.py --sections tests,kernels,chunk,stack --tag run3
 """
 from __future__ import annotations
 
@@ -82,26 +84,28 @@ def chunk_rows(device: str, repeats: int, workdir: Path) -> list[dict]:
     gr00t_q = workdir / "gr00t_w4a4"
     assert cli(["quantize", "--family", "gr00t", "--recipe", "omega_qvla", "--calib", "synthetic",
                 "--out", str(gr00t_q), "--json"]) == 0
-    one_kernel, prec = triton_kernels.FUSE_MAX_K, triton_kernels.ROTATE_PRECISION
+    one_kernel, prec, gw = triton_kernels.FUSE_MAX_K, triton_kernels.ROTATE_PRECISION, triton_kernels.GEMM_WEIGHTS
     # (pack, dtype, one-kernel layers up to this contraction width: 0 = always two kernels,
-    # the rotation's precision: the default and, in fp16, the fp32 "ieee" baseline)
-    w4a4 = [("float32", 0, prec), ("float32", one_kernel, prec), ("fp16", 0, prec), ("fp16", one_kernel, prec),
-            ("fp16", one_kernel, "ieee")]
-    cases = [(models / "pi05_small_aloha", d, one_kernel, prec) for d in ("float32", "fp16", "autocast_fp16")] + [
+    # the rotation's precision: the default and, in fp16, the fp32 "ieee" baseline, the
+    # two-kernel GEMM's weights: the default and, in fp16, the int8 copy)
+    w4a4 = [("float32", 0, prec, gw), ("float32", one_kernel, prec, gw), ("fp16", 0, prec, gw),
+            ("fp16", one_kernel, prec, gw), ("fp16", one_kernel, "ieee", gw), ("fp16", one_kernel, prec, "int8")]
+    cases = [(models / "pi05_small_aloha", d, one_kernel, prec, gw) for d in ("float32", "fp16", "autocast_fp16")] + [
         (models / "pi05_small_aloha_w4a4", *c) for c in w4a4] + [
-        (models / "gr00t_small_aloha", d, one_kernel, prec) for d in ("float32", "fp16", "autocast_fp16")] + [
+        (models / "gr00t_small_aloha", d, one_kernel, prec, gw) for d in ("float32", "fp16", "autocast_fp16")] + [
         (gr00t_q, *c) for c in w4a4]
     rows = []
-    for path, dtype, fuse, precision in cases:
+    for path, dtype, fuse, precision, weights in cases:
         triton_kernels.FUSE_MAX_K, triton_kernels.ROTATE_PRECISION = fuse, precision
+        triton_kernels.GEMM_WEIGHTS = weights
+        case = {"one_kernel_max_k": fuse, "rotate_precision": precision, "gemm_weights": weights}
         try:
-            rows.append({**chunk_times(path, device, repeats, dtype), "one_kernel_max_k": fuse,
-                         "rotate_precision": precision})
+            rows.append({**chunk_times(path, device, repeats, dtype), **case})
         except Exception as e:  # one variant failing must not cost the others
-            rows.append({"pack": path.name, "dtype": dtype, "one_kernel_max_k": fuse, "rotate_precision": precision,
-                         "error": f"{type(e).__name__}: {e}"[:500]})
+            rows.append({"pack": path.name, "dtype": dtype, **case, "error": f"{type(e).__name__}: {e}"[:500]})
         finally:
-            triton_kernels.FUSE_MAX_K, triton_kernels.ROTATE_PRECISION = one_kernel, prec
+            triton_kernels.FUSE_MAX_K, triton_kernels.ROTATE_PRECISION, triton_kernels.GEMM_WEIGHTS = (
+                one_kernel, prec, gw)
         print("chunk", rows[-1], flush=True)
     return rows
 
@@ -127,7 +131,8 @@ def kernel_rows(device: str, repeats: int) -> list[dict]:
     activations), the one-kernel layer (fp16), each with the rotation on tensor cores (the
     default "tf32x3") and in fp32 ("ieee", suffix _ieee), and cuBLASLt's int8 GEMM
     (`torch._int_mm` on the codes, int8 weights one byte each) with its rescale as a second
-    op; and how many codes the two rotation precisions give differently."""
+    op; the int4 GEMM's trial on an int8 copy of the codes (`int8_gemm`, K-major), alone and
+    after rotate_quantize; and how many codes the two rotation precisions give differently."""
     from omega_qvla_ros.quant.packing import pack_int4
     from omega_qvla_ros.quant.rotation import build_input_rotation
 
@@ -139,7 +144,8 @@ def kernel_rows(device: str, repeats: int) -> list[dict]:
         rot = build_input_rotation(torch.randn(64, K, generator=g), "omega")
         perm, blocks = rot.perm.to(torch.int32).to(device), rot.blocks.float().contiguous().to(device)
         w = torch.randint(-8, 8, (N, K), generator=g, dtype=torch.int8)
-        packed, w8t = pack_int4(w).to(device), w.to(device).t()
+        packed, w8 = pack_int4(w).to(device), w.to(device)
+        w8t = w8.t()
         ws, bias = (torch.rand(N, generator=g) * 0.01).to(device), torch.randn(N, generator=g).to(device)
         w16 = (w.float() * 0.01).half().to(device)
         codes = triton_kernels.rotate_quantize(x32, perm, blocks, 0.5)
@@ -149,6 +155,9 @@ def kernel_rows(device: str, repeats: int) -> list[dict]:
             "gemm_only_ms": lambda: triton_kernels.int4_gemm(codes, packed, ws, 0.5, bias, out_dtype=torch.float16),
             "int_mm_gemm_only_ms": lambda: int_gemm.gemm_int_mm(codes, w8t),
             "int_mm_rescaled_ms": lambda: torch._int_mm(codes, w8t).mul(ws).half(),
+            "int8_gemm_only_ms": lambda: triton_kernels.int8_gemm(codes, w8, ws, 0.5, bias, out_dtype=torch.float16),
+            "two_kernels_int8_fp16_ms": lambda: triton_kernels.int8_gemm(
+                triton_kernels.rotate_quantize(x16, perm, blocks, 0.5), w8, ws, 0.5, bias, out_dtype=torch.float16),
         }
         for p, sfx in (("tf32x3", ""), ("ieee", "_ieee")):
             variants.update({
@@ -169,6 +178,9 @@ def kernel_rows(device: str, repeats: int) -> list[dict]:
         two = triton_kernels.int4_gemm(triton_kernels.rotate_quantize(x16, perm, blocks, 0.5), packed, ws, 0.5, bias,
                                        out_dtype=torch.float16)
         row["one_vs_two_kernels_max_abs"] = float((one.float() - two.float()).abs().max())
+        int8 = triton_kernels.int8_gemm(triton_kernels.rotate_quantize(x16, perm, blocks, 0.5), w8, ws, 0.5, bias,
+                                        out_dtype=torch.float16)
+        row["int8_vs_int4_gemm_max_abs"] = float((int8.float() - two.float()).abs().max())
         ieee = triton_kernels.rotate_quantize(x32, perm, blocks, 0.5, "ieee")
         row["tf32x3_vs_ieee_codes_differing"] = int((codes != ieee).sum())
         for k in list(row):
@@ -193,7 +205,8 @@ STACK_PARTS = (("trunk", 2048, 16384, 816, "backbone"), ("expert", 1024, 4096, 5
 
 
 def stack_rows(device: str, repeats: int, steps: int = 10, shapes=STACK_PARTS) -> dict:
-    """Published Pi0.5 widths (bench_stack.Stack, 2 layers per part): fp32, fp16, W4A4."""
+    """Published Pi0.5 widths (bench_stack.Stack, 2 layers per part): fp32, fp16, W4A4 (and
+    W4A4 with its float parts in fp16, on the int4 words and on the int8 trial's copy)."""
     import copy
 
     from omega_qvla_ros.quant.qlinear import QuantLinear
@@ -218,23 +231,27 @@ def stack_rows(device: str, repeats: int, steps: int = 10, shapes=STACK_PARTS) -
             y, y_fp = q(x), fp(x)
             row["w4a4_output_rel_mse"] = float(((y - y_fp) ** 2).mean() / (y_fp ** 2).mean())
             row["w4a4_fp16_output_rel_mse"] = float(((q16(x.half()).float() - y_fp) ** 2).mean() / (y_fp ** 2).mean())
-            for name, m, xin in (("fp32", fp, x), ("fp16", fp16, x.half()), ("w4a4", q, x),
-                                 ("w4a4_fp16", q16, x.half())):
+            gw = triton_kernels.GEMM_WEIGHTS
+            for name, m, xin, weights in (("fp32", fp, x, gw), ("fp16", fp16, x.half(), gw), ("w4a4", q, x, gw),
+                                          ("w4a4_fp16", q16, x.half(), gw), ("w4a4_int8_fp16", q16, x.half(), "int8")):
+                triton_kernels.GEMM_WEIGHTS = weights  # the two-kernel GEMM's weights (int8: the trial)
                 try:
                     row[f"{name}_ms"], row[f"{name}_graph_ms"] = _graphed_ms(m, xin, repeats)
                 except Exception as e:
                     row[f"{name}_error"] = f"{type(e).__name__}: {e}"[:500]
+                finally:
+                    triton_kernels.GEMM_WEIGHTS = gw
         parts[part] = row
         print("stack", part, row, flush=True)
     chunk = {}
-    for name in ("fp32", "fp16", "w4a4", "w4a4_fp16"):
+    for name in ("fp32", "fp16", "w4a4", "w4a4_fp16", "w4a4_int8_fp16"):
         for mode in ("ms", "graph_ms"):
             k = f"{name}_{mode}"
             if all(k in parts[p] for p in parts):
                 chunk[k] = parts["trunk"][k] + steps * parts["expert"][k]
     for mode in ("ms", "graph_ms"):
         for base in ("fp16", "fp32"):
-            for q in ("w4a4", "w4a4_fp16"):
+            for q in ("w4a4", "w4a4_fp16", "w4a4_int8_fp16"):
                 if f"{q}_{mode}" in chunk and f"{base}_{mode}" in chunk:
                     chunk[f"{q}_speed_vs_{base}{'_graphs' if mode == 'graph_ms' else ''}"] = (
                         chunk[f"{base}_{mode}"] / chunk[f"{q}_{mode}"])

@@ -68,27 +68,37 @@ def cuda_section(path: Path) -> str:
         if both:
             cols[3:3] = [("two_kernels_fp16_ieee_ms", "two kernels, fp16 act., fp32 rotation")]
             cols[6:6] = [("one_kernel_fp16_ieee_ms", "one kernel, fp16 act., fp32 rotation")]
+        int8 = any("two_kernels_int8_fp16_ms" in x for x in kern)  # the int8-copy GEMM trial (int8_gemm)
+        if int8:
+            cols += [("int8_gemm_only_ms", "int8-copy GEMM alone"), ("two_kernels_int8_fp16_ms",
+                                                                     "two kernels on the int8 copy, fp16 act.")]
         rotation = ("the Triton kernels' rotation on tensor cores (tf32x3) unless said \"fp32 rotation\" (ieee); "
                     "codes differing = of T·K activation codes, tf32x3 vs ieee" if both
                     else "the Triton kernels' rotation in fp32 (ieee)")
+        if int8:
+            rotation += ("; \"int8 copy\" = `triton_kernels.int8_gemm`, the trial GEMM on the codes held one byte "
+                         "each, K-major (GEMM_WEIGHTS = \"int8\")")
         rows += ["", "One W4A4 layer per kernel variant (`kernel_rows`: one static scale, omega rotation blocks, "
                  "each variant replayed from a CUDA graph of 20 calls, µs per call; the first rows are the shipped "
                  "models' layer shapes with q/k/v and gate/up stacked; \"one kernel\" = "
                  "`triton_kernels.rotate_quantize_gemm`; `_int_mm` = cuBLASLt int8 on the codes, int8 weights, "
                  f"no rotation; {rotation}):", "",
                  "| T, K, N | " + " | ".join(c[1] for c in cols) + " | best W4A4 vs fp16 |"
-                 + (" codes differing |" if both else ""),
-                 "|---" * (len(cols) + 2 + both) + "|"]
+                 + (" int8 copy vs fp16 |" if int8 else "") + (" codes differing |" if both else ""),
+                 "|---" * (len(cols) + 2 + int8 + both) + "|"]
         for x in kern:
             best = min(x[k] for k in ("two_kernels_fp16_ms", "one_kernel_fp16_ms") if k in x)
             rows.append(f"| {tuple(x['shape'])} | " + " | ".join(f"{1000 * x[k]:.1f}" if k in x else "–"
                                                                for k, _ in cols)
                         + f" | {x['fp16_ms'] / best:.2f}× |"
+                        + ((f" {x['fp16_ms'] / x['two_kernels_int8_fp16_ms']:.2f}× |"
+                            if "two_kernels_int8_fp16_ms" in x else " – |") if int8 else "")
                         + (f" {x.get('tf32x3_vs_ieee_codes_differing', '–')} |" if both else ""))
     chunk = r.get("chunk") or []
     if chunk:
         one = any("one_kernel_max_macs" in c or "one_kernel_max_k" in c for c in chunk)
         prec = any("rotate_precision" in c for c in chunk)
+        gw = any("gemm_weights" in c for c in chunk)  # runs with the int8-copy trial name the GEMM's weights
 
         def one_rule(c: dict) -> str:  # run2 had T·K·N ≤ a count; later runs K ≤ a width
             if "one_kernel_max_k" in c:
@@ -103,12 +113,16 @@ def cuda_section(path: Path) -> str:
                  + (" One kernel: the layers within that rule run as `rotate_quantize_gemm` (off: always "
                     "two kernels)." if one else ""), "",
                  "| pack | precision |" + (" one kernel |" if one else "") + (" rotation |" if prec else "")
+                 + (" GEMM weights |" if gw else "")
                  + " integer layers | eager ms | CUDA graph ms | graph vs eager | graph − eager max |",
-                 "|---|---|" + ("---|" if one else "") + ("---|" if prec else "") + "---|---|---|---|---|"]
+                 "|---|---|" + ("---|" if one else "") + ("---|" if prec else "") + ("---|" if gw else "")
+                 + "---|---|---|---|---|"]
         for c in chunk:
             lim = (f" {one_rule(c) if c.get('integer_backends') else '–'} |" if one else "")
             if prec:  # the Triton kernels' block product: tensor cores (tf32x3) or fp32 (ieee)
                 lim += f" {c['rotate_precision'] if c.get('integer_backends') else '–'} |"
+            if gw:
+                lim += f" {c.get('gemm_weights', 'int4') if c.get('integer_backends') else '–'} |"
             if "error" in c:
                 rows.append(f"| {c['pack']} | {c['dtype']} |{lim} failed: {c['error'][:80]} | | | | |")
                 continue
@@ -119,12 +133,15 @@ def cuda_section(path: Path) -> str:
     st = r.get("stack")
     if st:
         half = "w4a4_fp16_graph_ms" in st["trunk"]
+        i8 = "w4a4_int8_fp16_graph_ms" in st["trunk"]  # the int8-copy GEMM trial, float parts in half
         rows += ["", "Published Pi0.5 widths on the GPU (`bench_stack.Stack`, 2 decoder layers per part, "
                  "random weights, omega_qvla on the fused kernels; a chunk = trunk + 10 × expert"
                  + ("; W4A4 fp16: its float parts in half" if half else "") + "):", "",
                  "| part | tokens | fp32 ms | fp16 ms | W4A4 ms | fp32 graph | fp16 graph | W4A4 graph "
-                 + ("| W4A4 fp16 graph " if half else "") + "| W4A4 vs fp16 (graphs) |",
-                 "|---|---|---|---|---|---|---|---|" + ("---|" if half else "") + "---|"]
+                 + ("| W4A4 fp16 graph " if half else "") + ("| W4A4 fp16 graph, int8 copy " if i8 else "")
+                 + "| W4A4 vs fp16 (graphs) |" + (" int8 copy vs fp16 (graphs) |" if i8 else ""),
+                 "|---|---|---|---|---|---|---|---|" + ("---|" if half else "") + ("---|" if i8 else "") + "---|"
+                 + ("---|" if i8 else "")]
         for part in ("trunk", "expert"):
             x = st[part]
             best = min(x["w4a4_graph_ms"], x.get("w4a4_fp16_graph_ms", x["w4a4_graph_ms"]))
@@ -132,13 +149,17 @@ def cuda_section(path: Path) -> str:
                         f"{x['fp16_ms']:.2f} | {x['w4a4_ms']:.2f} | {x['fp32_graph_ms']:.2f} | "
                         f"{x['fp16_graph_ms']:.2f} | {x['w4a4_graph_ms']:.2f} | "
                         + (f"{x['w4a4_fp16_graph_ms']:.2f} | " if half else "")
-                        + f"{x['fp16_graph_ms'] / best:.2f}× |")
+                        + (f"{x['w4a4_int8_fp16_graph_ms']:.2f} | " if i8 else "")
+                        + f"{x['fp16_graph_ms'] / best:.2f}× |"
+                        + (f" {x['fp16_graph_ms'] / x['w4a4_int8_fp16_graph_ms']:.2f}× |" if i8 else ""))
         c = st["chunk_equivalent"]
         best = min(c["w4a4_graph_ms"], c.get("w4a4_fp16_graph_ms", c["w4a4_graph_ms"]))
         rows.append(f"| chunk | | {c['fp32_ms']:.2f} | {c['fp16_ms']:.2f} | {c['w4a4_ms']:.2f} | "
                     f"{c['fp32_graph_ms']:.2f} | {c['fp16_graph_ms']:.2f} | {c['w4a4_graph_ms']:.2f} | "
                     + (f"{c['w4a4_fp16_graph_ms']:.2f} | " if half else "")
-                    + f"{c['fp16_graph_ms'] / best:.2f}× |")
+                    + (f"{c['w4a4_int8_fp16_graph_ms']:.2f} | " if i8 else "")
+                    + f"{c['fp16_graph_ms'] / best:.2f}× |"
+                    + (f" {c['fp16_graph_ms'] / c['w4a4_int8_fp16_graph_ms']:.2f}× |" if i8 else ""))
     pol = r.get("policy") or []
     if pol:
         rows += ["", "The node's runtime on the GPU (`Policy.from_pack(pack, 'cuda')` + `infer()`, chunks replayed "

@@ -46,6 +46,7 @@ def test_committed_cuda_results_render_and_agree():
             assert k["one_vs_two_kernels_max_abs"] == 0.0
             T, K, _ = k["shape"]  # the rotation on tensor cores keeps the fp32 rotation's codes (runs since run3)
             assert k.get("tf32x3_vs_ieee_codes_differing", 0) <= max(1, 1e-4 * T * K)
+            assert k.get("int8_vs_int4_gemm_max_abs", 0.0) == 0.0  # the int8-copy trial: the same sums
         for p in r.get("policy", []):  # the node's runtime on the GPU, as test_cuda.py bounds it
             assert p["finite"]
             if p["recipe"] == "fp16":
@@ -60,6 +61,38 @@ def test_committed_cuda_results_render_and_agree():
         assert sum(line.startswith("| (") for line in text.splitlines()) == len(r.get("latency", [])) + len(
             r.get("kernels", []))
         assert r.get("latency") or r.get("kernels") or r.get("chunk"), f"{f.name}: nothing measured"
+
+
+def test_cuda_section_renders_the_int8_copy_trial(tmp_path):
+    """A run that timed the int8-copy GEMM (cuda_check since the trial) shows it beside the
+    int4 GEMM in each table: a kernels column and ratio, the chunk's GEMM weights, the stack's
+    column and ratio; earlier runs render as before (test above)."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("make_table", root / "bench" / "make_table.py")
+    mt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mt)
+    r = json.loads((root / "bench" / "results" / "quant_cuda_nvidia_h200_run2.json").read_text())
+    for k in r["kernels"]:  # made-up times, only the layout is checked
+        k["int8_gemm_only_ms"], k["two_kernels_int8_fp16_ms"] = k["gemm_only_ms"] / 2, k["fp16_ms"] / 1.25
+    for c in r["chunk"]:
+        c["gemm_weights"] = "int4"
+    r["chunk"].append({**r["chunk"][-1], "gemm_weights": "int8"})
+    for part in ("trunk", "expert", "chunk_equivalent"):
+        r["stack"][part]["w4a4_int8_fp16_graph_ms"] = r["stack"][part]["fp16_graph_ms"] / 1.5
+    mt.ROOT = tmp_path  # the table names its file relative to the repository root
+    f = tmp_path / "quant_cuda_x.json"
+    f.write_text(json.dumps(r))
+    lines = mt.cuda_section(f).splitlines()
+    kern = [ln for ln in lines if ln.startswith("| (")]
+    assert len(kern) == len(r["kernels"]) and all(ln.endswith("| 1.25× |") for ln in kern)
+    assert any("int8-copy GEMM alone" in ln for ln in lines)
+    chunk = [ln for ln in lines if ln.startswith(f"| {r['chunk'][-1]['pack']} |")]
+    assert chunk[-1].count("| int8 |") == 1 and chunk[0].count("| int4 |") == 1
+    stack = [ln for ln in lines if ln.startswith(("| trunk", "| expert", "| chunk |"))]
+    assert len(stack) == 3 and all(ln.endswith("| 1.50× |") for ln in stack)
 
 
 def test_tf32x3_emulation_and_its_committed_counts():

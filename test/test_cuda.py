@@ -114,3 +114,20 @@ def test_rotation_on_tensor_cores_keeps_the_codes(T, K):
         codes = {p: triton_kernels.rotate_quantize(xin, perm, blocks, s, precision=p) for p in ("ieee", "tf32x3")}
         diff = (codes["ieee"].float() - codes["tf32x3"].float()).abs()
         assert diff.max() <= 1 and (diff > 0).sum() <= max(1, 1e-4 * diff.numel())
+
+
+@pytest.mark.parametrize("T,K,N", [(50, 1024, 4096), (816, 2048, 16384), (49, 192, 136)])
+def test_int8_weight_gemm_equals_int4_gemm(T, K, N):
+    """The trial GEMM on an int8 copy of the codes (autotuned tiles, K-major) gives the int4
+    GEMM's exact sums and epilogue on the GPU, ragged K included."""
+    from omega_qvla_ros.quant import triton_kernels
+    from omega_qvla_ros.quant.packing import pack_int4
+
+    pytest.importorskip("triton")
+    g = torch.Generator().manual_seed(T + K)
+    a = torch.randint(-8, 8, (T, K), generator=g, dtype=torch.int8).cuda()
+    w = torch.randint(-8, 8, (N, K), generator=g, dtype=torch.int8).cuda()
+    ws, bias = (torch.rand(N, generator=g) * 0.01).cuda(), torch.randn(N, generator=g).cuda()
+    for out in (torch.float32, torch.float16):
+        want = triton_kernels.int4_gemm(a, pack_int4(w), ws, 0.37, bias, out_dtype=out)
+        assert torch.equal(triton_kernels.int8_gemm(a, w, ws, 0.37, bias, out_dtype=out), want)

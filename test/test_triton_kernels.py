@@ -90,6 +90,24 @@ def test_int4_gemm_every_tuned_tile(tile):
     assert torch.allclose(y.double(), ref, rtol=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize("T,K,N,tile", [(37, 200, 136, None), (5, 64, 64, None), (70, 130, 17, None)]
+                         + [(21, K, 136, c[:3]) for c in triton_kernels.INT8_GEMM_CONFIGS for K in (200, 256)])
+def test_int8_gemm_equals_int4_gemm(T, K, N, tile):
+    """The GEMM on an int8 copy of the codes: the int4 GEMM's exact sums and epilogue,
+    for every tile the autotuner may pick, on a ragged K (masked) and a whole one (not);
+    tail rows and columns reread real ones and are not stored."""
+    g = torch.Generator().manual_seed(T + K)
+    a = torch.randint(-8, 8, (T, K), generator=g, dtype=torch.int8)
+    w = torch.randint(-8, 8, (N, K), generator=g, dtype=torch.int8)
+    ws, bias = torch.rand(N, generator=g) + 0.5, torch.randn(N, generator=g)
+    ref = triton_kernels.int4_gemm(a, pack_int4(w), ws, 0.37, bias)
+    assert torch.equal(triton_kernels.int8_gemm(a, w, ws, 0.37, bias, tile=tile), ref)
+    half = triton_kernels.int8_gemm(a, w, ws, 0.37, tile=tile, out_dtype=torch.float16)
+    assert half.dtype == torch.float16 and torch.equal(half, triton_kernels.int4_gemm(a, pack_int4(w), ws, 0.37).half())
+    with pytest.raises(ValueError, match="int8 weights"):
+        triton_kernels.int8_gemm(a, pack_int4(w), ws, 0.37)
+
+
 @pytest.mark.parametrize("T,K,N,tile", [(37, 192, 136, None), (5, 64, 64, None), (70, 128, 200, (32, 128))]
                          + [(21, 128, 136, c[:2]) for c in triton_kernels.FUSED_CONFIGS[:3]])
 def test_one_kernel_layer_equals_two_kernels(T, K, N, tile):
@@ -142,6 +160,23 @@ def test_quant_linear_on_triton_in_half(side, mode, fused, monkeypatch):
     assert calls == ["rotate_quantize_gemm" if fused else "int4_gemm"]
     assert y.dtype == torch.float16 and not q.triton_failed
     assert float((y.float() - ref).pow(2).mean() / ref.pow(2).mean()) < 1e-5
+
+
+def test_quant_linear_gemm_on_int8_weights_equals_int4(monkeypatch):
+    """GEMM_WEIGHTS = "int8" (the trial): the two-kernel layer's GEMM reads an int8 copy of
+    its codes, built once, and gives the int4 GEMM's output bit for bit."""
+    monkeypatch.setattr(triton_kernels, "FUSE_MAX_K", 0)
+    q = default_layer(192, 136, "backbone")
+    x = drift_inputs(37, 192, torch.Generator().manual_seed(4), steps=STEPS)[0]
+    q.path, q.backend = "integer", "triton"
+    y4 = q(x)
+    calls = []
+    real = triton_kernels.int8_gemm
+    monkeypatch.setattr(triton_kernels, "int8_gemm", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    monkeypatch.setattr(triton_kernels, "GEMM_WEIGHTS", "int8")
+    y8 = q(x)
+    assert calls and not q.triton_failed and torch.equal(y8, y4)
+    assert torch.equal(q._cache["triton_int8"], q.weight_codes())
 
 
 @pytest.mark.parametrize("side,mode", [("action_head", "per_step_factorized"), ("backbone", "static_tensor")])

@@ -696,6 +696,9 @@ class QuantLinear(nn.Module):
                 return triton_kernels.rotate_quantize_gemm(x2, perm, blocks, s_in, self.weight_packed, w_scale, s,
                                                            bias, out_dtype=out_dtype)
             codes = triton_kernels.rotate_quantize(x2, perm, blocks, s_in)
+            if triton_kernels.gemm_weights() == "int8":  # the trial: an int8 copy of the codes, built once
+                w8 = self._cached("triton_int8", lambda: unpack_int4(self.weight_packed, self.in_features).contiguous())
+                return triton_kernels.int8_gemm(codes, w8, w_scale, s, bias, out_dtype=out_dtype)
             return triton_kernels.int4_gemm(codes, self.weight_packed, w_scale, s, bias, out_dtype=out_dtype)
         except Exception as e:  # a compiler or driver refusing the kernels: never a dead node
             warnings.warn(f"Triton W4A4 kernels failed on {x.device} ({type(e).__name__}: {e}); "

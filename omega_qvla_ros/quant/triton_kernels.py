@@ -11,6 +11,10 @@ runs as two kernels instead of a chain of a dozen unfused ops (the chain measure
   from the pack's own words (compressed-tensors `pack-quantized` layout, packing.py),
   int32 accumulation, and the rescale (activation scale · per-row weight scale) and
   bias in the epilogue.
+- `int8_gemm`: the same GEMM on an int8 copy of the codes, one byte per weight in the
+  pack's [N, K] order (K contiguous, the "K-major" operand Hopper's int8 tensor-core MMA
+  reads), loads without masks but on a ragged K. A trial, switched on by GEMM_WEIGHTS =
+  "int8" and timed beside the int4 GEMM by bench/cuda_check.py; not yet measured.
 - `rotate_quantize_gemm`: both in one kernel, for small layers (`fuse_pays`): each
   program rotates and quantizes the 64-channel blocks of its rows itself, one block per
   step of the contraction, so a layer is one launch instead of two. Every column tile
@@ -20,8 +24,11 @@ runs as two kernels instead of a chain of a dozen unfused ops (the chain measure
 On a GPU the GEMM's tile sizes are autotuned per (T, N, K) among GEMM_CONFIGS (the
 ~800-token prefix wants large tiles, 50 action tokens narrow ones); the interpreter
 runs one small fixed tile. The int4 words stay packed in the GEMM: an H200 ran an int8
-copy of the codes (a [K, N] layout, one byte per weight) slower, 0.41 vs 0.25 ms at
-816×2048×16384 (bench/results/cuda_int8_trial_nvidia_h200.json).
+copy of the codes in a [K, N] layout (N contiguous) slower, 0.41 vs 0.25 ms at
+816×2048×16384 (bench/results/cuda_int8_trial_nvidia_h200.json); the same H200 ran
+cuBLASLt's int8 GEMM (`torch._int_mm`, K-major weights) at 0.61-1.05× fp16 at the
+published widths where this int4 GEMM ran 0.51-0.56×, so `int8_gemm` tries the K-major
+int8 copy in Triton.
 
 Both are exact where the unfused path is: the codes are integers and the int32 sums are
 exact. The rotation's block product runs on tensor cores as three TF32 products of each
@@ -78,6 +85,26 @@ GEMM_CONFIGS = [(128, 128, 128, 8, 3), (64, 128, 128, 4, 4), (128, 256, 64, 8, 3
                 (64, 64, 128, 4, 4), (32, 128, 128, 4, 4), (16, 128, 128, 4, 5), (16, 64, 256, 4, 4)]
 
 
+# (rows, columns, depth, warps, stages) per tile of int8_gemm: Hopper's int8 MMA takes 128-deep
+# slices; up to 48 KiB of operands per stage
+INT8_GEMM_CONFIGS = [(128, 256, 128, 8, 3), (256, 128, 128, 8, 3), (128, 128, 128, 8, 4), (128, 128, 64, 4, 4),
+                     (64, 256, 128, 8, 3), (64, 128, 128, 4, 4), (32, 128, 128, 4, 4), (16, 128, 128, 4, 4),
+                     (16, 256, 128, 4, 3), (16, 64, 256, 4, 4)]
+
+# which weights the two-kernel layer's GEMM reads: "int4" (the pack's words, unpacked in the
+# kernel; measured) or "int8" (an int8 copy per layer, built on first use: twice the int4
+# bytes, half of fp16's; int8_gemm, untimed)
+GEMM_WEIGHTS = "int4"
+GEMM_WEIGHT_KINDS = ("int4", "int8")
+
+
+def gemm_weights() -> str:
+    """GEMM_WEIGHTS, checked."""
+    if GEMM_WEIGHTS not in GEMM_WEIGHT_KINDS:
+        raise ValueError(f"GEMM_WEIGHTS {GEMM_WEIGHTS!r}: one of {', '.join(GEMM_WEIGHT_KINDS)}")
+    return GEMM_WEIGHTS
+
+
 def _tuned() -> bool:
     """Autotune on a real GPU; Triton's interpreter (CPU tests) runs one fixed tile."""
     return os.environ.get("TRITON_INTERPRET") != "1"
@@ -89,6 +116,17 @@ def _jit_helpers() -> None:
     once per process (Triton refuses a kernel whose globals changed after it compiled)."""
     for name, fn in _HELPERS.items():
         globals()[name] = triton.jit(fn)
+
+
+@functools.lru_cache(maxsize=2)
+def _int8_kernel(tuned: bool = False):
+    """int8_gemm's jit-wrapped kernel (EVEN_K from the tile's depth), autotuned with `tuned`."""
+    _jit_helpers()
+    k = triton.heuristics({"EVEN_K": lambda a: a["K"] % a["BK"] == 0})(triton.jit(_int8_gemm_kernel))
+    if tuned:
+        k = triton.autotune(configs=[triton.Config({"BT": bt, "BN": bn, "BK": bk}, num_warps=w, num_stages=st)
+                                     for bt, bn, bk, w, st in INT8_GEMM_CONFIGS], key=["T", "N", "K"])(k)
+    return k
 
 
 @functools.lru_cache(maxsize=2)
@@ -197,6 +235,24 @@ def _int4_gemm_kernel(a_ptr, w_ptr, ws_ptr, bias_ptr, y_ptr, T, N, K, words, act
     _store(acc, y_ptr, ws_ptr, bias_ptr, rows, cols, rmask, cmask, N, act_scale, HAS_BIAS)
 
 
+def _int8_gemm_kernel(a_ptr, w_ptr, ws_ptr, bias_ptr, y_ptr, T, N, K, act_scale, HAS_BIAS: tl.constexpr,
+                      EVEN_K: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    rows, cols, rmask, cmask = _tile(T, N, BT, BN)
+    # loads on in-bounds rows and columns (a tail tile rereads real ones; its stores are
+    # masked), so only a ragged K needs masks
+    ra, cb = rows % T, cols % N
+    acc = tl.zeros((BT, BN), dtype=tl.int32)
+    for k0 in range(0, K, BK):
+        ks = k0 + tl.arange(0, BK)
+        a_at, w_at = a_ptr + ra[:, None] * K + ks[None, :], w_ptr + cb[:, None] * K + ks[None, :]
+        if EVEN_K:
+            a, w = tl.load(a_at), tl.load(w_at)
+        else:
+            a, w = tl.load(a_at, mask=ks[None, :] < K, other=0), tl.load(w_at, mask=ks[None, :] < K, other=0)
+        acc += tl.dot(a, tl.trans(w))
+    _store(acc, y_ptr, ws_ptr, bias_ptr, rows, cols, rmask, cmask, N, act_scale, HAS_BIAS)
+
+
 def _rotate_quantize_gemm_kernel(x_ptr, perm_ptr, rot_ptr, w_ptr, ws_ptr, bias_ptr, y_ptr, T, N, K, words,
                                 stride_x, inv_scale, act_scale, HAS_BIAS: tl.constexpr, PREC: tl.constexpr,
                                 BT: tl.constexpr, BN: tl.constexpr, B: tl.constexpr):
@@ -252,15 +308,39 @@ def int4_gemm(codes: torch.Tensor, packed: torch.Tensor, weight_scale: torch.Ten
     if words * 8 < K:
         raise ValueError(f"{words} words per row cannot hold {K} int4 codes")
     y = torch.empty(T, N, dtype=out_dtype, device=codes.device)
-    args = (codes.contiguous(), packed.contiguous(), weight_scale, bias if bias is not None else weight_scale, y,
-            T, N, K, words, float(act_scale))
+    _launch_gemm(lambda tuned: _kernels(tuned)[1], tile, codes, packed, weight_scale, act_scale, bias, y, (words,))
+    return y
+
+
+def _launch_gemm(kernel_for, tile, codes: torch.Tensor, weights: torch.Tensor, weight_scale: torch.Tensor,
+                 act_scale: float, bias: torch.Tensor | None, y: torch.Tensor, extra: tuple = ()) -> None:
+    """Launch a GEMM kernel (`kernel_for(tuned)`) writing y [T, N]: the autotuner's tile on a
+    GPU, else `tile` or the default; `extra` the kernel's arguments after K."""
+    (T, K), N = codes.shape, y.shape[1]
     tuned = _tuned() and tile is None
-    kernel = _kernels(tuned)[1]
+    kernel = kernel_for(tuned)
+    args = (codes.contiguous(), weights.contiguous(), weight_scale, bias if bias is not None else weight_scale, y,
+            T, N, K, *extra, float(act_scale))
     if tuned:
         kernel[lambda meta: (triton.cdiv(T, meta["BT"]), triton.cdiv(N, meta["BN"]))](*args, HAS_BIAS=bias is not None)
     else:
         BT, BN, BK = tile or (_rows_tile(T), 64, 64)
         kernel[(triton.cdiv(T, BT), triton.cdiv(N, BN))](*args, HAS_BIAS=bias is not None, BT=BT, BN=BN, BK=BK)
+
+
+def int8_gemm(codes: torch.Tensor, weights: torch.Tensor, weight_scale: torch.Tensor, act_scale: float,
+              bias: torch.Tensor | None = None, tile: tuple[int, int, int] | None = None,
+              out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """int4_gemm on int8 weight codes [N, K] (one byte each, K contiguous) instead of the
+    pack's words: the same exact sums and epilogue. `tile` (rows, columns, depth) fixes
+    the tile (tests)."""
+    T, K = codes.shape
+    N = weights.shape[0]
+    if weights.shape[1] != K or weights.dtype != torch.int8:
+        raise ValueError(f"int8_gemm needs int8 weights [N, {K}], got {weights.dtype} {list(weights.shape)}")
+    y = torch.empty(T, N, dtype=out_dtype, device=codes.device)
+    if T and N:  # its loads wrap rows and columns modulo T and N
+        _launch_gemm(_int8_kernel, tile, codes, weights, weight_scale, act_scale, bias, y)
     return y
 
 
