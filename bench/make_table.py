@@ -354,7 +354,8 @@ def profile_section(path: Path) -> str:
     def ms(x: float) -> str:
         return f"{1e3 * x:.0f}" if x >= 0.1 else f"{1e3 * x:.1f}"
     rows = [f"### Where a chunk's time goes: {w['pack']} beside {f['pack']}", "",
-            f"`python bench/profile_chunk.py --w4a4 {d}/{w['pack']} --fp {d}/{f['pack']} --chunks {r.get('chunks', 1)}` "
+            f"`python bench/profile_chunk.py --w4a4 {d}/{w['pack']} --fp {d}/{f['pack']} --chunks {r.get('chunks', 1)}"
+            + (f" --top {len(w['slowest_modules'])}" if "slowest_modules" in w else "") + "` "
             + ("(DIR: the published sizes' packs written by `omega-qvla bench full --work DIR`) " if d == "DIR" else "")
             + "→ "
             f"`{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name}`; {r['machine']}, "
@@ -367,6 +368,11 @@ def profile_section(path: Path) -> str:
     for label, k in labels:
         a, b = f.get(k, 0.0), w.get(k, 0.0)
         rows.append(f"| {label} | {ms(a)} | {ms(b)} | " + (f"{a / b:.2f}× |" if b > 0 and a > 0 else "– |"))
+    if "slowest_modules" in w:  # --top: the W4A4 chunk's slowest leaf modules, layers pooled
+        rows += ["", f"The W4A4 chunk's slowest leaf modules (`--top {len(w['slowest_modules'])}`; the layers "
+                 "of a kind together), W4A4 ms (FP32 ms): "
+                 + "; ".join(f"`{name}` {ms(t)} ({ms(f['slowest_modules'].get(name, 0.0))})"
+                             for name, t in w["slowest_modules"].items()) + "."]
     return "\n".join(rows)
 
 

@@ -68,8 +68,8 @@ def profile(pack: str, kernel_weights: str = "auto", chunks: int = 1, top: int =
     total, acc, modules = min(runs, key=lambda r: r[0])
     out = {"pack": Path(pack).name, "quantized": bool(manifest["layers"]), "chunk_s": total,
            **dict(sorted(acc.items())), "outside_modules_s": total - sum(acc.values())}
-    if top:
-        out["slowest_modules"] = dict(sorted(modules.items(), key=lambda kv: -kv[1])[:top])
+    if top:  # all of them: main() keeps the W4A4 run's slowest and the same ones of FP32
+        out["slowest_modules"] = dict(sorted(modules.items(), key=lambda kv: -kv[1]))
     return out
 
 
@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fp", required=True, help="the FP pack it was made from")
     ap.add_argument("--kernel-weights", default="auto", help="the W4A4 load's kernel_weights")
     ap.add_argument("--chunks", type=int, default=3, help="hooked chunks per pack (the fastest counts)")
-    ap.add_argument("--top", type=int, default=0, help="also record each run's N slowest leaf modules")
+    ap.add_argument("--top", type=int, default=0,
+                    help="also record the W4A4 chunk's N slowest leaf modules (and their FP32 times)")
     ap.add_argument("--out", help="write the JSON here (else stdout)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # child: profile this pack, print JSON
     a = ap.parse_args(argv)
@@ -98,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 1
         runs[name] = json.loads(p.stdout.strip().splitlines()[-1])
+    if a.top:  # the W4A4 chunk's slowest leaf modules, and the same modules in FP32
+        names = list(runs["w4a4"]["slowest_modules"])[:a.top]
+        for run in runs.values():
+            run["slowest_modules"] = {n: run["slowest_modules"].get(n, 0.0) for n in names}
     r = {"benchmark": "profile", "machine": describe(), "threads": torch.get_num_threads(),
          "torch": torch.__version__, "kernel_weights": a.kernel_weights, "chunks": a.chunks, "runs": runs,
          "w4a4_speed_vs_fp32": runs["fp32"]["chunk_s"] / runs["w4a4"]["chunk_s"]}

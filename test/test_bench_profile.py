@@ -34,13 +34,14 @@ def test_profile_of_the_shipped_pi05_packs(tmp_path):
         parts = sum(v for k, v in run.items() if k.endswith("_s") and k not in ("chunk_s", "outside_modules_s"))
         assert 0 < parts < run["chunk_s"]  # no time counted twice
         assert abs(parts + run["outside_modules_s"] - run["chunk_s"]) < 1e-9
-        slowest = run["slowest_modules"]  # --top: layers pooled, slowest first, within the parts
-        assert len(slowest) == 4 and list(slowest.values()) == sorted(slowest.values(), reverse=True)
-        assert sum(slowest.values()) <= parts + 1e-9 and any("layers.*." in k for k in slowest)
+        slowest = run["slowest_modules"]  # --top: layers pooled, within the parts
+        assert len(slowest) == 4 and sum(slowest.values()) <= parts + 1e-9 and any("layers.*." in k for k in slowest)
+    w, f = r["runs"]["w4a4"]["slowest_modules"], r["runs"]["fp32"]["slowest_modules"]
+    assert list(w.values()) == sorted(w.values(), reverse=True) and list(f) == list(w)  # W4A4's slowest, both sides
     assert r["runs"]["w4a4"]["quantized"] and not r["runs"]["fp32"]["quantized"]
     table = _module("make_table", ROOT / "bench" / "make_table.py")
     text = table.profile_section(out)
-    assert "| trunk: linears W4A4 quantizes |" in text and "whole chunk" in text
+    assert "| trunk: linears W4A4 quantizes |" in text and "whole chunk" in text and "`--top 4`" in text
     # the header, then one row per timed part, the outside and the whole chunk
     assert sum(line.startswith("| ") for line in text.splitlines()) == 1 + len(
         [k for k in r["runs"]["w4a4"] if k.endswith("_s")])
