@@ -370,7 +370,8 @@ def profile_section(path: Path) -> str:
         rows.append(f"| {label} | {ms(a)} | {ms(b)} | " + (f"{a / b:.2f}× |" if b > 0 and a > 0 else "– |"))
     if "slowest_modules" in w:  # --top: the W4A4 chunk's slowest leaf modules, layers pooled
         rows += ["", f"The W4A4 chunk's slowest leaf modules (`--top {len(w['slowest_modules'])}`; the layers "
-                 "of a kind together), W4A4 ms (FP32 ms): "
+                 "of a kind together; a W4A4 input group's one GEMM counts under the member called first, e.g. "
+                 "`gate_proj` for gate and up, `q_proj` for q, k and v, while FP32 runs them apart), W4A4 ms (FP32 ms): "
                  + "; ".join(f"`{name}` {ms(t)} ({ms(f['slowest_modules'].get(name, 0.0))})"
                              for name, t in w["slowest_modules"].items()) + "."]
     return "\n".join(rows)
