@@ -27,8 +27,8 @@ Each section that fails records its error and the next one runs; the JSON is rew
 after every section (a run cut short keeps what it measured).
 
     python bench/cuda_check.py --out bench/results     # writes quant_cuda_<gpu>.json
-    python bench/cuda_check.py --sections tests,kernels,stack --tag run3   # ~5 min on an H200
-    python bench/cuda_check.py --sections chunk --tag run3b                # ~4 min
+    python bench/cuda_check.py --sections tests,kernels,stack --tag run3   # est. ~5 min
+    python bench/cuda_check.py --sections chunk --tag run3b                # est. ~4 min
 
 (run 2's four sections took 481 s in one call; since then the kernels, chunk and stack
 sections time the int8-copy trial too: two calls stay under a lent machine's 10 minutes
