@@ -177,6 +177,10 @@ def test_quant_linear_gemm_on_int8_weights_equals_int4(monkeypatch):
     y8 = q(x)
     assert calls and not q.triton_failed and torch.equal(y8, y4)
     assert torch.equal(q._cache["triton_int8"], q.weight_codes())
+    monkeypatch.setattr(triton_kernels, "GEMM_WEIGHTS", "int16")  # a wrong setting: an error, Triton not given up
+    with pytest.raises(ValueError, match="GEMM_WEIGHTS 'int16'"):
+        q(x)
+    assert not q.triton_failed
 
 
 @pytest.mark.parametrize("side,mode", [("action_head", "per_step_factorized"), ("backbone", "static_tensor")])

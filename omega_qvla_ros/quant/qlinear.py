@@ -691,12 +691,13 @@ class QuantLinear(nn.Module):
         # the output in the input's precision (one rounding, in the epilogue) unless an output
         # rotation still has to run on it in float32
         out_dtype = x.dtype if x.dtype in _HALF and not self.spec.out_rotation else torch.float32
+        weights = triton_kernels.gemm_weights()  # a wrong setting is an error, not a kernel failure
         try:
             if triton_kernels.fuse_pays(x2.shape[0], self.in_features, self.out_features):
                 return triton_kernels.rotate_quantize_gemm(x2, perm, blocks, s_in, self.weight_packed, w_scale, s,
                                                            bias, out_dtype=out_dtype)
             codes = triton_kernels.rotate_quantize(x2, perm, blocks, s_in)
-            if triton_kernels.gemm_weights() == "int8":  # the trial: an int8 copy of the codes, built once
+            if weights == "int8":  # the trial: an int8 copy of the codes, built once
                 w8 = self._cached("triton_int8", lambda: unpack_int4(self.weight_packed, self.in_features).contiguous())
                 return triton_kernels.int8_gemm(codes, w8, w_scale, s, bias, out_dtype=out_dtype)
             return triton_kernels.int4_gemm(codes, self.weight_packed, w_scale, s, bias, out_dtype=out_dtype)
