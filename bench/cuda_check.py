@@ -37,6 +37,7 @@ per command.)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import re
@@ -81,6 +82,20 @@ def policy_rows(device: str, repeats: int, workdir: Path) -> list[dict]:
     return rows
 
 
+@contextlib.contextmanager
+def kernel_settings(**values):
+    """triton_kernels' module settings (FUSE_MAX_K, ROTATE_PRECISION, GEMM_WEIGHTS) set to
+    `values` for one timed variant, and restored after it however it ends."""
+    before = {k: getattr(triton_kernels, k) for k in values}
+    for k, v in values.items():
+        setattr(triton_kernels, k, v)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            setattr(triton_kernels, k, v)
+
+
 def chunk_rows(device: str, repeats: int, workdir: Path) -> list[dict]:
     """Whole model per chunk, FP vs W4A4, eager vs CUDA graphs (device_check.chunk_times)."""
     from omega_qvla_ros.tools.cli import main as cli
@@ -101,16 +116,12 @@ def chunk_rows(device: str, repeats: int, workdir: Path) -> list[dict]:
         (gr00t_q, *c) for c in w4a4]
     rows = []
     for path, dtype, fuse, precision, weights in cases:
-        triton_kernels.FUSE_MAX_K, triton_kernels.ROTATE_PRECISION = fuse, precision
-        triton_kernels.GEMM_WEIGHTS = weights
         case = {"one_kernel_max_k": fuse, "rotate_precision": precision, "gemm_weights": weights}
         try:
-            rows.append({**chunk_times(path, device, repeats, dtype), **case})
+            with kernel_settings(FUSE_MAX_K=fuse, ROTATE_PRECISION=precision, GEMM_WEIGHTS=weights):
+                rows.append({**chunk_times(path, device, repeats, dtype), **case})
         except Exception as e:  # one variant failing must not cost the others
             rows.append({"pack": path.name, "dtype": dtype, **case, "error": f"{type(e).__name__}: {e}"[:500]})
-        finally:
-            triton_kernels.FUSE_MAX_K, triton_kernels.ROTATE_PRECISION, triton_kernels.GEMM_WEIGHTS = (
-                one_kernel, prec, gw)
         print("chunk", rows[-1], flush=True)
     return rows
 
@@ -236,16 +247,14 @@ def stack_rows(device: str, repeats: int, steps: int = 10, shapes=STACK_PARTS) -
             y, y_fp = q(x), fp(x)
             row["w4a4_output_rel_mse"] = float(((y - y_fp) ** 2).mean() / (y_fp ** 2).mean())
             row["w4a4_fp16_output_rel_mse"] = float(((q16(x.half()).float() - y_fp) ** 2).mean() / (y_fp ** 2).mean())
-            gw = triton_kernels.GEMM_WEIGHTS
+            gw = triton_kernels.GEMM_WEIGHTS  # the two-kernel GEMM's weights (int8: the trial)
             for name, m, xin, weights in (("fp32", fp, x, gw), ("fp16", fp16, x.half(), gw), ("w4a4", q, x, gw),
                                           ("w4a4_fp16", q16, x.half(), gw), ("w4a4_int8_fp16", q16, x.half(), "int8")):
-                triton_kernels.GEMM_WEIGHTS = weights  # the two-kernel GEMM's weights (int8: the trial)
                 try:
-                    row[f"{name}_ms"], row[f"{name}_graph_ms"] = _graphed_ms(m, xin, repeats)
+                    with kernel_settings(GEMM_WEIGHTS=weights):
+                        row[f"{name}_ms"], row[f"{name}_graph_ms"] = _graphed_ms(m, xin, repeats)
                 except Exception as e:
                     row[f"{name}_error"] = f"{type(e).__name__}: {e}"[:500]
-                finally:
-                    triton_kernels.GEMM_WEIGHTS = gw
         parts[part] = row
         print("stack", part, row, flush=True)
     chunk = {}

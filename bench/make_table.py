@@ -142,24 +142,14 @@ def cuda_section(path: Path) -> str:
                  + "| W4A4 vs fp16 (graphs) |" + (" int8 copy vs fp16 (graphs) |" if i8 else ""),
                  "|---|---|---|---|---|---|---|---|" + ("---|" if half else "") + ("---|" if i8 else "") + "---|"
                  + ("---|" if i8 else "")]
-        for part in ("trunk", "expert"):
-            x = st[part]
+        times = (["fp32_ms", "fp16_ms", "w4a4_ms", "fp32_graph_ms", "fp16_graph_ms", "w4a4_graph_ms"]
+                 + ["w4a4_fp16_graph_ms"] * half + ["w4a4_int8_fp16_graph_ms"] * i8)
+        for label, x in [(f"{p} ({st[p]['width']}, MLP {st[p]['mlp']}) | {st[p]['tokens']}", st[p])
+                         for p in ("trunk", "expert")] + [("chunk |", st["chunk_equivalent"])]:
             best = min(x["w4a4_graph_ms"], x.get("w4a4_fp16_graph_ms", x["w4a4_graph_ms"]))
-            rows.append(f"| {part} ({x['width']}, MLP {x['mlp']}) | {x['tokens']} | {x['fp32_ms']:.2f} | "
-                        f"{x['fp16_ms']:.2f} | {x['w4a4_ms']:.2f} | {x['fp32_graph_ms']:.2f} | "
-                        f"{x['fp16_graph_ms']:.2f} | {x['w4a4_graph_ms']:.2f} | "
-                        + (f"{x['w4a4_fp16_graph_ms']:.2f} | " if half else "")
-                        + (f"{x['w4a4_int8_fp16_graph_ms']:.2f} | " if i8 else "")
+            rows.append(f"| {label} | " + "".join(f"{x[k]:.2f} | " for k in times)
                         + f"{x['fp16_graph_ms'] / best:.2f}× |"
                         + (f" {x['fp16_graph_ms'] / x['w4a4_int8_fp16_graph_ms']:.2f}× |" if i8 else ""))
-        c = st["chunk_equivalent"]
-        best = min(c["w4a4_graph_ms"], c.get("w4a4_fp16_graph_ms", c["w4a4_graph_ms"]))
-        rows.append(f"| chunk | | {c['fp32_ms']:.2f} | {c['fp16_ms']:.2f} | {c['w4a4_ms']:.2f} | "
-                    f"{c['fp32_graph_ms']:.2f} | {c['fp16_graph_ms']:.2f} | {c['w4a4_graph_ms']:.2f} | "
-                    + (f"{c['w4a4_fp16_graph_ms']:.2f} | " if half else "")
-                    + (f"{c['w4a4_int8_fp16_graph_ms']:.2f} | " if i8 else "")
-                    + f"{c['fp16_graph_ms'] / best:.2f}× |"
-                    + (f" {c['fp16_graph_ms'] / c['w4a4_int8_fp16_graph_ms']:.2f}× |" if i8 else ""))
     pol = r.get("policy") or []
     if pol:
         rows += ["", "The node's runtime on the GPU (`Policy.from_pack(pack, 'cuda')` + `infer()`, chunks replayed "

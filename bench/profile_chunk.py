@@ -35,18 +35,14 @@ def profile(pack: str, kernel_weights: str = "auto", chunks: int = 1, top: int =
     obs, noise = chunk_inputs(model, manifest, pack)
     scopes = get_family(model.config.family).scopes
     quantized_scope = scopes.backbone + scopes.action_head
-    acc: dict[str, float] = {}
-    per_module: dict[str, float] = {}
+    spent: dict[str, float] = {}  # seconds per leaf module in the chunk being timed
+    where: dict[str, tuple[str, str]] = {}  # leaf module -> (its part's key, its name with layer indices pooled)
 
-    def timed(mod: torch.nn.Module, key: str, pooled: str) -> None:
+    def timed(mod: torch.nn.Module, name: str) -> None:
         start: list[float] = []
-
-        def done(m, a, o) -> None:
-            dt = time.perf_counter() - start.pop()
-            acc[key] = acc.get(key, 0.0) + dt
-            per_module[pooled] = per_module.get(pooled, 0.0) + dt
         mod.register_forward_pre_hook(lambda m, a: start.append(time.perf_counter()))
-        mod.register_forward_hook(done)
+        mod.register_forward_hook(lambda m, a, o: spent.__setitem__(
+            name, spent.get(name, 0.0) + time.perf_counter() - start.pop()))
 
     inside = None  # the QuantLinear whose submodules come next (depth first): not hooked again
     for name, m in model.named_modules():
@@ -55,21 +51,27 @@ def profile(pack: str, kernel_weights: str = "auto", chunks: int = 1, top: int =
         if isinstance(m, QuantLinear) or next(m.children(), None) is None:  # leaf modules
             inside = name + "."
             kind = "quantized_linears" if any(re.search(q, name) for q in quantized_scope) else "float_modules"
-            timed(m, f"{component_of(name, scopes)}_{kind}_s", re.sub(r"(layers|blocks)\.\d+", r"\1.*", name))
+            where[name] = (f"{component_of(name, scopes)}_{kind}_s", re.sub(r"(layers|blocks)\.\d+", r"\1.*", name))
+            timed(m, name)
     runs = []
     with torch.inference_mode():
         model.sample_actions(obs, noise=noise)
         for _ in range(chunks):
-            acc.clear()
-            per_module.clear()
+            spent.clear()
             t = time.perf_counter()
             model.sample_actions(obs, noise=noise)
-            runs.append((time.perf_counter() - t, dict(acc), dict(per_module)))
-    total, acc, modules = min(runs, key=lambda r: r[0])
+            runs.append((time.perf_counter() - t, dict(spent)))
+    total, fastest = min(runs, key=lambda r: r[0])
+    parts: dict[str, float] = {}
+    pooled: dict[str, float] = {}
+    for name, dt in fastest.items():
+        part, pool = where[name]
+        parts[part] = parts.get(part, 0.0) + dt
+        pooled[pool] = pooled.get(pool, 0.0) + dt
     out = {"pack": Path(pack).name, "quantized": bool(manifest["layers"]), "chunk_s": total,
-           **dict(sorted(acc.items())), "outside_modules_s": total - sum(acc.values())}
+           **dict(sorted(parts.items())), "outside_modules_s": total - sum(parts.values())}
     if top:  # all of them: main() keeps the W4A4 run's slowest and the same ones of FP32
-        out["slowest_modules"] = dict(sorted(modules.items(), key=lambda kv: -kv[1]))
+        out["slowest_modules"] = dict(sorted(pooled.items(), key=lambda kv: -kv[1]))
     return out
 
 
@@ -93,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = {}
     for name, pack in (("w4a4", a.w4a4), ("fp32", a.fp)):
         p = subprocess.run([sys.executable, __file__, "--w4a4", a.w4a4, "--fp", a.fp, "--one", pack,
-                            "--kernel-weights", a.kernel_weights, "--chunks", str(a.chunks), "--top", str(a.top)], capture_output=True, text=True)
+                            "--kernel-weights", a.kernel_weights, "--chunks", str(a.chunks), "--top", str(a.top)],
+                           capture_output=True, text=True)
         if p.returncode != 0:
             print(f"profile_chunk: {pack}: {p.stderr.strip().splitlines()[-1] if p.stderr.strip() else p.returncode}",
                   file=sys.stderr)
