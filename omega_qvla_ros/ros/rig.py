@@ -21,6 +21,7 @@ from std_msgs.msg import Bool, Float32MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
 from omega_qvla_ros.ros.policy_node import PolicyNode
+from omega_qvla_ros.ros.spinner import BackgroundSpin
 from omega_qvla_ros.runtime.robot import ALOHA_CAMERAS, ALOHA_JOINTS
 
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -67,8 +68,7 @@ class Harness:
         self.ex = MultiThreadedExecutor(num_threads=3, context=self.ctx)
         self.ex.add_node(self.node)
         self.ex.add_node(io)
-        self.spin_thread = threading.Thread(target=self.ex.spin, daemon=True)
-        self.spin_thread.start()
+        self.spin = BackgroundSpin(self.ex).start()
         self.feed_on = {"images": True, "joints": True, "teleop": False, "heartbeat": False}
         self.image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
         self.image_encoding = "rgb8"
@@ -121,7 +121,7 @@ class Harness:
     def close(self) -> None:
         self._stop.set()
         self.feeder.join(timeout=2)
-        self.ex.shutdown(timeout_sec=2)
+        self.spin.stop()
         self.node.destroy_node()
         self.io.destroy_node()
         rclpy.shutdown(context=self.ctx)

@@ -92,7 +92,6 @@ def live(args) -> dict:
     import os
     import signal
     import subprocess
-    import threading
 
     import numpy as np
     import rclpy
@@ -104,6 +103,7 @@ def live(args) -> dict:
     from std_msgs.msg import String
 
     from omega_qvla_ros.ros.dds import apply_localhost_dds, is_localhost_dds
+    from omega_qvla_ros.ros.spinner import BackgroundSpin
 
     if not is_localhost_dds():
         apply_localhost_dds()
@@ -134,8 +134,7 @@ def live(args) -> dict:
     io.create_subscription(String, "/omega_qvla_policy/status", lambda m: status.append(json.loads(m.data)), latched)
     ex = SingleThreadedExecutor(context=ctx)
     ex.add_node(io)
-    th = threading.Thread(target=ex.spin, daemon=True)
-    th.start()
+    spin = BackgroundSpin(ex).start()
     try:
         t0 = time.monotonic()
         while not status and time.monotonic() - t0 < 60:
@@ -158,7 +157,7 @@ def live(args) -> dict:
             node.wait(timeout=10)
         except subprocess.TimeoutExpired:
             node.kill()
-        ex.shutdown(timeout_sec=2)
+        spin.stop()
         io.destroy_node()
         rclpy.shutdown(context=ctx)
     # one sample per chunk: (inference ms, observation → chunk ready ms)

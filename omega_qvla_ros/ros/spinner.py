@@ -1,0 +1,53 @@
+"""Spin an rclpy executor on a background thread that can be stopped cleanly.
+
+`threading.Thread(target=ex.spin)` followed by `ex.shutdown()` races the executor's
+teardown twice over: the spinning thread may still be dispatching callbacks, and a
+MultiThreadedExecutor's pool may still hold callbacks it was handed. rclpy's
+`Executor.shutdown` (Kilted) destroys the executor's guard condition before its pool has
+run them, and each such callback then fails on `gc.trigger()` into a task nobody awaits
+("The following exception was never retrieved: cannot use Destroyable because
+destruction was requested"). Here the thread runs `spin_once` in a loop until a stop
+event is set; `stop()` joins it, lets the pool finish what it was handed, and only then
+shuts the executor down.
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from rclpy.executors import Executor
+
+
+class BackgroundSpin:
+    """`start()` spins `executor` on a daemon thread; `stop()` ends the loop, joins the
+    thread, then shuts the executor down (waiting for callbacks already running)."""
+
+    def __init__(self, executor: Executor, poll_s: float = 0.05) -> None:
+        self.executor = executor
+        self.poll_s = poll_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, name="rclpy-spin", daemon=True)
+
+    def _spin(self) -> None:
+        while not self._stop.is_set():
+            self.executor.spin_once(timeout_sec=self.poll_s)
+
+    def start(self) -> "BackgroundSpin":
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        """Idempotent. Nodes may be destroyed once this returns."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=timeout_s + self.poll_s)
+        # MultiThreadedExecutor's pool (`_executor` from Humble to Kilted): drain it while the
+        # guard condition its callbacks trigger still exists; shutting a pool down twice is a no-op
+        pool = getattr(self.executor, "_executor", None)
+        if isinstance(pool, ThreadPoolExecutor):
+            pool.shutdown(wait=True)
+        self.executor.shutdown(timeout_sec=timeout_s)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
