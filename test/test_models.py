@@ -251,3 +251,34 @@ def test_vision_tower_transfer_between_families():
         sum(p.numel() for p in dst.parameters()) - n
     with pytest.raises(ValueError, match="patch_embedding.weight: shape"):
         copy_vision_tower(build_model("gr00t", "small"), src.state_dict())
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_grouped_query_attention_in_sdpa_equals_repeated_heads(kv_heads, monkeypatch):
+    # SDPA's enable_gqa on CPU (layers.SDPA_GQA_ON_CPU) must give exactly what repeating the
+    # key/value heads gave: prefix attention with a key mask, an expert step over a prefix
+    # cache, and causal attention
+    from omega_qvla_ros.models import layers
+    torch.manual_seed(0)
+    att = layers.Attention(dim=64, heads=4, kv_heads=kv_heads, head_dim=16, rope_theta=10000.0).eval()
+    x = torch.randn(2, 12, 64)
+    pos = torch.arange(12)[None].expand(2, 12)
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    mask[1, 9:] = False
+    step = torch.randn(2, 5, 64)
+    step_pos = 12 + torch.arange(5)[None].expand(2, 5)
+    step_mask = torch.cat([mask, torch.ones(2, 5, dtype=torch.bool)], 1)
+
+    def run():
+        with torch.inference_mode():
+            out, kv = att(x, pos, key_mask=mask)
+            out_step, _ = att(step, step_pos, step_mask, prefix_kv=kv)
+            out_causal, _ = att(x, pos, causal=True)
+        return out, out_step, out_causal
+
+    assert layers.SDPA_GQA_ON_CPU
+    grouped = run()
+    monkeypatch.setattr(layers, "SDPA_GQA_ON_CPU", False)
+    repeated = run()
+    for a, b in zip(grouped, repeated):
+        assert torch.equal(a, b)

@@ -11,6 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Grouped-query attention inside SDPA (torch >= 2.5) instead of repeating the key/value
+# heads first. On CPU, bit-identical and measured faster at Pi0.5's shapes (one kv head,
+# eight query heads; 2 threads): 968-token prefix 35.4 → 29.4 ms a layer, a denoising step's
+# 50 queries over ~1020 keys 2.6 → 2.3 ms a layer, the repeat's copies gone. CUDA keeps the
+# repeat: which SDPA backend takes enable_gqa there is unmeasured here.
+SDPA_GQA_ON_CPU = torch.__version__ >= "2.5"
+
 
 class RMSNorm(nn.Module):
     """RMSNorm. Gemma style (`offset=True`): weight starts at 0, y = x̂·(1 + w);
@@ -119,7 +126,8 @@ class Attention(nn.Module):
             k = torch.cat([prefix_kv[0], k], dim=2)
             v = torch.cat([prefix_kv[1], v], dim=2)
         rep = self.heads // self.kv_heads
-        if rep > 1:
+        gqa = rep > 1 and SDPA_GQA_ON_CPU and q.device.type == "cpu"
+        if rep > 1 and not gqa:
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
         mask = None
@@ -129,7 +137,8 @@ class Attention(nn.Module):
             S = k.shape[2]
             c = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
             mask = c[None, None] if mask is None else mask & c
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = (F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True) if gqa
+               else F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1)), own
 
 
