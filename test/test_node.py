@@ -284,6 +284,10 @@ def test_executable_with_yaml_params_file(pack, tmp_path):
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+    # Ctrl-C stops it cleanly: exit 0, no traceback, no failed callbacks left behind
+    out = proc.stdout.read()
+    assert proc.returncode == 0, out[-3000:]
+    assert "Traceback" not in out and "never retrieved" not in out, out[-3000:]
 
 
 @pytest.mark.parametrize("harness", [{"output_layout": "per_arm"}], indirect=True)

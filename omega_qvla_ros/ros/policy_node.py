@@ -482,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     # GIL; a short switch interval keeps executor threads from stalling it (convoy effect)
     sys.setswitchinterval(0.0005)
     rclpy.init(args=argv if argv is not None else sys.argv)
-    node = None
+    node = ex = None
     code = 0
     try:
         try:
@@ -490,13 +490,19 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # noqa: BLE001 - a bad pack / parameter: one clear line, exit 1
             rclpy.logging.get_logger("omega_qvla_policy").error(f"cannot start: {type(e).__name__}: {e}")
             return 1
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
         ex = MultiThreadedExecutor(num_threads=2)
         ex.add_node(node)
-        ex.spin()
+        try:
+            ex.spin()
+        except ExternalShutdownException:  # the context shut down from outside (e.g. by a signal)
+            pass
     except KeyboardInterrupt:
         pass
     finally:
+        if ex is not None:  # callbacks still queued run before the node they use is destroyed
+            from omega_qvla_ros.ros.spinner import shutdown_executor
+            shutdown_executor(ex)
         if node is not None:
             node.destroy_node()
         if rclpy.ok():

@@ -7,8 +7,7 @@ MultiThreadedExecutor's pool may still hold callbacks it was handed. rclpy's
 run them, and each such callback then fails on `gc.trigger()` into a task nobody awaits
 ("The following exception was never retrieved: cannot use Destroyable because
 destruction was requested"). Here the thread runs `spin_once` in a loop until a stop
-event is set; `stop()` joins it, lets the pool finish what it was handed, and only then
-shuts the executor down.
+event is set; `stop()` joins it, empties the pool, and only then shuts the executor down.
 """
 from __future__ import annotations
 
@@ -16,6 +15,17 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from rclpy.executors import Executor
+
+
+def shutdown_executor(executor: Executor, timeout_s: float = 2.0) -> None:
+    """Shut down an executor that no thread is spinning any more: a MultiThreadedExecutor's
+    pool (`_executor` from Humble to Kilted) first drops the callbacks it was handed but has
+    not started and finishes the running ones (short, by the node's design), while the guard
+    condition they trigger still exists; shutting a pool down twice is a no-op."""
+    pool = getattr(executor, "_executor", None)
+    if isinstance(pool, ThreadPoolExecutor):
+        pool.shutdown(wait=True, cancel_futures=True)
+    executor.shutdown(timeout_sec=timeout_s)
 
 
 class BackgroundSpin:
@@ -41,12 +51,7 @@ class BackgroundSpin:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=timeout_s + self.poll_s)
-        # MultiThreadedExecutor's pool (`_executor` from Humble to Kilted): drain it while the
-        # guard condition its callbacks trigger still exists; shutting a pool down twice is a no-op
-        pool = getattr(self.executor, "_executor", None)
-        if isinstance(pool, ThreadPoolExecutor):
-            pool.shutdown(wait=True)
-        self.executor.shutdown(timeout_sec=timeout_s)
+        shutdown_executor(self.executor, timeout_s)
 
     @property
     def running(self) -> bool:
