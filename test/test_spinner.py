@@ -65,3 +65,27 @@ def test_stop_under_load_leaves_no_failed_callbacks(capfd):
         assert n_after == 0
     err = capfd.readouterr().err
     assert "never retrieved" not in err, err[-2000:]
+
+
+def test_context_shut_down_under_the_spin_ends_it_quietly(capfd, monkeypatch):
+    # e.g. rclpy's SIGINT handler shutting the context down: the spin thread ends, with no
+    # exception escaping it, and stop() still works
+    escaped = []
+    monkeypatch.setattr(threading, "excepthook", escaped.append)
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    node = rclpy.create_node("spin_probe_shutdown", context=ctx)
+    ex = MultiThreadedExecutor(num_threads=2, context=ctx)
+    ex.add_node(node)
+    spin = BackgroundSpin(ex).start()
+    time.sleep(0.2)
+    node.destroy_node()
+    rclpy.shutdown(context=ctx)
+    deadline = time.monotonic() + 2.0
+    while spin.running and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not spin.running
+    spin.stop()
+    assert not escaped, [repr(e.exc_value) for e in escaped]
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "never retrieved" not in err, err[-2000:]

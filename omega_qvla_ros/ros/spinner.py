@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from rclpy.executors import Executor
+from rclpy.executors import Executor, ExternalShutdownException
 
 
 def shutdown_executor(executor: Executor, timeout_s: float = 2.0) -> None:
@@ -30,7 +30,8 @@ def shutdown_executor(executor: Executor, timeout_s: float = 2.0) -> None:
 
 class BackgroundSpin:
     """`start()` spins `executor` on a daemon thread; `stop()` ends the loop, joins the
-    thread, then shuts the executor down (waiting for callbacks already running)."""
+    thread, then shuts the executor down (`shutdown_executor`). The loop also ends, quietly,
+    when the context is shut down under it (rclpy's signal handler does that on Ctrl-C)."""
 
     def __init__(self, executor: Executor, poll_s: float = 0.05) -> None:
         self.executor = executor
@@ -39,8 +40,15 @@ class BackgroundSpin:
         self._thread = threading.Thread(target=self._spin, name="rclpy-spin", daemon=True)
 
     def _spin(self) -> None:
-        while not self._stop.is_set():
-            self.executor.spin_once(timeout_sec=self.poll_s)
+        while not self._stop.is_set() and self.executor.context.ok():
+            try:
+                self.executor.spin_once(timeout_sec=self.poll_s)
+            except ExternalShutdownException:
+                return
+            except Exception:  # noqa: BLE001 - rclpy's errors once the context shut down under us
+                if self.executor.context.ok():
+                    raise
+                return
 
     def start(self) -> "BackgroundSpin":
         self._thread.start()
