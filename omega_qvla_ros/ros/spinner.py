@@ -7,7 +7,8 @@ MultiThreadedExecutor's pool may still hold callbacks it was handed. rclpy's
 run them, and each such callback then fails on `gc.trigger()` into a task nobody awaits
 ("The following exception was never retrieved: cannot use Destroyable because
 destruction was requested"). Here the thread runs `spin_once` in a loop until a stop
-event is set; `stop()` joins it, empties the pool, and only then shuts the executor down.
+event is set; `stop()` joins it, lets the pool run what it was handed, and only then shuts
+the executor down.
 """
 from __future__ import annotations
 
@@ -19,12 +20,13 @@ from rclpy.executors import Executor, ExternalShutdownException
 
 def shutdown_executor(executor: Executor, timeout_s: float = 2.0) -> None:
     """Shut down an executor that no thread is spinning any more: a MultiThreadedExecutor's
-    pool (`_executor` from Humble to Kilted) first drops the callbacks it was handed but has
-    not started and finishes the running ones (short, by the node's design), while the guard
-    condition they trigger still exists; shutting a pool down twice is a no-op."""
+    pool (`_executor` from Humble to Kilted) first runs the callbacks it was handed (short,
+    by the node's design) while the guard condition they trigger still exists. They are run,
+    not cancelled: each is a coroutine already created, and a cancelled one is reported as
+    "never awaited". Shutting a pool down twice is a no-op."""
     pool = getattr(executor, "_executor", None)
     if isinstance(pool, ThreadPoolExecutor):
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=True)
     executor.shutdown(timeout_sec=timeout_s)
 
 
