@@ -137,8 +137,7 @@ class Attention(nn.Module):
             S = k.shape[2]
             c = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
             mask = c[None, None] if mask is None else mask & c
-        out = (F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True) if gqa
-               else F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **({"enable_gqa": True} if gqa else {}))
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1)), own
 
 

@@ -33,6 +33,7 @@ from omega_qvla_ros.runtime.robot import ALOHA_CAMERAS, ALOHA_JOINTS, RobotSpec
 from omega_qvla_ros.runtime.supervisor import Inputs, Supervisor
 
 from .conversions import image_to_rgb, joint_trajectory
+from .spinner import shutdown_executor
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
@@ -501,7 +502,6 @@ def main(argv: list[str] | None = None) -> int:
         pass
     finally:
         if ex is not None:  # callbacks still queued run before the node they use is destroyed
-            from omega_qvla_ros.ros.spinner import shutdown_executor
             shutdown_executor(ex)
         if node is not None:
             node.destroy_node()

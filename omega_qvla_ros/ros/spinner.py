@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from rclpy.executors import Executor, ExternalShutdownException
+from rclpy.executors import Executor
 
 
 def shutdown_executor(executor: Executor, timeout_s: float = 2.0) -> None:
@@ -45,10 +45,8 @@ class BackgroundSpin:
         while not self._stop.is_set() and self.executor.context.ok():
             try:
                 self.executor.spin_once(timeout_sec=self.poll_s)
-            except ExternalShutdownException:
-                return
-            except Exception:  # noqa: BLE001 - rclpy's errors once the context shut down under us
-                if self.executor.context.ok():
+            except Exception:  # noqa: BLE001 - rclpy's errors (ExternalShutdownException among them)
+                if self.executor.context.ok():  # once the context shut down under us
                     raise
                 return
 
