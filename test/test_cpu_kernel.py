@@ -202,3 +202,39 @@ def test_a_plan_reused_across_row_counts_and_layers():
         cpu_kernel.Plan(w, split=(w.n, 1))
     with pytest.raises(ValueError, match="features"):
         plans[0][2](torch.zeros(3, w.k + 1))
+
+
+@needs_kernel
+@pytest.mark.parametrize("nibbles", [False, True])
+@pytest.mark.parametrize("tile", TILES)
+def test_threads_sharing_rows_or_columns_give_the_same_outputs(nibbles, tile):
+    """The two ways a call's threads share its work (by rows: each thread its rows through
+    every step; by columns: the rows' codes made together, then each thread its weight
+    blocks) give bit-equal outputs, with a rotation and per-row scales, at row counts
+    either side of where `auto` changes over, on 1 to 3 threads (rows and column groups
+    that do not divide evenly; a thread with no weight block)."""
+    from omega_qvla_ros.quant.rotation import build_input_rotation
+
+    g = torch.Generator().manual_seed(5)
+    threads = torch.get_num_threads()
+    try:
+        for k, n in ((200, 70), (1100, 1030), (64, 16)):  # (1100, 1030): auto takes columns below 65 rows
+            rot = cpu_kernel.pack_rotation(build_input_rotation(torch.randn(n, k, generator=g), "omega")
+                                           .to(dtype=torch.float32))
+            w = cpu_kernel.pack_weights(torch.randint(-8, 8, (n, k), generator=g), torch.rand(n, generator=g) + 0.1,
+                                        nibbles=nibbles, quads=tile != 0)
+            plans = {s: cpu_kernel.Plan(w, rot, split=(n - 10, 10), tile=tile or None, share=s)
+                     for s in cpu_kernel.SHARES}
+            for t in (1, 2, 3):
+                torch.set_num_threads(t)
+                for m in (1, 5, 17, 50, 67, 130):
+                    x = torch.randn(m, k, generator=g) * 3
+                    rows = torch.rand(m, generator=g) + 0.2
+                    want = plans["rows"](x, 0.5, rows)
+                    for s in ("columns", "auto"):
+                        got = plans[s](x, 0.5, rows)
+                        assert all(torch.equal(a, b) for a, b in zip(got, want)), (k, n, t, m, s)
+    finally:
+        torch.set_num_threads(threads)
+    with pytest.raises(ValueError, match="share"):
+        cpu_kernel.Plan(w, share="diagonal")

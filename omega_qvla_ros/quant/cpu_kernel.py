@@ -247,10 +247,17 @@ class _Args(ctypes.Structure):
                 ("tail", ctypes.c_void_p), ("w", ctypes.c_void_p), ("nibbles", ctypes.c_int64),
                 ("quads", ctypes.c_int64), ("n", ctypes.c_int64),
                 ("offset", ctypes.c_void_p), ("wscale", ctypes.c_void_p), ("rs", ctypes.c_void_p),
-                ("ends", ctypes.c_void_p), ("ys", ctypes.c_void_p), ("s", ctypes.c_float)]
+                ("ends", ctypes.c_void_p), ("ys", ctypes.c_void_p), ("s", ctypes.c_float),
+                ("share", ctypes.c_int64)]
 
 
 _NO_ROTATION = (None, None, 0, None)
+
+# how a call's threads share its work (csrc: w4a4_linear_args): "auto" (by columns for a
+# few tiles of rows per thread, else by rows), "rows" or "columns"; read as plans are
+# built (benchmarks compare them; the outputs are the same)
+SHARES = {"auto": 0, "rows": 1, "columns": 2}
+SHARE = "auto"
 
 
 class Plan:
@@ -261,7 +268,8 @@ class Plan:
     Holds `w` and `rotation`, whose memory the kernel reads."""
 
     def __init__(self, w: PackedWeights, rotation: PackedRotation | None = None,
-                 split: tuple[int, ...] | None = None, tile: int | None = None) -> None:
+                 split: tuple[int, ...] | None = None, tile: int | None = None,
+                 share: str | None = None) -> None:
         lib = _lib()
         if lib is None:
             raise RuntimeError(unavailable_reason())
@@ -284,8 +292,11 @@ class Plan:
         self._outputs = ctypes.c_void_p * len(self.sizes)
         perm, blocks, nblk, tail = _NO_ROTATION if rotation is None else rotation.args
         packed, nibbles, _, n, offset, scale = w.args
+        share = SHARE if share is None else share
+        if share not in SHARES:
+            raise ValueError(f"share must be one of {sorted(SHARES)}, got {share!r}")
         args = _Args(None, 0, w.k, perm, blocks, nblk, tail, packed, nibbles, tile, n, offset, scale, None,
-                     ctypes.addressof(self._ends), None, 1.0)
+                     ctypes.addressof(self._ends), None, 1.0, SHARES[share])
         self._template = bytes(args)
         self._fn = lib.w4a4_linear_args
 
@@ -317,11 +328,13 @@ class Plan:
 
 def linear(z: torch.Tensor, w: PackedWeights, scale: float = 1.0,
            row_scales: torch.Tensor | None = None, rotation: PackedRotation | None = None,
-           split: tuple[int, ...] | None = None, tile: int | None = None) -> torch.Tensor | list[torch.Tensor]:
+           split: tuple[int, ...] | None = None, tile: int | None = None,
+           share: str | None = None) -> torch.Tensor | list[torch.Tensor]:
     """Σ_k q[m,k] q_w[n,k] · s_w[n] · s_m with q = clamp(round(z' / s_m), -8, 7), for float32
     z [m, k] on the CPU, z' = z or, with `rotation`, z R (computed in the kernel);
     s_m = `scale`, or `row_scales` [m] (or [m, 1]) per row. With `split` (column counts
     summing to n) the result is one contiguous tensor per part, written by the kernel.
     `tile` picks one of the VNNI tiles (VNNI_TILES) for weights packed by k-quads (default:
-    the best that runs here). A layer called many times binds its arguments once with Plan."""
-    return Plan(w, rotation, split, tile)(z, scale, row_scales)
+    the best that runs here). `share`: how threads share the work (SHARES; default SHARE).
+    A layer called many times binds its arguments once with Plan."""
+    return Plan(w, rotation, split, tile, share)(z, scale, row_scales)

@@ -22,10 +22,11 @@
  * AVX-512 take the same layout in 256-bit halves (tile_avxvnni).
  *
  * One call also rotates the input by the layer's 64-blocks (rotate_rows) and quantizes
- * it, so a layer is one call. Rows are split over OpenMP threads, each taking its rows
- * through every step, 64 rows at a time, in scratch of its own kept between calls
- * (torch's own OpenMP runtime when built by cpu_kernel.py, so torch.set_num_threads
- * applies and no second pool competes).
+ * it, so a layer is one call. OpenMP threads share a call by rows (by_rows: each takes
+ * its rows through every step, 64 rows at a time) or, for a few tens of rows on large
+ * weights, by columns (by_columns), in scratch of their own kept between calls (torch's
+ * own OpenMP runtime when built by cpu_kernel.py, so torch.set_num_threads applies and
+ * no second pool competes).
  */
 #include <immintrin.h>
 #include <omp.h>
@@ -311,37 +312,89 @@ typedef struct {
     const int64_t *ends;
     float *const *ys;
     float s;
+    int64_t share;
 } w4a4_args;
 
-/* z [m, k] float32, w packed (int8, or int4 with nibbles != 0; by k-quads for a VNNI
-   tile with quads != 0, else by k-pairs), offset/wscale [n], s one
-   scale or rs [m] one per row (rs != NULL); the outputs ys (see store: nseg of them,
-   ends[nseg - 1] == n), float32.
-   With blocks != NULL the codes are those of z R. Each thread takes its own rows
-   through every step (one fork, no barrier), MC rows at a time (more with int4 weights):
-   rotation (ROT_ROWS rows at a time), quantization, then the GEMM against one tile of NR
-   weight blocks at a time (the tile's weights stay in cache while the chunk passes).
-   Returns 0, -1 when a thread's scratch could not be allocated (outputs undefined), or -2
-   when the weights are by k-quads for a VNNI tile this build lacks (nothing computed). */
 #define MC 64
 #define NIB_CODES (8 << 20)
 #define ROT_ROWS (2 * RT)
-int w4a4_linear_args(const w4a4_args *a) {
-    const float *z = a->z, *blocks = a->blocks, *tail = a->tail, *wscale = a->wscale, *rs = a->rs;
-    const int64_t m = a->m, k = a->k, nblk = a->nblk, n = a->n, *perm = a->perm, *ends = a->ends;
-    const int8_t *w = a->w;
-    /* quads: 1 tile_vnni, 2 tile_avxvnni (the weights by k-quads), 0 tile (by k-pairs) */
-    const int nibbles = a->nibbles != 0,
-              quads = (a->quads == 1 && W4A4_VNNI512) ? 1 : (a->quads == 2 && W4A4_AVXVNNI) ? 2 : 0;
-    if (a->quads && !quads) return -2; /* k-quad weights for a tile this build lacks */
-    const int32_t *offset = a->offset;
-    const float s = a->s;
-    float *const *ys = a->ys;
-    /* codes per row, padded to whole k-pairs (k-quads); a block of weights is kp * 16 bytes */
-    const int64_t kp = quads ? (k + 3) & ~(int64_t)3 : (k + 1) & ~(int64_t)1, pairs = kp / 2,
-                  nblocks = (n + NB - 1) / NB;
+/* Calls of at most this many tiles of rows per thread, on at least this many weights,
+   split the columns instead (by_columns). Measured (2 threads, Zen 4, with a rotation):
+   columns 4-35% faster at 17-50 rows on 1536- to 16384-wide weights, about even at 64-256;
+   10-25% slower on weights under 1024 x 1024 (the barrier and few column groups weigh
+   more than reading the weights twice). */
+#define COLUMN_TILES_PER_THREAD 8
+#define COLUMN_MIN_WEIGHTS (1 << 20)
+
+/* One call's shape, derived once: codes per row padded to whole k-pairs (k-quads), the
+   16-column blocks, and which tile multiplies (1 tile_vnni, 2 tile_avxvnni, 0 tile). */
+typedef struct {
+    int64_t kp, pairs, nblocks;
+    int quads, nibbles;
+} shape;
+
+/* Rows [r0, r1) of z as activation codes, row r at codes + (r - r0) * kp: rotated first
+   (ROT_ROWS rows at a time, into rot) where the layer has a rotation. */
+static void make_codes(const w4a4_args *a, const shape *sh, int64_t r0, int64_t r1, float *rot, uint8_t *codes) {
+    for (int64_t i = r0; i < r1; i += ROT_ROWS) {
+        const int64_t i1 = i + ROT_ROWS < r1 ? i + ROT_ROWS : r1;
+        const float *src = a->z + i * a->k;
+        if (a->blocks) {
+            rotate_rows(a->z, i, i1, a->k, a->perm, a->blocks, a->nblk, a->tail, rot);
+            src = rot;
+        }
+        for (int64_t j = i; j < i1; j++)
+            quantize_row(src + (j - i) * a->k, a->k, sh->kp, a->rs ? a->rs[j] : a->s, codes + (j - r0) * sh->kp);
+    }
+}
+
+/* The outputs of rows [r0, r1) (their codes from codes, row r0 first) and of the
+   16-column blocks [b0, b1), NR blocks at a time: int4 weights unpacked into wscr once
+   per NR blocks, then every MR rows against them (the tile's weights stay in cache while
+   the rows pass). */
+static void multiply(const w4a4_args *a, const shape *sh, const uint8_t *codes, int64_t r0, int64_t r1,
+                     int64_t b0, int64_t b1, int8_t *wscr) {
+    const int64_t pairs = sh->pairs, kp = sh->kp, n = a->n;
+    int32_t acc[MR][NR * NB];
+    float sm[MR];
+    for (int64_t b = b0; b < b1; b += NR) {
+        const int nr = b1 - b < NR ? (int)(b1 - b) : NR;
+        const int8_t *wb = a->w + b * pairs * 32;
+        if (sh->nibbles) {
+            unpack_blocks((const uint8_t *)a->w + b * ((pairs + 1) / 2) * 32, pairs, nr, wscr);
+            wb = wscr;
+        }
+        const int64_t c0 = b * NB, c1 = c0 + nr * NB < n ? c0 + nr * NB : n;
+        for (int64_t i0 = r0; i0 < r1; i0 += MR) {
+            const int mr = r1 - i0 < MR ? (int)(r1 - i0) : MR;
+            const uint8_t *u[MR];
+            const int8_t *wt[NR];
+            for (int r = 0; r < MR; r++) u[r] = codes + (i0 - r0 + (r < mr ? r : 0)) * kp;
+            for (int c = 0; c < NR; c++) wt[c] = wb + (c < nr ? c : 0) * pairs * 32;
+#if W4A4_VNNI512
+            if (sh->quads == 1)
+                tile_vnni(u, wt, kp / 4, &acc[0][0]);
+            else
+#endif
+#if W4A4_AVXVNNI
+            if (sh->quads == 2)
+                tile_avxvnni(u, wt, kp / 4, &acc[0][0]);
+            else
+#endif
+                tile(u, wt, pairs, &acc[0][0]);
+            for (int r = 0; r < mr; r++) sm[r] = a->rs ? a->rs[i0 + r] : a->s;
+            store(&acc[0][0], mr, i0, c0, c1, a->offset, a->wscale, sm, a->ends, a->ys);
+        }
+    }
+}
+
+/* Threads take rows: each its own rows through every step (one fork, no barrier), MC
+   rows at a time (more with int4 weights). Each thread reads (and with int4 unpacks)
+   every weight: right for many rows, where the weights' cost is shared by many tiles. */
+static int by_rows(const w4a4_args *a, const shape *sh, int parallel) {
+    const int64_t m = a->m, kp = sh->kp;
     int failed = 0;
-#pragma omp parallel if (m * n * k >= 65536 && m >= 2 * MR) reduction(| : failed)
+#pragma omp parallel if (parallel) reduction(| : failed)
     {
         const int64_t threads = omp_get_num_threads(), me = omp_get_thread_num();
         /* this thread's rows, whole tiles of MR where possible */
@@ -351,58 +404,82 @@ int w4a4_linear_args(const w4a4_args *a) {
         /* int4 weights are unpacked once per chunk and tile: their chunks are as many rows
            as NIB_CODES bytes of codes hold (a 16384-deep layer unpacked per 64 rows ran 1.4x
            slower than on int8 weights) */
-        int64_t mc = nibbles ? NIB_CODES / kp / MR * MR : MC;
+        int64_t mc = sh->nibbles ? NIB_CODES / kp / MR * MR : MC;
         mc = mc < MC ? MC : mc;
         const int64_t own = (last - first + MR - 1) / MR * MR;  /* no more scratch than the rows */
-        mc = nibbles && mc > own ? own : mc;
+        mc = sh->nibbles && mc > own ? own : mc;
         uint8_t *codes = last > first ? scratch(&scratch_codes, &scratch_codes_size, mc * kp) : NULL;
-        float *rot = blocks && last > first ? scratch(&scratch_rot, &scratch_rot_size, ROT_ROWS * k * sizeof(float)) : NULL;
-        int8_t *wscr = nibbles && last > first ? scratch(&scratch_w, &scratch_w_size, NR * pairs * 32) : NULL;
-        if (last > first && (!codes || (blocks && !rot) || (nibbles && !wscr))) failed = 1;
-        int32_t acc[MR][NR * NB];
-        float sm[MR];
+        float *rot = a->blocks && last > first ? scratch(&scratch_rot, &scratch_rot_size, ROT_ROWS * a->k * sizeof(float)) : NULL;
+        int8_t *wscr = sh->nibbles && last > first ? scratch(&scratch_w, &scratch_w_size, NR * sh->pairs * 32) : NULL;
+        if (last > first && (!codes || (a->blocks && !rot) || (sh->nibbles && !wscr))) failed = 1;
         for (int64_t c0r = first; !failed && c0r < last; c0r += mc) {
             const int64_t c1r = c0r + mc < last ? c0r + mc : last;
-            for (int64_t i = c0r; i < c1r; i += ROT_ROWS) {
-                const int64_t i1 = i + ROT_ROWS < c1r ? i + ROT_ROWS : c1r;
-                const float *src = z + i * k;
-                if (blocks) {
-                    rotate_rows(z, i, i1, k, perm, blocks, nblk, tail, rot);
-                    src = rot;
-                }
-                for (int64_t j = i; j < i1; j++)
-                    quantize_row(src + (j - i) * k, k, kp, rs ? rs[j] : s, codes + (j - c0r) * kp);
-            }
-            for (int64_t b = 0; b < nblocks; b += NR) {
-                const int nr = nblocks - b < NR ? (int)(nblocks - b) : NR;
-                const int8_t *wb = w + b * pairs * 32;
-                if (nibbles) {
-                    unpack_blocks((const uint8_t *)w + b * ((pairs + 1) / 2) * 32, pairs, nr, wscr);
-                    wb = wscr;
-                }
-                const int64_t c0 = b * NB, c1 = c0 + nr * NB < n ? c0 + nr * NB : n;
-                for (int64_t i0 = c0r; i0 < c1r; i0 += MR) {
-                    const int mr = c1r - i0 < MR ? (int)(c1r - i0) : MR;
-                    const uint8_t *u[MR];
-                    const int8_t *wt[NR];
-                    for (int r = 0; r < MR; r++) u[r] = codes + (i0 - c0r + (r < mr ? r : 0)) * kp;
-                    for (int c = 0; c < NR; c++) wt[c] = wb + (c < nr ? c : 0) * pairs * 32;
-#if W4A4_VNNI512
-                    if (quads == 1)
-                        tile_vnni(u, wt, kp / 4, &acc[0][0]);
-                    else
-#endif
-#if W4A4_AVXVNNI
-                    if (quads == 2)
-                        tile_avxvnni(u, wt, kp / 4, &acc[0][0]);
-                    else
-#endif
-                        tile(u, wt, pairs, &acc[0][0]);
-                    for (int r = 0; r < mr; r++) sm[r] = rs ? rs[i0 + r] : s;
-                    store(&acc[0][0], mr, i0, c0, c1, offset, wscale, sm, ends, ys);
-                }
-            }
+            make_codes(a, sh, c0r, c1r, rot, codes);
+            multiply(a, sh, codes, c0r, c1r, 0, sh->nblocks, wscr);
         }
     }
-    return failed ? -1 : 0;
+    return failed;
+}
+
+/* Threads take columns, for few rows (tens of tokens: a denoising step, an action
+   head): the threads first make the codes of all rows together (each a share of the
+   rows, into the calling thread's scratch), then each multiplies every row by its own
+   share of the weight blocks. Splitting the rows instead would have each thread read and
+   unpack every weight for a few tiles of rows, and leave a thread with one tile more
+   than another (13 tiles on 2 threads: 7 and 6). */
+static _Thread_local void *scratch_all;
+static _Thread_local size_t scratch_all_size;
+
+static int by_columns(const w4a4_args *a, const shape *sh) {
+    const int64_t m = a->m, kp = sh->kp, groups = (sh->nblocks + NR - 1) / NR;
+    uint8_t *codes = scratch(&scratch_all, &scratch_all_size, m * kp);
+    if (!codes) return 1;
+    int failed = 0;
+#pragma omp parallel reduction(| : failed)
+    {
+        const int64_t threads = omp_get_num_threads(), me = omp_get_thread_num();
+        const int64_t r0 = m * me / threads, r1 = m * (me + 1) / threads;
+        const int64_t b0 = groups * me / threads * NR, b1g = groups * (me + 1) / threads * NR;
+        const int64_t b1 = b1g < sh->nblocks ? b1g : sh->nblocks;
+        float *rot = a->blocks && r1 > r0 ? scratch(&scratch_rot, &scratch_rot_size, ROT_ROWS * a->k * sizeof(float)) : NULL;
+        int8_t *wscr = sh->nibbles && b1 > b0 ? scratch(&scratch_w, &scratch_w_size, NR * sh->pairs * 32) : NULL;
+        int mine = (a->blocks && r1 > r0 && !rot) || (sh->nibbles && b1 > b0 && !wscr);
+        if (!mine) make_codes(a, sh, r0, r1, rot, codes + r0 * kp);
+        failed = mine;
+#pragma omp barrier
+        /* every thread's rows are codes now (a thread that could not make its share
+           flags the call: the outputs are then undefined) */
+        if (!mine) multiply(a, sh, codes, 0, m, b0, b1, wscr);
+    }
+    return failed;
+}
+
+/* z [m, k] float32, w packed (int8, or int4 with nibbles != 0; by k-quads for a VNNI
+   tile with quads != 0, else by k-pairs), offset/wscale [n], s one
+   scale or rs [m] one per row (rs != NULL); the outputs ys (see store: nseg of them,
+   ends[nseg - 1] == n), float32. With blocks != NULL the codes are those of z R.
+   share: how the threads share the work, 0 picked here (by_columns for at most
+   COLUMN_TILES_PER_THREAD tiles of rows per thread, at least COLUMN_MIN_WEIGHTS weights
+   and four groups of NR weight blocks per thread, else by_rows), 1 by_rows, 2 by_columns
+   (benchmarks and tests compare them: the outputs are the same). Returns 0, -1 when a thread's scratch could not be allocated (outputs
+   undefined), or -2 when the weights are by k-quads for a VNNI tile this build lacks
+   (nothing computed). */
+int w4a4_linear_args(const w4a4_args *a) {
+    const int64_t m = a->m, k = a->k, n = a->n;
+    if (m == 0) return 0;
+    shape sh;
+    /* quads: 1 tile_vnni, 2 tile_avxvnni (the weights by k-quads), 0 tile (by k-pairs) */
+    sh.nibbles = a->nibbles != 0;
+    sh.quads = (a->quads == 1 && W4A4_VNNI512) ? 1 : (a->quads == 2 && W4A4_AVXVNNI) ? 2 : 0;
+    if (a->quads && !sh.quads) return -2; /* k-quad weights for a tile this build lacks */
+    sh.kp = sh.quads ? (k + 3) & ~(int64_t)3 : (k + 1) & ~(int64_t)1;
+    sh.pairs = sh.kp / 2;
+    sh.nblocks = (n + NB - 1) / NB;
+    const int64_t threads = omp_get_max_threads(), tiles = (m + MR - 1) / MR,
+                  groups = (sh.nblocks + NR - 1) / NR;
+    const int big = m * n * k >= 65536;
+    int columns = a->share == 2 ||
+                  (a->share == 0 && threads > 1 && tiles <= COLUMN_TILES_PER_THREAD * threads &&
+                   n * sh.kp >= COLUMN_MIN_WEIGHTS && groups >= 4 * threads);
+    return (columns ? by_columns(a, &sh) : by_rows(a, &sh, big && m >= 2 * MR)) ? -1 : 0;
 }
