@@ -420,6 +420,14 @@ def main() -> int:
         parts.append(profile_section(prof))
     for st in sorted((ROOT / "bench" / "results").glob("stack_*.json")):
         parts.append(stack_section(st))
+    ks = ROOT / "bench" / "results" / "kernel_share.json"
+    if ks.exists():
+        sys.path.insert(0, str(ROOT / "bench"))
+        from kernel_share import format_markdown
+
+        parts.append("### How the CPU kernel's threads share a layer's call (`bench/kernel_share.py`)\n\n"
+                     f"`.venv/bin/python bench/kernel_share.py --out {ks.relative_to(ROOT)}`: "
+                     + format_markdown(json.loads(ks.read_text())))
     mem = sorted((ROOT / "bench" / "results").glob("memory_*_full.json"))
     if mem:
         rows = ["### Static memory, full published sizes (`omega-qvla memory --size full`)", "",

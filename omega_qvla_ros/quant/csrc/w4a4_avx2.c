@@ -320,7 +320,8 @@ typedef struct {
 #define ROT_ROWS (2 * RT)
 /* Calls of at most this many tiles of rows per thread, on at least this many weights,
    split the columns instead (by_columns). Measured (2 threads, Zen 4, with a rotation):
-   columns 4-35% faster at 17-50 rows on 1536- to 16384-wide weights, about even at 64-256;
+   columns 7-15% faster at 49-50 rows on the published expert/DiT weights as int4 codes
+   (bench/kernel_share.py), up to 35% at 17 rows, about even at 64-256;
    10-25% slower on weights under 1024 x 1024 (the barrier and few column groups weigh
    more than reading the weights twice). */
 #define COLUMN_TILES_PER_THREAD 8
