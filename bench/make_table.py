@@ -274,7 +274,8 @@ def full_section(paths: list[Path]) -> str:
             "in the kernel the row's run recorded: our kernel's `int4_avx2` wherever it builds since "
             "2026-12-05, torch's CPU int4 kernel `int4_bf16` on AVX-512 VNNI CPUs before; older runs "
             "rebuilt int8 kernel weights per call) and, in brackets, every int8 kernel weight held "
-            "(`kernel_weights: hold`: twice the int4 bytes; faster than `int4_bf16`, no faster than `int4_avx2`).", "",
+            "(`kernel_weights: hold`: twice the int4 bytes; faster than `int4_bf16`, within about 5% of `int4_avx2` "
+            "either way from run to run).", "",
             "| family | recipe | threads | params | quantize | quantize peak RSS | W4A4 pack | load / run peak RSS "
             "| run RSS / pack | chunk FP32 / W4A4 | speed vs FP32 | `auto` kernel | action max / mean \\|Δ\\| vs FP |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -445,8 +445,8 @@ def load_pack(pack_dir: str | os.PathLike, build_model: ModelBuilder | None = No
     ("stored" when they exceed 512 MiB). `integer_codes`: "drop" gives back a layer's
     packed int4 codes once its integer kernel holds them (the model can then run, not
     be saved again). `kernel_weights`: "hold" (integer kernels keep int8 weights, one
-    byte per weight: twice the int4 codes; the fastest but at published widths, where
-    "int4_avx2" measured as fast or faster, bench/results/full_*.json), "int4_avx2" (our AVX2 kernel holds
+    byte per weight: twice the int4 codes; the fastest at small widths; at published widths
+    "int4_avx2" measured within about 5% of it either way, bench/results/full_*.json), "int4_avx2" (our AVX2 kernel holds
     the int4 codes at half a byte per weight and unpacks them per tile: the pack's memory,
     exact; x86 CPUs with AVX2, where it is the `auto` backend), "int4_bf16" (the int4 codes held
     at half a byte per weight in torch's CPU int4 kernel: the pack's memory, outputs
