@@ -1,7 +1,8 @@
 """How our CPU kernel's threads share a call (quant/cpu_kernel.py, SHARES): by rows, by
 columns, and what `auto` picks, per layer at the published sizes' shapes (with the
 layer's 64-block rotation, int4 codes held as the runtime does at those sizes, and int8
-weights held), the variants taking turns in each round, the fastest round counting.
+weights held), the variants taking turns in each round, the fastest round counting
+(bench_stack.times_in_turns).
 Ratios from one run; the machine is shared, so compare within a row.
 
     .venv/bin/python bench/kernel_share.py [--rounds 6] [--out bench/results/kernel_share.json]
@@ -11,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 import torch
 
@@ -31,16 +31,10 @@ SHAPES = [
 ]
 
 
-def _time(fn, reps: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - t0) / reps
-
-
 def run(rounds: int = 6, seed: int = 0, shapes: list[tuple] = SHAPES) -> dict:
     from omega_qvla_ros.quant import cpu_kernel
     from omega_qvla_ros.quant.rotation import build_input_rotation
+    from omega_qvla_ros.tools.bench_stack import times_in_turns
     from omega_qvla_ros.tools.machine import describe
 
     if not cpu_kernel.available():
@@ -56,12 +50,9 @@ def run(rounds: int = 6, seed: int = 0, shapes: list[tuple] = SHAPES) -> dict:
             w = cpu_kernel.pack_weights(codes, scale, nibbles=weights == "int4")
             plans = {s: cpu_kernel.Plan(w, rot, share=s) for s in cpu_kernel.SHARES}
             outs = {s: p(x, 0.3) for s, p in plans.items()}
-            reps = max(3, int(2e8 / (m * k * n) * 10))
-            best = {s: float("inf") for s in plans}
-            order = list(plans)
-            for r in range(rounds):
-                for s in order[r % len(order):] + order[:r % len(order)]:
-                    best[s] = min(best[s], _time(lambda: plans[s](x, 0.3), reps))
+            reps = max(3, int(2e8 / (m * k * n) * 10))  # calls per timing: a call can be tens of µs
+            calls = {s: (lambda z, p=p: [p(z, 0.3) for _ in range(reps)]) for s, p in plans.items()}
+            best = {s: t / reps for s, t in times_in_turns(calls, x, rounds).items()}
             rows.append({"model": model, "layer": layer, "tokens": m, "inputs": k, "outputs": n, "weights": weights,
                          **{f"{s}_ms": best[s] * 1e3 for s in plans},
                          "columns_speed_vs_rows": best["rows"] / best["columns"],

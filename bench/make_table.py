@@ -309,6 +309,18 @@ def stack_section(path: Path) -> str:
             + (f"\n\n{r['note']}" if r.get("note") else ""))
 
 
+def kernel_share_section(path: Path) -> str:
+    """bench/kernel_share.py: the CPU kernel's thread shares side by side, per layer."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("kernel_share", ROOT / "bench" / "kernel_share.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return ("### How the CPU kernel's threads share a layer's call (`bench/kernel_share.py`)\n\n"
+            f"`.venv/bin/python bench/kernel_share.py --out {path.relative_to(ROOT)}`: "
+            + mod.format_markdown(json.loads(path.read_text())))
+
+
 def activation_section(path: Path) -> str:
     """bench/activation_sensitivity.py's rows: which layers' int4 activations cost accuracy."""
     r = json.loads(path.read_text())
@@ -423,12 +435,7 @@ def main() -> int:
         parts.append(stack_section(st))
     ks = ROOT / "bench" / "results" / "kernel_share.json"
     if ks.exists():
-        sys.path.insert(0, str(ROOT / "bench"))
-        from kernel_share import format_markdown
-
-        parts.append("### How the CPU kernel's threads share a layer's call (`bench/kernel_share.py`)\n\n"
-                     f"`.venv/bin/python bench/kernel_share.py --out {ks.relative_to(ROOT)}`: "
-                     + format_markdown(json.loads(ks.read_text())))
+        parts.append(kernel_share_section(ks))
     mem = sorted((ROOT / "bench" / "results").glob("memory_*_full.json"))
     if mem:
         rows = ["### Static memory, full published sizes (`omega-qvla memory --size full`)", "",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import time
+from typing import Callable
 
 import torch
 from torch import nn
@@ -41,9 +42,10 @@ class Stack(nn.Module):
         return x
 
 
-def _times(models: dict[str, nn.Module], x: torch.Tensor, repeats: int) -> dict[str, float]:
-    """Seconds per forward of each model, the fastest of `repeats` rounds; the models take
-    turns within a round (this shared machine drifts by 10% within minutes: turns keep the
+def times_in_turns(models: dict[str, Callable[[torch.Tensor], object]], x: torch.Tensor,
+                   repeats: int) -> dict[str, float]:
+    """Seconds per call of each model (any callable of x), the fastest of `repeats` rounds
+    after one warm-up call each; the models take turns within a round (this shared machine drifts by 10% within minutes: turns keep the
     ratios side by side)."""
     ts: dict[str, list[float]] = {k: [] for k in models}
     with torch.inference_mode():
@@ -82,7 +84,7 @@ def _part(width: int, mlp: int, layers: int, tokens: int, recipe: str, side: str
     for kind, tile in other_tiles(_q_backend(q)).items():  # our kernel's other tiles
         kinds.append(kind)
         variants[kind] = variant(q, "hold", tile=tile)
-    t = _times(variants, x, repeats)
+    t = times_in_turns(variants, x, repeats)
     t_fp, t_q = t["fp32"], t["w4a4"]
     with torch.inference_mode():
         y, y_fp = q(x), fp(x)

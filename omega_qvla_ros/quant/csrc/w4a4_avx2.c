@@ -124,6 +124,9 @@ static void rotate_rows(const float *x, int64_t i0, int64_t i1, int64_t k, const
    16384). */
 static _Thread_local void *scratch_codes, *scratch_rot, *scratch_w;
 static _Thread_local size_t scratch_codes_size, scratch_rot_size, scratch_w_size;
+/* by_columns: the codes of all of a call's rows, in the calling thread's scratch */
+static _Thread_local void *scratch_all;
+static _Thread_local size_t scratch_all_size;
 
 static void *scratch(void **p, size_t *size, size_t need) {
     if (need > *size) {
@@ -320,8 +323,9 @@ typedef struct {
 #define ROT_ROWS (2 * RT)
 /* Calls of at most this many tiles of rows per thread, on at least this many weights,
    split the columns instead (by_columns). Measured (2 threads, Zen 4, with a rotation):
-   columns 7-15% faster at 49-50 rows on the published expert/DiT weights as int4 codes
-   (bench/kernel_share.py), up to 35% at 17 rows, about even at 64-256;
+   columns about 10% faster at 49-50 rows on the published expert/DiT weights as int4
+   codes (median of bench/kernel_share.py's runs; 4% on int8), up to 35% at 17 rows,
+   about even at 64-256;
    10-25% slower on weights under 1024 x 1024 (the barrier and few column groups weigh
    more than reading the weights twice). */
 #define COLUMN_TILES_PER_THREAD 8
@@ -428,9 +432,6 @@ static int by_rows(const w4a4_args *a, const shape *sh, int parallel) {
    share of the weight blocks. Splitting the rows instead would have each thread read and
    unpack every weight for a few tiles of rows, and leave a thread with one tile more
    than another (13 tiles on 2 threads: 7 and 6). */
-static _Thread_local void *scratch_all;
-static _Thread_local size_t scratch_all_size;
-
 static int by_columns(const w4a4_args *a, const shape *sh) {
     const int64_t m = a->m, kp = sh->kp, groups = (sh->nblocks + NR - 1) / NR;
     uint8_t *codes = scratch(&scratch_all, &scratch_all_size, m * kp);
@@ -444,13 +445,12 @@ static int by_columns(const w4a4_args *a, const shape *sh) {
         const int64_t b1 = b1g < sh->nblocks ? b1g : sh->nblocks;
         float *rot = a->blocks && r1 > r0 ? scratch(&scratch_rot, &scratch_rot_size, ROT_ROWS * a->k * sizeof(float)) : NULL;
         int8_t *wscr = sh->nibbles && b1 > b0 ? scratch(&scratch_w, &scratch_w_size, NR * sh->pairs * 32) : NULL;
-        int mine = (a->blocks && r1 > r0 && !rot) || (sh->nibbles && b1 > b0 && !wscr);
-        if (!mine) make_codes(a, sh, r0, r1, rot, codes + r0 * kp);
-        failed = mine;
+        failed = (a->blocks && r1 > r0 && !rot) || (sh->nibbles && b1 > b0 && !wscr);
+        if (!failed) make_codes(a, sh, r0, r1, rot, codes + r0 * kp);
 #pragma omp barrier
         /* every thread's rows are codes now (a thread that could not make its share
            flags the call: the outputs are then undefined) */
-        if (!mine) multiply(a, sh, codes, 0, m, b0, b1, wscr);
+        if (!failed) multiply(a, sh, codes, 0, m, b0, b1, wscr);
     }
     return failed;
 }
@@ -462,9 +462,9 @@ static int by_columns(const w4a4_args *a, const shape *sh) {
    share: how the threads share the work, 0 picked here (by_columns for at most
    COLUMN_TILES_PER_THREAD tiles of rows per thread, at least COLUMN_MIN_WEIGHTS weights
    and four groups of NR weight blocks per thread, else by_rows), 1 by_rows, 2 by_columns
-   (benchmarks and tests compare them: the outputs are the same). Returns 0, -1 when a thread's scratch could not be allocated (outputs
-   undefined), or -2 when the weights are by k-quads for a VNNI tile this build lacks
-   (nothing computed). */
+   (benchmarks and tests compare them: the outputs are the same). Returns 0, -1 when a
+   thread's scratch could not be allocated (outputs undefined), or -2 when the weights are
+   by k-quads for a VNNI tile this build lacks (nothing computed). */
 int w4a4_linear_args(const w4a4_args *a) {
     const int64_t m = a->m, k = a->k, n = a->n;
     if (m == 0) return 0;
@@ -479,7 +479,7 @@ int w4a4_linear_args(const w4a4_args *a) {
     const int64_t threads = omp_get_max_threads(), tiles = (m + MR - 1) / MR,
                   groups = (sh.nblocks + NR - 1) / NR;
     const int big = m * n * k >= 65536;
-    int columns = a->share == 2 ||
+    const int columns = a->share == 2 ||
                   (a->share == 0 && threads > 1 && tiles <= COLUMN_TILES_PER_THREAD * threads &&
                    n * sh.kp >= COLUMN_MIN_WEIGHTS && groups >= 4 * threads);
     return (columns ? by_columns(a, &sh) : by_rows(a, &sh, big && m >= 2 * MR)) ? -1 : 0;
