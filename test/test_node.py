@@ -204,10 +204,65 @@ def test_policy_faults_fall_back_to_teleop(pack, kind, reason):
 @pytest.mark.parametrize("harness", [{"inference_deadline_s": 0.001}], indirect=True)
 def test_deadline_miss_holds(harness):
     h = harness
+    # the warm-up measured it before the first tick: said at start-up, and on /diagnostics
+    assert "over inference_deadline_s 0.001" in h.node.startup_warning
     enable(h)
     h.wait(lambda: "deadline miss" in h.last_status().get("reason", ""), 20, "deadline miss")
     assert h.last_status()["source"] == "hold"
-    assert int(h.diag[-1]["deadline_misses"]) >= 1 if h.diag else True
+    h.wait(lambda: h.diag and int(h.diag[-1]["deadline_misses"]) >= 1, 5, "deadline misses in diagnostics")
+    assert "deadline miss" in h.diag[-1]["startup_warning"] and float(h.diag[-1]["warm_up_ms"]) > 1
+
+
+class _Counted(_Faulty):
+    def __init__(self, policy, kind, on=False):
+        super().__init__(policy, kind)
+        self.on, self.calls = on, []
+
+    def infer(self, raw, **kw):
+        self.calls.append((raw, kw))
+        return super().infer(raw, **kw)
+
+
+@pytest.mark.parametrize("kind,match", [("nan", "NaN/Inf: the pack is broken"), ("raise", "boom")])
+def test_a_policy_that_cannot_run_stops_the_node_at_start_up(pack, kind, match):
+    """A pack that loads but gives NaN or raises is found by the warm-up, before the node
+    exists (main() turns this into one 'cannot start' line and exit 1)."""
+    from rclpy.parameter import Parameter
+
+    from omega_qvla_ros.ros.policy_node import PolicyNode
+    from omega_qvla_ros.runtime.policy import Policy
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    try:
+        bad = _Counted(Policy.from_pack(pack), kind, on=True)
+        with pytest.raises((ValueError, RuntimeError), match=match):
+            PolicyNode(policy=bad, parameter_overrides=[Parameter("pack_path", value=str(pack))], context=ctx)
+        assert len(bad.calls) == 1
+        # with the warm-up off the same policy starts (and its fault shows per chunk, as before)
+        off = _Counted(Policy.from_pack(pack), kind, on=True)
+        node = PolicyNode(policy=off, parameter_overrides=[Parameter("pack_path", value=str(pack)),
+                                                           Parameter("warm_up", value=False)], context=ctx)
+        assert off.calls == [] and node.startup_warning == "" and "warm_up_ms" not in node.stats
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)
+
+
+def test_warm_up_runs_the_real_call_once_when_fast(pack):
+    """A policy fast enough for its deadline and chunk is warmed up once, with the node's
+    own cameras, denoising steps and instruction; the latency it measured is the prior."""
+    holder = {}
+    h = Harness(pack, policy_wrapper=lambda p: holder.setdefault("w", _Counted(p, "nan")), num_steps=3,
+                instruction="fold the towel")
+    try:
+        (raw, kw), = holder["w"].calls
+        assert kw == {"num_steps": 3} and raw.instruction == "fold the towel"
+        assert sorted(raw.images) == sorted(h.node.cameras)
+        assert all(not img.any() for img in raw.images.values())
+        assert h.node.startup_warning == "" and 0 < h.node.stats["warm_up_ms"] < 2000
+        assert h.node.controller.config.latency_prior_s == PARAMETERS["latency_prior_s"]  # the larger one
+    finally:
+        h.close()
 
 
 @pytest.mark.parametrize("harness", [{"mode": "shadow"}], indirect=True)

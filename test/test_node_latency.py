@@ -41,13 +41,14 @@ class Sleepy:
     """A Policy whose chunks arrive `latency` after the observation (sleep, no CPU)."""
 
     def __init__(self, policy, latency: float) -> None:
-        self.p, self.latency = policy, latency
+        self.p, self.latency, self.calls = policy, latency, 0
 
     def __getattr__(self, name):
         return getattr(self.p, name)
 
     def infer(self, raw, **kw):
         t0 = time.monotonic()
+        self.calls += 1
         chunk = self.p.infer(raw, **kw)
         time.sleep(max(0.0, self.latency - (time.monotonic() - t0)))
         return chunk
@@ -62,8 +63,10 @@ def _simulated_share(h, latencies: list[float], horizon: int, after: int) -> flo
 
 
 def _run(pack, latency: float, seconds: float, after_chunks: int = 1, **params):
-    h = Harness(pack, policy_wrapper=lambda p: Sleepy(p, latency), feed_hz=50.0, control_rate_hz=50.0,
-                fallback_to_teleop=False, **params)
+    held = {}
+    h = Harness(pack, policy_wrapper=lambda p: held.setdefault("p", Sleepy(p, latency)), feed_hz=50.0,
+                control_rate_hz=50.0, fallback_to_teleop=False, **params)
+    h.warm_up_calls = held["p"].calls  # the node's start-up calls, before it is enabled
     realised = []  # observation → chunk-in-the-controller times, as the node saw them
     add = h.node.controller.add_chunk
     h.node.controller.add_chunk = lambda chunk, now: realised.append(now - chunk.stamp) or add(chunk, now)
@@ -125,6 +128,11 @@ def test_latency_beyond_the_chunk_reports_starved(tmp_path_factory):
     pack = _pack(tmp_path_factory, 50)  # 1 s chunks at 50 Hz
     h, ticks = _run(pack, 1.5, 3.0)
     try:
+        # said at start-up: the warm-up's first chunk was slower than the chunk, so it was
+        # measured once more, and that latency became the controller's prior
+        assert "but covers 1.00 s (50 actions at 50 Hz): the arm will be starved" in h.node.startup_warning
+        assert h.node.stats["warm_up_ms"] >= 1500 and h.node.controller.config.latency_prior_s >= 1.5
+        assert h.warm_up_calls == 2
         h.wait(lambda: h.last_status().get("state") == "starved", 5, "starved status")
         st = h.last_status()
         assert st["level"] == "warn" and st["source"] == "hold"
@@ -134,5 +142,6 @@ def test_latency_beyond_the_chunk_reports_starved(tmp_path_factory):
         assert d["_level"] == 1 and "starved" in d["_message"]  # WARN, with the reason
         assert sum(t.state == "starved" for t in ticks) > 0.5 * len(ticks)
         assert int(d["useless_chunks"]) >= 1
+        assert d["startup_warning"] == h.node.startup_warning
     finally:
         h.close()

@@ -6,6 +6,8 @@ fixed-rate timer runs the shared controller (runtime/controller.py: time-aligned
 schedule, supervisor, safety filter, fallback) and publishes JointTrajectory commands —
 only when actuation is enabled (dry run by default). Status and diagnostics say what
 drives the arm and why, per tick: "starved" (WARN) when the policy has no fresh action.
+Before its first tick it warms the policy up on a synthetic observation: a policy that
+cannot run stops the node there, a latency it cannot use is said at start-up.
 """
 from __future__ import annotations
 
@@ -80,6 +82,7 @@ PARAMETERS: dict[str, object] = {
     "fallback_to_teleop": True,
     "num_steps": 0,
     "diagnostics_rate_hz": 2.0,
+    "warm_up": True,
 }
 
 
@@ -142,9 +145,9 @@ class PolicyNode(Node):
             raise ValueError(f"none of the model's cameras {policy.cameras} is in camera_names "
                              f"{self.robot.cameras}")
         self.policy.control_dt = self.dt
-        warm = self.policy.warm_up(str(p("instruction")), self.cameras)  # CUDA graphs: before the first tick
-        if warm is not None:
-            self.get_logger().info(f"CUDA graphs captured in {warm:.1f} s")
+        self.stats: dict = {}
+        self.startup_warning = ""
+        warm = self._warm_up(str(p("instruction"))) if p("warm_up") else None
         supervisor = Supervisor(mode=p("mode"), dry_run=bool(p("dry_run")),
                                 stale_after=float(p("stale_timeout_s")),
                                 heartbeat_timeout=float(p("heartbeat_timeout_s")),
@@ -153,7 +156,8 @@ class PolicyNode(Node):
             dt=self.dt, blend=p("blend"), blend_new_weight=float(p("blend_new_weight")),
             blend_window_s=float(p("blend_window_s")), trajectory_points=int(p("trajectory_points")),
             replan_period_s=float(p("replan_period_s")), request_margin_s=float(p("request_margin_s")),
-            max_inflight=int(p("max_inflight")), latency_prior_s=float(p("latency_prior_s")),
+            max_inflight=int(p("max_inflight")),
+            latency_prior_s=max(float(p("latency_prior_s")), warm or 0.0),
             horizon=policy.horizon), supervisor)
         self.supervisor = supervisor
         self.lock = threading.Lock()
@@ -164,7 +168,7 @@ class PolicyNode(Node):
         self.instruction: str = p("instruction")
         self.input_fault: dict[str, str] = {}
         self.results: list[tuple[float, object, str]] = []  # (obs stamp, chunk or None, fault)
-        self.stats = {"chunks": 0, "deadline_misses": 0, "inference_errors": 0, "published": 0, "dry_run_ticks": 0,
+        self.stats = {**self.stats, "chunks": 0, "deadline_misses": 0, "inference_errors": 0, "published": 0, "dry_run_ticks": 0,
                       "inference_ms": 0.0, "observation_age_ms": 0.0, "latency_estimate_ms": 0.0,
                       "divergence_max": 0.0, "divergence_mean": 0.0}
         self.latencies: list[tuple[float, float]] = []  # (obs receipt time, first publish time)
@@ -217,6 +221,46 @@ class PolicyNode(Node):
             f"{self.cameras}); mode {self.supervisor.mode}, dry_run {self.supervisor.dry_run}")
 
     # ---------------------------------------------------------------- helpers
+    def _warm_up(self, instruction: str) -> float:
+        """Synthetic chunks before the first tick (Policy.synthetic_observation), through
+        the same policy call as real chunks: the first real chunk then runs at its steady
+        speed (on CUDA: replays the captured graphs), a pack that loads but cannot run stops
+        the node here instead of on the robot, and a latency the node cannot use is said
+        now, loudly, not found at the first deadline miss. The first chunk pays one-time
+        costs, so a slow one is measured again before anything is said. Returns the call's
+        wall time (the latency prior); the deadline is checked on the chunk's inference
+        time, as for real chunks."""
+        log = self.get_logger()
+        span = self.policy.horizon * self.dt
+        raw = self.policy.synthetic_observation(instruction, self.cameras)
+        walls, chunk = [], None
+        for _ in range(2):
+            t0 = time.perf_counter()
+            chunk = self.policy.infer(raw, num_steps=self._num_steps)
+            walls.append(time.perf_counter() - t0)
+            if not np.all(np.isfinite(chunk.positions)):
+                raise ValueError("the policy's chunk for a synthetic observation (black images, joints at "
+                                 "mid-range) has NaN/Inf: the pack is broken")
+            if getattr(self.policy, "sampler", None) is not None and len(walls) == 1:
+                log.info(f"CUDA graphs captured in {walls[0]:.1f} s")
+            if chunk.inference_s <= self._deadline and walls[-1] <= span:
+                break
+        lat, inference = walls[-1], chunk.inference_s
+        self.stats["warm_up_ms"] = round(1e3 * lat, 1)
+        log.info(f"warm-up: {', '.join(f'{1e3 * t:.0f}' for t in walls)} ms per chunk on a synthetic observation "
+                 f"(chunk covers {span:.2f} s, inference_deadline_s {self._deadline:g})")
+        if inference > self._deadline:
+            self.startup_warning = (f"inference takes {inference:.2f} s, over inference_deadline_s "
+                                    f"{self._deadline:g}: every chunk will be dropped as a deadline miss and the "
+                                    "arm held; raise inference_deadline_s or use a faster device or pack")
+            log.error(self.startup_warning)
+        elif lat > span:
+            self.startup_warning = (f"a chunk takes {lat:.2f} s but covers {span:.2f} s "
+                                    f"({self.policy.horizon} actions at {1 / self.dt:g} Hz): the arm will be "
+                                    "starved (held) between chunks")
+            log.warning(self.startup_warning)
+        return lat
+
     def _p(self, name):
         return self.get_parameter(name).value
 
@@ -470,7 +514,7 @@ class PolicyNode(Node):
         st.level = {"ok": DiagnosticStatus.OK, "warn": DiagnosticStatus.WARN}.get(s["level"], DiagnosticStatus.ERROR)
         st.message = s["reason"] or f"{s['source']} driving" + (" (dry run)" if s["dry_run"] else "")
         vals = {**s, **self.stats, **self.controller.stats, "recipe": getattr(self.policy, "recipe", "?"),
-                "teleop_fault": self.input_fault.get("teleop", "")}
+                "teleop_fault": self.input_fault.get("teleop", ""), "startup_warning": self.startup_warning}
         st.values = [KeyValue(key=k, value=str(v)) for k, v in vals.items()]
         arr = DiagnosticArray(status=[st])
         arr.header.stamp = self.get_clock().now().to_msg()

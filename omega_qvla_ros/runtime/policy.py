@@ -116,21 +116,25 @@ class Policy:
     def integer_layers(self) -> int:
         return sum(1 for m in self.model.modules() if isinstance(m, QuantLinear) and m.uses_integer_path())
 
-    def warm_up(self, instruction: str = "", cameras: list[str] | None = None) -> float | None:
-        """On CUDA, capture this policy's graphs now (the Triton kernels compiled and
-        autotuned with them) on a synthetic observation — black images from `cameras`
-        (default: all the model's), joints at mid-range — so that the first real chunk
-        replays instead of taking seconds. Returns the seconds it took; None where nothing
-        is captured (CPU, graphs off). A prompt of another token length (N1.5 pads to the
-        longest prompt) is captured again on its first chunk."""
-        if self.sampler is None:
-            return None
-        raw = RawObservation({c: np.zeros((224, 224, 3), np.uint8) for c in (cameras or self.cameras)},
-                             self.processor.joint_names, mid_range_joints(self.processor),
-                             instruction or "warm up", 0.0)
-        t0 = time.perf_counter()
-        self.infer(raw)
-        return time.perf_counter() - t0
+    def synthetic_observation(self, instruction: str = "", cameras: list[str] | None = None) -> RawObservation:
+        """Black images from `cameras` (default: all the model's), joints at mid-range: an
+        input any working pack turns into a finite chunk, for warming up before the robot's
+        first real one."""
+        return RawObservation({c: np.zeros((224, 224, 3), np.uint8) for c in (cameras or self.cameras)},
+                              self.processor.joint_names, mid_range_joints(self.processor),
+                              instruction or "warm up", 0.0)
+
+    def warm_up(self, instruction: str = "", cameras: list[str] | None = None,
+                num_steps: int | None = None) -> ActionChunk:
+        """One chunk of `synthetic_observation`, so that the first real chunk runs at its
+        steady speed. On CUDA this captures the graphs for `num_steps` (the Triton kernels
+        compiled and autotuned with them): the first real chunk replays instead of taking
+        seconds; a prompt of another token length (N1.5 pads to the longest prompt) is
+        captured again on its first chunk. On a CPU it pays the first call's one-time costs
+        (allocations, kernel plans, weight pages first touched): 2-8x a small model's chunk,
+        a few percent of a published-size one. Returns the chunk (its `inference_s`: the
+        time the node's deadline checks)."""
+        return self.infer(self.synthetic_observation(instruction, cameras), num_steps=num_steps)
 
     def infer(self, raw: RawObservation, noise: torch.Tensor | None = None,
               num_steps: int | None = None) -> ActionChunk:
