@@ -309,16 +309,30 @@ def stack_section(path: Path) -> str:
             + (f"\n\n{r['note']}" if r.get("note") else ""))
 
 
-def kernel_share_section(path: Path) -> str:
-    """bench/kernel_share.py: the CPU kernel's thread shares side by side, per layer."""
+def _bench_script(name: str):
+    """bench/<name>.py as a module (bench/ is scripts, not a package on sys.path)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("kernel_share", ROOT / "bench" / "kernel_share.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    return mod
+
+
+def kernel_share_section(path: Path) -> str:
+    """bench/kernel_share.py: the CPU kernel's thread shares side by side, per layer."""
     return ("### How the CPU kernel's threads share a layer's call (`bench/kernel_share.py`)\n\n"
             f"`.venv/bin/python bench/kernel_share.py --out {path.relative_to(ROOT)}`: "
-            + mod.format_markdown(json.loads(path.read_text())))
+            + _bench_script("kernel_share").format_markdown(json.loads(path.read_text())))
+
+
+def node_inference_section(path: Path) -> str:
+    """bench/node_inference.py: the node's inference time, policy in its own process or on a node thread."""
+    r = json.loads(path.read_text())
+    size = "" if (r["width"], r["height"]) == (640, 480) else f" --width {r['width']} --height {r['height']}"
+    return ("### The node's inference time where it runs (`bench/node_inference.py`)\n\n"
+            f"`.venv/bin/python bench/node_inference.py{size} --out {path.relative_to(ROOT)}`: "
+            + _bench_script("node_inference").format_markdown(r))
 
 
 def activation_section(path: Path) -> str:
@@ -436,6 +450,8 @@ def main() -> int:
     ks = ROOT / "bench" / "results" / "kernel_share.json"
     if ks.exists():
         parts.append(kernel_share_section(ks))
+    for ni in sorted((ROOT / "bench" / "results").glob("node_inference*.json")):
+        parts.append(node_inference_section(ni))
     mem = sorted((ROOT / "bench" / "results").glob("memory_*_full.json"))
     if mem:
         rows = ["### Static memory, full published sizes (`omega-qvla memory --size full`)", "",

@@ -248,6 +248,35 @@ def test_a_policy_that_cannot_run_stops_the_node_at_start_up(pack, kind, match):
         rclpy.shutdown(context=ctx)
 
 
+def test_inference_process_that_dies_holds_with_its_reason(pack):
+    """The node's policy runs in its own process (default): the node starts it, a child
+    that dies turns every later chunk into a held tick that says how it ended, and
+    closing the node ends the child."""
+    import os
+    import signal
+
+    from omega_qvla_ros.runtime.policy_process import PolicyProcess
+    h = Harness(pack)
+    try:
+        proc = h.node.policy
+        assert isinstance(proc, PolicyProcess) and proc.is_alive()
+        enable(h)
+        h.wait(lambda: h.last_status().get("source") == "policy", 20, "policy driving")
+        os.kill(proc.pid, signal.SIGKILL)
+        h.wait(lambda: "the inference process ended during inference (killed by signal 9)"
+               in h.last_status().get("reason", ""), 20, "the dead child's reason")
+        st = h.last_status()
+        assert st["source"] == "hold" and st["level"] == "error", st
+        h.wait(lambda: h.diag and int(h.diag[-1]["inference_errors"]) >= 1, 5, "inference errors counted")
+    finally:
+        h.close()
+    assert not proc.is_alive()
+    h2 = Harness(pack)
+    child = h2.node.policy
+    h2.close()
+    assert not child.is_alive() and child.exitcode == 0  # asked to stop, not terminated
+
+
 def test_warm_up_runs_the_real_call_once_when_fast(pack):
     """A policy fast enough for its deadline and chunk is warmed up once, with the node's
     own cameras, denoising steps and instruction; the latency it measured is the prior."""

@@ -83,6 +83,7 @@ PARAMETERS: dict[str, object] = {
     "num_steps": 0,
     "diagnostics_rate_hz": 2.0,
     "warm_up": True,
+    "inference_process": True,
 }
 
 
@@ -125,19 +126,33 @@ class PolicyNode(Node):
         self._deadline = float(p("inference_deadline_s"))
         self._num_steps = int(p("num_steps")) or None
         self._tolerance = float(p("joint_limit_tolerance"))
+        self._owns_policy = policy is None
+        self.policy = None
         if policy is None:
-            from omega_qvla_ros.runtime.policy import Policy
             if not p("pack_path"):
                 raise ValueError("parameter pack_path is empty: point it at a model pack directory")
-            policy = Policy.from_pack(p("pack_path"), device=p("device"), control_dt=self.dt,
-                                      kernel_weights=p("kernel_weights"),
-                                      cuda_graphs=None if p("cuda_graphs") else False,
-                                      precision=p("precision"))
+            kw = dict(device=p("device"), control_dt=self.dt, kernel_weights=p("kernel_weights"),
+                      cuda_graphs=None if p("cuda_graphs") else False, precision=p("precision"))
+            if p("inference_process"):  # its own interpreter: no GIL shared with the executor
+                from omega_qvla_ros.runtime.policy_process import PolicyProcess
+                policy = PolicyProcess(p("pack_path"), **kw)
+            else:
+                from omega_qvla_ros.runtime.policy import Policy
+                policy = Policy.from_pack(p("pack_path"), **kw)
         self.policy = policy
+        try:
+            self._start(p, policy)
+        except BaseException:
+            self._close_policy()  # a half-started node leaves no inference process behind
+            raise
+
+    def _start(self, p, policy) -> None:
+        """Everything after the policy is there: checks against it, warm-up, controller,
+        topics, services, workers and timers."""
         # the pack's processor keeps its normalisation (the model was trained with it); the
         # node's own limits drive the safety filter. Both must name the same joints.
-        if list(policy.processor.joint_names) != list(self.robot.joint_names):
-            raise ValueError(f"pack joints {policy.processor.joint_names} differ from joint_names "
+        if list(policy.joint_names) != list(self.robot.joint_names):
+            raise ValueError(f"pack joints {policy.joint_names} differ from joint_names "
                              f"{self.robot.joint_names}")
         # the model's cameras this robot has (the others are missing cameras to the model)
         self.cameras = [c for c in policy.cameras if c in self.robot.cameras]
@@ -241,7 +256,7 @@ class PolicyNode(Node):
             if not np.all(np.isfinite(chunk.positions)):
                 raise ValueError("the policy's chunk for a synthetic observation (black images, joints at "
                                  "mid-range) has NaN/Inf: the pack is broken")
-            if getattr(self.policy, "sampler", None) is not None and len(walls) == 1:
+            if getattr(self.policy, "captures_graphs", False) and len(walls) == 1:
                 log.info(f"CUDA graphs captured in {walls[0]:.1f} s")
             if chunk.inference_s <= self._deadline and walls[-1] <= span:
                 break
@@ -276,7 +291,14 @@ class PolicyNode(Node):
                 cond.notify_all()
         for w in self.workers:
             w.join(timeout=5)
+        self._close_policy()
         return super().destroy_node()
+
+    def _close_policy(self) -> None:
+        """End the inference process, where the node started one (a policy handed in is
+        its caller's to close)."""
+        if getattr(self, "_owns_policy", False) and hasattr(self.policy, "close"):
+            self.policy.close()
 
     # ---------------------------------------------------------------- callbacks
     def _on_image(self, cam: str, msg) -> None:
@@ -523,8 +545,9 @@ class PolicyNode(Node):
 
 def main(argv: list[str] | None = None) -> int:
     """Run the node; a node that cannot start logs one line and exits 1."""
-    # inference runs thousands of short torch ops on the worker thread, each re-taking the
-    # GIL; a short switch interval keeps executor threads from stalling it (convoy effect)
+    # inference on a worker thread (inference_process false) runs thousands of short torch
+    # ops, each re-taking the GIL; a short switch interval keeps the executor from stalling
+    # it (convoy effect)
     sys.setswitchinterval(0.0005)
     rclpy.init(args=argv if argv is not None else sys.argv)
     node = ex = None
@@ -535,8 +558,12 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as e:  # noqa: BLE001 - a bad pack / parameter: one clear line, exit 1
             rclpy.logging.get_logger("omega_qvla_policy").error(f"cannot start: {type(e).__name__}: {e}")
             return 1
-        from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
-        ex = MultiThreadedExecutor(num_threads=2)
+        from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+
+        # one thread: every callback is short (inference runs on the node's own workers),
+        # and rclpy's MultiThreadedExecutor spent ~80% of a core in its dispatch loop with the
+        # node fed at 30/50 Hz (this one ~15%), which cost the tick 10 of its 50 Hz on 2 cores
+        ex = SingleThreadedExecutor()
         ex.add_node(node)
         try:
             ex.spin()

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
@@ -65,7 +65,7 @@ class Harness:
                                                           | {"_message": m.status[0].message,
                                                              "_level": int.from_bytes(m.status[0].level, "little")
                                                              if isinstance(m.status[0].level, bytes) else int(m.status[0].level)}), 10)
-        self.ex = MultiThreadedExecutor(num_threads=3, context=self.ctx)
+        self.ex = SingleThreadedExecutor(context=self.ctx)  # as policy_node.main() spins the node
         self.ex.add_node(self.node)
         self.ex.add_node(io)
         self.spin = BackgroundSpin(self.ex).start()

@@ -47,6 +47,14 @@ def mid_range_joints(processor: Processor) -> np.ndarray:
     return processor.config.state_norm.unnormalize(torch.zeros(processor.dof, dtype=torch.float64)).double().numpy()
 
 
+def synthetic_observation(cameras: list[str], joint_names: list[str], joints: np.ndarray,
+                          instruction: str = "") -> RawObservation:
+    """Black images from `cameras`, `joints` (mid-range: mid_range_joints): an input any
+    working pack turns into a finite chunk, for warming up before the robot's first one."""
+    return RawObservation({c: np.zeros((224, 224, 3), np.uint8) for c in cameras}, list(joint_names),
+                          np.asarray(joints, np.float64), instruction or "warm up", 0.0)
+
+
 class Policy:
     """model + processor. `robot` carries the joint limits the safety filter applies
     (default: see default_robot_for); its joints must be the processor's."""
@@ -116,13 +124,19 @@ class Policy:
     def integer_layers(self) -> int:
         return sum(1 for m in self.model.modules() if isinstance(m, QuantLinear) and m.uses_integer_path())
 
+    @property
+    def joint_names(self) -> list[str]:
+        return list(self.processor.joint_names)
+
+    @property
+    def captures_graphs(self) -> bool:
+        """Whether chunks replay from CUDA graphs (captured on the first chunk of a shape)."""
+        return self.sampler is not None
+
     def synthetic_observation(self, instruction: str = "", cameras: list[str] | None = None) -> RawObservation:
-        """Black images from `cameras` (default: all the model's), joints at mid-range: an
-        input any working pack turns into a finite chunk, for warming up before the robot's
-        first real one."""
-        return RawObservation({c: np.zeros((224, 224, 3), np.uint8) for c in (cameras or self.cameras)},
-                              self.processor.joint_names, mid_range_joints(self.processor),
-                              instruction or "warm up", 0.0)
+        """Black images from `cameras` (default: all the model's), joints at mid-range."""
+        return synthetic_observation(cameras or self.cameras, self.joint_names, mid_range_joints(self.processor),
+                                     instruction)
 
     def warm_up(self, instruction: str = "", cameras: list[str] | None = None,
                 num_steps: int | None = None) -> ActionChunk:
