@@ -1,7 +1,8 @@
-"""runtime/policy_process.py: the node's policy in its own process. The same chunks as
-the policy in this process (same pack, same noise), the same errors (a bad observation is
-an ObservationError, a pack that cannot load says why), and a child that dies makes the
-next call fail with how it ended, which the node turns into a held tick."""
+"""runtime/policy_process.py: the node's policy in its own process (messages as
+safetensors + JSON). The same chunks as the policy in this process (same pack, same
+noise), the same errors (a bad observation is an ObservationError, a pack that cannot
+load says why), and a child that dies makes the next call fail with how it ended, which
+the node turns into a held tick."""
 from __future__ import annotations
 
 import os
@@ -56,6 +57,10 @@ def test_a_bad_observation_is_an_observation_error(proc):
     raw = proc.synthetic_observation()
     raw.joint_names = list(reversed(raw.joint_names))[:-1]
     with pytest.raises(ObservationError):
+        proc.infer(raw)
+    raw = proc.synthetic_observation()
+    raw.images[proc.cameras[0]] = "not an image"
+    with pytest.raises(ObservationError, match="not an array"):
         proc.infer(raw)
     assert proc.infer(proc.synthetic_observation()).positions.shape == (proc.horizon, len(proc.joint_names))
 

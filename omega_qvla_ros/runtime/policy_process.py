@@ -3,24 +3,23 @@
 Why: on a worker thread of the node, inference and image preprocessing share the GIL
 with every callback (tick, images, joints, diagnostics); a chunk is thousands of short
 torch ops, each taking the GIL back. Measured on a 2-core CPU with the shipped W4A4 Pi0.5
-pack and the node fed three 640x480 cameras (bench/node_inference.py): 45 ms per chunk
-here against 64 ms on the node's thread (28 ms in a plain process), observation -> chunk
-90 against 220 ms. The node sends the decoded observation and gets the chunk back over a
-pipe (about 1 MB per 640x480 camera one way, a few kB back).
+pack and the node fed three 640x480 cameras (bench/node_inference.py): 45-47 ms per
+chunk here against 60-64 ms on the node's thread (28 ms in a plain process), observation
+-> chunk 90-103 against 168-220 ms. The node sends the decoded observation and gets the
+chunk back over a socket (about 1 MB per 640x480 camera one way, a few kB back).
 
 The child is `python -m omega_qvla_ros.runtime.policy_process` on one end of a socket
 pair (not multiprocessing's spawn, which re-runs the caller's main module in the child):
 it loads the pack itself (only the load arguments cross, as JSON), never imports rclpy,
 ignores SIGINT (the node closes it on shutdown), and ends when the other end closes. The
-pair carries pickles between this process and its own child only; the model itself loads
-from safetensors + JSON as everywhere. A child that dies makes every later call raise,
+messages are safetensors + JSON too (arrays as tensors, the rest in the metadata): no
+pickle crosses, as nowhere in this package. A child that dies makes every later call raise,
 with how it ended, so the node holds with that reason; it is not restarted behind the
 node's back (loading takes seconds to minutes).
 """
 from __future__ import annotations
 
 import json
-import pickle
 import signal
 import socket
 import subprocess
@@ -49,14 +48,44 @@ class _Meta:
     device: str
 
 
-def _send(conn: Connection, obj) -> None:
-    """Plain pickle (tensors by value): multiprocessing's own pickler would hand tensors
-    over as shared-memory handles that only a multiprocessing child can open."""
-    conn.send_bytes(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+def _send(conn: Connection, fields: dict, arrays: dict[str, np.ndarray] | None = None) -> None:
+    """One message: `arrays` as safetensors tensors, `fields` as JSON in its metadata."""
+    import safetensors.numpy
+
+    data = {k: np.ascontiguousarray(v) for k, v in (arrays or {}).items()}
+    conn.send_bytes(safetensors.numpy.save(data, metadata={"fields": json.dumps(fields)}))
 
 
-def _recv(conn: Connection):
-    return pickle.loads(conn.recv_bytes())
+def _recv(conn: Connection) -> tuple[dict, dict[str, np.ndarray]]:
+    import safetensors.numpy
+
+    buf = conn.recv_bytes()
+    arrays = safetensors.numpy.load(buf)
+    n = int.from_bytes(buf[:8], "little")  # safetensors: the header's length, then the header (JSON)
+    fields = json.loads(json.loads(buf[8:8 + n])["__metadata__"]["fields"])
+    return fields, arrays
+
+
+def _observation_message(raw: RawObservation, noise: torch.Tensor | None, num_steps: int | None,
+                         control_dt: float) -> tuple[dict, dict]:
+    arrays = {}
+    for cam, img in raw.images.items():
+        if not isinstance(img, np.ndarray):
+            raise ObservationError(f"camera {cam}: image is {type(img).__name__}, not an array")
+        arrays[f"image/{cam}"] = img
+    arrays["joints"] = np.asarray(raw.joint_positions)
+    if noise is not None:
+        arrays["noise"] = noise.detach().cpu().numpy()
+    fields = {"kind": "infer", "cameras": list(raw.images), "joint_names": list(raw.joint_names),
+              "instruction": raw.instruction, "stamp": raw.stamp, "image_stamps": dict(raw.image_stamps),
+              "num_steps": num_steps, "control_dt": control_dt}
+    return fields, arrays
+
+
+def _observation_from(fields: dict, arrays: dict) -> tuple[RawObservation, torch.Tensor | None]:
+    raw = RawObservation({c: arrays[f"image/{c}"] for c in fields["cameras"]}, fields["joint_names"],
+                         arrays["joints"], fields["instruction"], fields["stamp"], fields["image_stamps"])
+    return raw, (torch.from_numpy(arrays["noise"]) if "noise" in arrays else None)
 
 
 class InferenceProcessError(RuntimeError):
@@ -70,25 +99,30 @@ def _serve(conn, from_pack_kwargs: dict) -> None:
     try:
         pol = Policy.from_pack(**from_pack_kwargs)
     except Exception as e:  # noqa: BLE001 - any load failure goes back to the node as one line
-        _send(conn, ("error", f"{type(e).__name__}: {e}"))
+        _send(conn, {"kind": "error", "message": f"{type(e).__name__}: {e}"})
         return
-    _send(conn, ("ready", _Meta(list(pol.processor.joint_names), list(pol.cameras), pol.horizon, pol.recipe,
-                              pol.captures_graphs, mid_range_joints(pol.processor), str(pol.device))))
+    _send(conn, {"kind": "ready", "joint_names": list(pol.processor.joint_names), "cameras": list(pol.cameras),
+                 "horizon": pol.horizon, "recipe": pol.recipe, "captures_graphs": pol.captures_graphs,
+                 "device": str(pol.device)},
+          {"mid_range_joints": mid_range_joints(pol.processor)})
     while True:
         try:
-            msg = _recv(conn)
+            fields, arrays = _recv(conn)
         except (EOFError, OSError):
             return
-        if msg is None:
+        if fields.get("kind") != "infer":
             return
-        raw, noise, num_steps, control_dt = msg
-        pol.control_dt = control_dt
+        raw, noise = _observation_from(fields, arrays)
+        pol.control_dt = fields["control_dt"]
         try:
-            reply = ("ok", pol.infer(raw, noise=noise, num_steps=num_steps))
+            chunk = pol.infer(raw, noise=noise, num_steps=fields["num_steps"])
+            _send(conn, {"kind": "ok", "stamp": chunk.stamp, "dt": chunk.dt, "inference_s": chunk.inference_s},
+                  {"positions": chunk.positions})
+            continue
         except ObservationError as e:
-            reply = ("observation", str(e))
+            reply = {"kind": "observation", "message": str(e)}
         except Exception as e:  # noqa: BLE001 - the node turns it into a held tick with this reason
-            reply = ("error", f"{type(e).__name__}: {e}")
+            reply = {"kind": "error", "message": f"{type(e).__name__}: {e}"}
         _send(conn, reply)
 
 
@@ -109,11 +143,12 @@ class PolicyProcess:
         theirs.close()
         self._conn = Connection(ours.detach())
         self.control_dt = control_dt
-        kind, value = self._receive("loading the pack")
-        if kind != "ready":
+        fields, arrays = self._receive("loading the pack")
+        if fields["kind"] != "ready":
             self.close()
-            raise InferenceProcessError(value)
-        self.meta: _Meta = value
+            raise InferenceProcessError(fields["message"])
+        self.meta = _Meta(fields["joint_names"], fields["cameras"], int(fields["horizon"]), fields["recipe"],
+                          bool(fields["captures_graphs"]), arrays["mid_range_joints"], fields["device"])
 
     @property
     def pid(self) -> int:
@@ -156,17 +191,18 @@ class PolicyProcess:
               num_steps: int | None = None) -> ActionChunk:
         """As Policy.infer, in the child; raises ObservationError for a bad observation,
         InferenceProcessError once the child is gone, RuntimeError for its other errors."""
+        message = _observation_message(raw, noise, num_steps, self.control_dt)
         with self._lock:
             try:
-                _send(self._conn, (raw, noise, num_steps, self.control_dt))
+                _send(self._conn, *message)
             except (OSError, ValueError):
                 raise InferenceProcessError(self._gone()) from None
-            kind, value = self._receive("inference")
-        if kind == "ok":
-            return value
-        if kind == "observation":
-            raise ObservationError(value)
-        raise RuntimeError(value)
+            fields, arrays = self._receive("inference")
+        if fields["kind"] == "ok":
+            return ActionChunk(arrays["positions"], fields["stamp"], fields["dt"], fields["inference_s"])
+        if fields["kind"] == "observation":
+            raise ObservationError(fields["message"])
+        raise RuntimeError(fields["message"])
 
     def _receive(self, doing: str):
         try:
@@ -187,7 +223,7 @@ class PolicyProcess:
         if self.is_alive():
             if self._lock.acquire(timeout=timeout):  # not in the middle of a call's send / receive
                 try:
-                    _send(self._conn, None)
+                    _send(self._conn, {"kind": "stop"})
                 except (OSError, ValueError):
                     pass
                 finally:
@@ -207,6 +243,6 @@ class PolicyProcess:
 
 
 if __name__ == "__main__":  # the child: python -m omega_qvla_ros.runtime.policy_process FD KWARGS_JSON
-    from omega_qvla_ros.runtime import policy_process  # its classes pickle by this name, not __main__'s
+    from omega_qvla_ros.runtime import policy_process  # one copy of the module, not a __main__ twin
 
     policy_process._serve(Connection(int(sys.argv[1])), json.loads(sys.argv[2]))
