@@ -4,6 +4,7 @@ pack made by the CLI. Control rate 10 Hz here so that the tiny model's CPU infer
 from __future__ import annotations
 
 import ast
+import threading
 import time
 from pathlib import Path
 
@@ -246,6 +247,40 @@ def test_a_policy_that_cannot_run_stops_the_node_at_start_up(pack, kind, match):
         node.destroy_node()
     finally:
         rclpy.shutdown(context=ctx)
+
+
+class _Hanging(_Faulty):
+    """Wraps a Policy; once `hang` is set, a call waits until it is cleared."""
+
+    def __init__(self, policy):
+        super().__init__(policy, "hang")
+        self.hang, self.free = False, threading.Event()
+
+    def infer(self, raw, **kw):
+        if self.hang:
+            self.free.wait(30)
+        return self.p.infer(raw, **kw)
+
+
+def test_an_inference_call_that_hangs_holds_with_its_reason(pack):
+    """A call that never answers (a hung driver, a deadlocked child) is not a silent
+    'starved': past twice the deadline it is a fault, ERROR, that says how long it waited;
+    when the call returns, the policy drives again."""
+    holder = {}
+    h = Harness(pack, policy_wrapper=lambda p: holder.setdefault("w", _Hanging(p)), inference_deadline_s=0.5)
+    try:
+        enable(h)
+        h.wait(lambda: h.last_status().get("source") == "policy", 20, "policy driving")
+        holder["w"].hang = True
+        h.wait(lambda: "inference stuck: no answer for" in h.last_status().get("reason", ""), 20, "stuck reason")
+        st = h.last_status()
+        assert st["source"] == "hold" and st["level"] == "error" and "twice inference_deadline_s is 1 s" in st["reason"]
+        holder["w"].hang = False
+        holder["w"].free.set()
+        h.wait(lambda: h.last_status().get("source") == "policy", 20, "driving again")
+    finally:
+        holder["w"].free.set()
+        h.close()
 
 
 def test_inference_process_that_dies_holds_with_its_reason(pack):

@@ -183,6 +183,7 @@ class PolicyNode(Node):
         self.instruction: str = p("instruction")
         self.input_fault: dict[str, str] = {}
         self.results: list[tuple[float, object, str]] = []  # (obs stamp, chunk or None, fault)
+        self._asked: dict[float, float] = {}  # obs stamp -> when it went to inference (monotonic)
         self.stats = {**self.stats, "chunks": 0, "deadline_misses": 0, "inference_errors": 0, "published": 0, "dry_run_ticks": 0,
                       "inference_ms": 0.0, "observation_age_ms": 0.0, "latency_estimate_ms": 0.0,
                       "divergence_max": 0.0, "divergence_mean": 0.0}
@@ -438,12 +439,15 @@ class PolicyNode(Node):
             chunk, fault = self._infer(req)
             with self.lock:
                 self.results.append((req.stamp, chunk, fault))
+                self._asked.pop(req.stamp, None)
 
     def _request_inference(self) -> None:
         req = self._snapshot()
         if req is None:
             return
         self.controller.request_sent(req.stamp)
+        with self.lock:
+            self._asked[req.stamp] = time.monotonic()
         with self._work_ready:
             self._queue.append(req)
             self._work_ready.notify()
@@ -462,8 +466,12 @@ class PolicyNode(Node):
             # a malformed teleop stream takes the fallback away (self.teleop is None then); it
             # does not stop the policy, so it is not a fault of the policy's inputs
             input_fault = "; ".join(v for k, v in self.input_fault.items() if k != "teleop")
+            waited = time.monotonic() - min(self._asked.values()) if self._asked else 0.0
             measured = None if self.joints is None else self.joints.value
             teleop = None if self.teleop is None else self.teleop.value
+        if waited > 2 * self._deadline:  # a call that hangs (not one that fails) holds loudly too
+            input_fault = "; ".join(x for x in (input_fault, f"inference stuck: no answer for {waited:.1f} s "
+                                                f"(twice inference_deadline_s is {2 * self._deadline:g} s)") if x)
         ctl = self.controller
         for stamp, chunk, fault in results:
             if chunk is None:
