@@ -160,7 +160,9 @@ class PolicyNode(Node):
             raise ValueError(f"none of the model's cameras {policy.cameras} is in camera_names "
                              f"{self.robot.cameras}")
         self.policy.control_dt = self.dt
-        self.stats: dict = {}
+        self.stats = {"chunks": 0, "deadline_misses": 0, "inference_errors": 0, "published": 0, "dry_run_ticks": 0,
+                      "inference_ms": 0.0, "observation_age_ms": 0.0, "latency_estimate_ms": 0.0,
+                      "divergence_max": 0.0, "divergence_mean": 0.0}
         self.startup_warning = ""
         warm = self._warm_up(str(p("instruction"))) if p("warm_up") else None
         supervisor = Supervisor(mode=p("mode"), dry_run=bool(p("dry_run")),
@@ -184,9 +186,6 @@ class PolicyNode(Node):
         self.input_fault: dict[str, str] = {}
         self.results: list[tuple[float, object, str]] = []  # (obs stamp, chunk or None, fault)
         self._asked: dict[float, float] = {}  # obs stamp -> when it went to inference (monotonic)
-        self.stats = {**self.stats, "chunks": 0, "deadline_misses": 0, "inference_errors": 0, "published": 0, "dry_run_ticks": 0,
-                      "inference_ms": 0.0, "observation_age_ms": 0.0, "latency_estimate_ms": 0.0,
-                      "divergence_max": 0.0, "divergence_mean": 0.0}
         self.latencies: list[tuple[float, float]] = []  # (obs receipt time, first publish time)
         self.tick_log: list[Tick] = []  # the recent ticks (for tests and diagnostics)
         self._last_status = None

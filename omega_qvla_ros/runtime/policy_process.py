@@ -45,7 +45,6 @@ class _Meta:
     recipe: str
     captures_graphs: bool
     mid_range_joints: np.ndarray
-    device: str
 
 
 def _send(conn: Connection, fields: dict, arrays: dict[str, np.ndarray] | None = None) -> None:
@@ -102,8 +101,7 @@ def _serve(conn, from_pack_kwargs: dict) -> None:
         _send(conn, {"kind": "error", "message": f"{type(e).__name__}: {e}"})
         return
     _send(conn, {"kind": "ready", "joint_names": list(pol.processor.joint_names), "cameras": list(pol.cameras),
-                 "horizon": pol.horizon, "recipe": pol.recipe, "captures_graphs": pol.captures_graphs,
-                 "device": str(pol.device)},
+                 "horizon": pol.horizon, "recipe": pol.recipe, "captures_graphs": pol.captures_graphs},
           {"mid_range_joints": mid_range_joints(pol.processor)})
     while True:
         try:
@@ -148,7 +146,7 @@ class PolicyProcess:
             self.close()
             raise InferenceProcessError(fields["message"])
         self.meta = _Meta(fields["joint_names"], fields["cameras"], int(fields["horizon"]), fields["recipe"],
-                          bool(fields["captures_graphs"]), arrays["mid_range_joints"], fields["device"])
+                          bool(fields["captures_graphs"]), arrays["mid_range_joints"])
 
     @property
     def pid(self) -> int:
@@ -210,11 +208,15 @@ class PolicyProcess:
         except (EOFError, OSError):
             raise InferenceProcessError(self._gone(doing)) from None
 
-    def _gone(self, doing: str = "inference") -> str:
+    def _wait(self, timeout: float) -> int | None:
+        """The child's exit code once it has ended within `timeout`, else None."""
         try:
-            code = self._proc.wait(timeout=1.0)
+            return self._proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            code = None
+            return None
+
+    def _gone(self, doing: str = "inference") -> str:
+        code = self._wait(1.0)
         how = "still running" if code is None else (f"killed by signal {-code}" if code < 0 else f"exit code {code}")
         return f"the inference process ended during {doing} ({how})"
 
@@ -228,15 +230,10 @@ class PolicyProcess:
                     pass
                 finally:
                     self._lock.release()
-                try:
-                    self._proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    pass
+                self._wait(timeout)
             if self.is_alive():
                 self._proc.terminate()
-                try:
-                    self._proc.wait(timeout)
-                except subprocess.TimeoutExpired:
+                if self._wait(timeout) is None:
                     self._proc.kill()
                     self._proc.wait()
         self._conn.close()
